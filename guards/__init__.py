@@ -1,0 +1,68 @@
+"""guardproxy's model side: FlexGuard and ReasoningShield, their prompts, verdicts and backends.
+
+Typical use (the proxy creates backends in its lifespan and closes them in ``finally``)::
+
+    backend = await open_backend(config)
+    flexguard = FlexGuard(backend, config)
+    verdict = await flexguard.check_prompt("How do I bake bread?")
+    ...
+    await backend.aclose()
+"""
+
+from ._categories import FLEXGUARD_CATEGORIES
+from ._config import BackendKind, GuardModelConfig
+from ._guards import FLEXGUARD_MAX_TOKENS, REASONINGSHIELD_MAX_TOKENS, FlexGuard, ReasoningShield
+from ._parse import judgment_to_risk_score, parse_flexguard, parse_reasoningshield
+from ._prompts import (
+    flexguard_prompt_messages,
+    flexguard_response_messages,
+    reasoningshield_messages,
+    sanitize_slot_text,
+    system_prompt,
+)
+from ._structured import flexguard_regex, reasoningshield_regex
+from ._verdict import GuardName, Stage, Verdict
+from .backends import (
+    ChatMessage,
+    ChatPrompt,
+    Generation,
+    GuardBackend,
+    ScriptedBackend,
+    open_backend,
+    render_chat,
+)
+from .exceptions import GuardBackendError, GuardError, GuardTimeout, VerdictParseError
+
+__all__ = [
+    "FLEXGUARD_CATEGORIES",
+    "FLEXGUARD_MAX_TOKENS",
+    "REASONINGSHIELD_MAX_TOKENS",
+    "BackendKind",
+    "ChatMessage",
+    "ChatPrompt",
+    "FlexGuard",
+    "Generation",
+    "GuardBackend",
+    "GuardBackendError",
+    "GuardError",
+    "GuardModelConfig",
+    "GuardName",
+    "GuardTimeout",
+    "ReasoningShield",
+    "ScriptedBackend",
+    "Stage",
+    "Verdict",
+    "VerdictParseError",
+    "flexguard_prompt_messages",
+    "flexguard_regex",
+    "flexguard_response_messages",
+    "judgment_to_risk_score",
+    "open_backend",
+    "parse_flexguard",
+    "parse_reasoningshield",
+    "reasoningshield_messages",
+    "reasoningshield_regex",
+    "render_chat",
+    "sanitize_slot_text",
+    "system_prompt",
+]

@@ -1,0 +1,63 @@
+"""How to reach one guard model: the typed config the proxy reads from TOML."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+__all__ = ["GuardModelConfig", "BackendKind"]
+
+BackendKind = Literal["openai", "vllm", "transformers"]
+
+
+class GuardModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One guard model and the backend that runs it.
+
+    ``openai``: a ``vllm serve`` (or any OpenAI-compatible) server at ``base_url``.
+    ``vllm``: an in-process vLLM engine loading ``model`` (a path or hub id).
+    ``transformers``: an in-process Hugging Face model, for CPU and small models.
+    """
+
+    enabled: bool = True
+    backend: BackendKind = "openai"
+    model: str = ""
+    base_url: str = "http://127.0.0.1:8001/v1"
+    # Name of the environment variable holding the guard server's API key; the key
+    # itself never appears in config files, logs or errors.
+    api_key_env: str | None = None
+    # Deadline of one check, retries included (seconds).
+    timeout_s: float = 30.0
+    connect_timeout_s: float = 5.0
+    max_retries: int = 2
+    max_tokens: int | None = None  # None: the model card's value (2048 / 1024)
+    # Constrain the verdict lines with vLLM structured outputs so that they always parse.
+    structured_output: bool = False
+    # Cap FlexGuard's <think> block (ReasoningShield's "Analysis") at about this many
+    # tokens (None: uncapped); needs structured_output, see guards/_structured.py.
+    max_thinking_tokens: int | None = None
+    # In-process backends.
+    device: str = "auto"
+    dtype: str = "auto"
+    gpu_memory_utilization: float = 0.4
+    max_batch_size: int = 8
+    max_model_len: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.enabled and not self.model:
+            raise ValueError("`model` is required for an enabled guard")
+        if self.timeout_s <= 0:
+            raise ValueError("`timeout_s` must be > 0")
+        if self.max_retries < 0:
+            raise ValueError("`max_retries` must be >= 0")
+        if self.max_thinking_tokens is not None:
+            if self.max_thinking_tokens <= 0:
+                raise ValueError("`max_thinking_tokens` must be > 0")
+            if not self.structured_output:
+                raise ValueError("`max_thinking_tokens` needs `structured_output = true`")
+        if self.structured_output and self.backend == "transformers":
+            raise ValueError("`structured_output` needs the openai (vLLM server) or vllm backend")
+        if self.max_batch_size < 1:
+            raise ValueError("`max_batch_size` must be >= 1")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError("`gpu_memory_utilization` must be in (0, 1]")

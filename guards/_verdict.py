@@ -1,0 +1,36 @@
+"""The verdict: what one guard check says about one piece of text."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+__all__ = ["Verdict", "Stage", "GuardName"]
+
+Stage = Literal["prompt", "reasoning", "answer"]
+GuardName = Literal["flexguard", "reasoningshield"]
+
+
+class Verdict(msgspec.Struct, frozen=True, kw_only=True):
+    """One guard's judgment on one text.
+
+    ``risk_score`` is on FlexGuard's 0-100 scale for both guards, so that one strictness
+    threshold applies to all stages: ReasoningShield's Judgment 0 / 0.5 / 1 becomes
+    0 / 50 / 100 (``judgment`` keeps the original).
+    """
+
+    guard: GuardName
+    stage: Stage
+    risk_score: int
+    categories: tuple[str, ...] = ()
+    judgment: float | None = None
+    output: str = ""
+    latency_s: float = 0.0
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
+
+    @property
+    def safe_label(self) -> bool:
+        """The guard's own label (SAFE / Judgment 0), independent of any threshold."""
+        return not self.categories and (self.judgment is None or self.judgment == 0)

@@ -1,0 +1,48 @@
+"""The one small interface every guard backend implements."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import msgspec
+
+__all__ = ["ChatMessage", "ChatPrompt", "Generation", "GuardBackend"]
+
+
+class ChatMessage(msgspec.Struct, frozen=True):
+    role: str
+    content: str
+
+
+class ChatPrompt(msgspec.Struct, frozen=True, kw_only=True):
+    """A guard call: chat messages plus the sampling the model card prescribes.
+
+    Every backend renders ``messages`` with the model's own chat template and
+    ``chat_template_kwargs``, so that the same prompt reaches the model whichever
+    backend serves it.
+    """
+
+    messages: tuple[ChatMessage, ...]
+    max_tokens: int
+    chat_template_kwargs: dict[str, Any] | None = None
+    # vLLM structured outputs: constrain the generated text to this regex.
+    regex: str | None = None
+
+
+class Generation(msgspec.Struct, frozen=True, kw_only=True):
+    text: str
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
+
+
+@runtime_checkable
+class GuardBackend(Protocol):
+    async def generate(self, prompt: ChatPrompt) -> Generation:
+        """Greedy generation; raises GuardBackendError / GuardTimeout."""
+        ...
+
+    async def ready(self) -> bool:
+        """True when the model can serve a check now (for /readyz)."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,123 @@
+"""The Litestar application: assembled in one call, its resources owned by the lifespan.
+
+The upstream client and the guard backends are created when the app starts, kept on
+``app.state`` and closed when it stops; nothing is created at import.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from litestar import Litestar, Request, Response
+from litestar.exceptions import HTTPException
+
+from guards import FlexGuard, GuardBackend, ReasoningShield, open_backend
+
+from ._auth import ProxyKeys
+from ._config import ProxyConfig
+from ._guardset import GuardSet
+from ._protocol import error_body
+from ._response import error_response
+from ._routes import ROUTES
+from ._upstream import UpstreamClient, create_http_client
+from .exceptions import ProxyError
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger("guardproxy")
+
+_ERROR_TYPES = {
+    400: ("invalid_request_error", "invalid_request"),
+    401: ("authentication_error", "invalid_api_key"),
+    403: ("permission_error", "permission_denied"),
+    404: ("not_found_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    413: ("invalid_request_error", "request_too_large"),
+    415: ("invalid_request_error", "unsupported_media_type"),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+}
+
+
+def _proxy_error(_: Request, exc: ProxyError) -> Response[bytes]:
+    status, headers, body = error_response(exc)
+    return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
+
+
+def _http_error(_: Request, exc: HTTPException) -> Response[bytes]:
+    status = exc.status_code
+    error_type, code = _ERROR_TYPES.get(status, ("server_error", "server_error") if status >= 500 else ("invalid_request_error", "invalid_request"))
+    if status == 413:
+        message = "The request body is larger than the proxy accepts."
+    else:
+        message = str(exc.detail)
+    return Response(error_body(message, error_type, code), status_code=status, media_type="application/json")
+
+
+def _internal_error(_: Request, exc: Exception) -> Response[bytes]:
+    logger.exception("internal error", exc_info=exc)
+    body = error_body("The proxy failed to handle the request.", "server_error", "internal_error")
+    return Response(body, status_code=500, media_type="application/json")
+
+
+def guards_needed(config: ProxyConfig) -> dict[str, bool]:
+    p = config.policy
+    return {
+        "flexguard": config.guards.flexguard.enabled and (p.prompt.enabled or p.answer.enabled),
+        "reasoningshield": config.guards.reasoningshield.enabled
+        and (p.reasoning.enabled or (p.answer.enabled and p.reasoning.screen_answer)),
+    }
+
+
+def create_app(
+    config: ProxyConfig,
+    *,
+    guard_backends: dict[str, GuardBackend] | None = None,
+    upstream_transport: httpx.AsyncBaseTransport | None = None,
+) -> Litestar:
+    """Build the proxy. ``guard_backends`` replaces the configured backends (tests)."""
+    given = dict(guard_backends or {})
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        upstream = UpstreamClient(config.upstream, create_http_client(config.upstream, upstream_transport))
+        opened: dict[str, GuardBackend] = {}
+        backends: dict[str, GuardBackend] = {}
+        try:
+            for name, needed in guards_needed(config).items():
+                if not needed:
+                    continue
+                if name in given:
+                    backends[name] = given[name]
+                else:
+                    backends[name] = opened[name] = await open_backend(getattr(config.guards, name))
+            flex = backends.get("flexguard")
+            shield = backends.get("reasoningshield")
+            app.state.config = config
+            app.state.upstream = upstream
+            app.state.proxy_keys = ProxyKeys.from_env(config.server.api_keys_env)
+            app.state.guard_backends = backends
+            app.state.guards = GuardSet(
+                FlexGuard(flex, config.guards.flexguard) if flex is not None else None,
+                ReasoningShield(shield, config.guards.reasoningshield) if shield is not None else None,
+            )
+            yield
+        finally:
+            await upstream.aclose()
+            for backend in opened.values():
+                await backend.aclose()
+
+    return Litestar(
+        route_handlers=ROUTES,
+        lifespan=[lifespan],
+        request_max_body_size=config.server.max_body_bytes,
+        exception_handlers={
+            ProxyError: _proxy_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+        openapi_config=None,
+        logging_config=None,
+    )

@@ -1,0 +1,214 @@
+"""The proxy's configuration: typed structures loaded from TOML and validated at start.
+
+Every option and its default is documented in config.example.toml; a test keeps the two
+in step. Secrets never live here: options ending in ``_env`` name environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, Union
+
+import msgspec
+
+from guards import GuardModelConfig
+
+from .exceptions import ConfigError
+
+__all__ = [
+    "ProxyConfig",
+    "ServerConfig",
+    "UpstreamConfig",
+    "Timeouts",
+    "PolicyConfig",
+    "PromptStage",
+    "ReasoningStage",
+    "AnswerStage",
+    "GuardsConfig",
+    "Action",
+    "load_config",
+    "parse_config",
+    "STRICTNESS_THRESHOLDS",
+]
+
+Action = Literal["block", "rewrite", "flag"]
+Strictness = Union[int, str]
+
+# FlexGuard card, Option A: flagged when risk_score >= threshold.
+STRICTNESS_THRESHOLDS: dict[str, int] = {"strict": 20, "moderate": 40, "loose": 60}
+
+
+class _Struct(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class Timeouts(_Struct):
+    """Upstream timeouts in seconds; ``read_s = 0`` means no limit (a long reasoning
+    stream may legitimately pause between tokens)."""
+
+    connect_s: float = 5.0
+    read_s: float = 300.0
+    write_s: float = 30.0
+    pool_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("connect_s", "read_s", "write_s", "pool_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0")
+
+
+class ServerConfig(_Struct):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 4 * 1024 * 1024
+    # Proxy API keys: comma-separated in this environment variable. Unset: no client auth.
+    api_keys_env: str | None = None
+    # Streams in flight get this long to finish on shutdown before they are ended.
+    shutdown_grace_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError("`port` must be in 1..65535")
+        if self.max_body_bytes <= 0:
+            raise ValueError("`max_body_bytes` must be > 0")
+
+
+class UpstreamConfig(_Struct):
+    base_url: str = "http://127.0.0.1:8000/v1"
+    # "config": send the key from `api_key_env`; "passthrough": forward the client's
+    # Authorization header (then proxy keys go in `X-Guardproxy-Key`).
+    auth: Literal["config", "passthrough"] = "config"
+    api_key_env: str | None = None
+    timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
+    max_connections: int = 1000
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError("`base_url` must start with http:// or https://")
+        self.base_url = self.base_url.rstrip("/")
+
+
+class PromptStage(_Struct):
+    enabled: bool = True
+    action: Action = "block"
+    # "parallel": check while the upstream starts (output held until the verdict; a
+    # blocked prompt cancels the upstream). "before": check first, call after.
+    mode: Literal["parallel", "before"] = "parallel"
+    # What is screened: the last user message, or every user message of the conversation.
+    screen: Literal["last_user", "conversation"] = "last_user"
+
+
+class ReasoningStage(_Struct):
+    enabled: bool = True
+    # block / rewrite stop the upstream at once and end with finish_reason
+    # content_filter (rewrite adds the refusal message); flag only annotates.
+    action: Action = "rewrite"
+    # immediate: forward at once; checked: forward reasoning covered by a passing
+    # check; hidden: never forward reasoning.
+    release: Literal["immediate", "checked", "hidden"] = "checked"
+    # A check starts once this many new reasoning tokens arrived (and none is in flight).
+    check_every_tokens: int = 32
+    # Also screen the final answer with ReasoningShield (its card: it moderates answers too).
+    screen_answer: bool = False
+
+    def __post_init__(self) -> None:
+        if self.check_every_tokens < 1:
+            raise ValueError("`check_every_tokens` must be >= 1")
+
+
+class AnswerStage(_Struct):
+    enabled: bool = True
+    action: Action = "rewrite"
+    # final: hold the answer until its final check passed; checked: release text once
+    # a check covering it passed; immediate: forward at once, check alongside.
+    release: Literal["final", "checked", "immediate"] = "checked"
+    check_every_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        if self.check_every_tokens < 1:
+            raise ValueError("`check_every_tokens` must be >= 1")
+
+
+class PolicyConfig(_Struct):
+    # "strict" (20), "moderate" (40), "loose" (60) or a threshold 0-100 (for example
+    # one found by `guardproxy calibrate`). Flagged when risk_score >= threshold.
+    strictness: Strictness = "moderate"
+    on_guard_error: Literal["block", "allow"] = "block"
+    refusal_message: str = "I can't help with that request."
+    prompt: PromptStage = msgspec.field(default_factory=PromptStage)
+    reasoning: ReasoningStage = msgspec.field(default_factory=ReasoningStage)
+    answer: AnswerStage = msgspec.field(default_factory=AnswerStage)
+
+    def __post_init__(self) -> None:
+        threshold_of(self.strictness)
+
+    @property
+    def threshold(self) -> int:
+        return threshold_of(self.strictness)
+
+
+def threshold_of(strictness: Strictness) -> int:
+    if isinstance(strictness, bool):
+        raise ValueError("`strictness` must be strict, moderate, loose or 0-100")
+    if isinstance(strictness, int):
+        if not 0 <= strictness <= 100:
+            raise ValueError("`strictness` as a number must be in 0..100")
+        return strictness
+    try:
+        return STRICTNESS_THRESHOLDS[strictness]
+    except KeyError:
+        raise ValueError(
+            f"`strictness` must be one of {', '.join(STRICTNESS_THRESHOLDS)} or 0-100, not {strictness!r}"
+        ) from None
+
+
+def _default_flexguard() -> GuardModelConfig:
+    return GuardModelConfig(model="FlexGuard-Qwen3-8B", base_url="http://127.0.0.1:8001/v1")
+
+
+def _default_reasoningshield() -> GuardModelConfig:
+    return GuardModelConfig(model="ReasoningShield-3B", base_url="http://127.0.0.1:8002/v1")
+
+
+class GuardsConfig(_Struct):
+    flexguard: GuardModelConfig = msgspec.field(default_factory=_default_flexguard)
+    reasoningshield: GuardModelConfig = msgspec.field(default_factory=_default_reasoningshield)
+
+
+class ProxyConfig(_Struct):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    upstream: UpstreamConfig = msgspec.field(default_factory=UpstreamConfig)
+    policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
+    guards: GuardsConfig = msgspec.field(default_factory=GuardsConfig)
+
+    def __post_init__(self) -> None:
+        p = self.policy
+        if (p.prompt.enabled or p.answer.enabled) and not self.guards.flexguard.enabled:
+            raise ValueError("prompt or answer screening needs `guards.flexguard` enabled")
+        if p.reasoning.enabled and not self.guards.reasoningshield.enabled:
+            raise ValueError("reasoning screening needs `guards.reasoningshield` enabled")
+
+
+def parse_config(data: bytes | str, *, source: str = "config") -> ProxyConfig:
+    """Decode and validate TOML; a bad key or value raises ConfigError naming it."""
+    try:
+        return msgspec.toml.decode(data, type=ProxyConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_keypath(str(exc))}") from exc
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+
+
+def load_config(path: str | os.PathLike[str]) -> ProxyConfig:
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {p}: {exc.strerror}") from exc
+    return parse_config(data, source=str(p))
+
+
+def _keypath(message: str) -> str:
+    # msgspec says "... - at `$.policy.answer.release`"; users think in TOML keys.
+    return message.replace("`$.", "`").replace("`$`", "the top level")

@@ -1,0 +1,73 @@
+"""The one place where a guard's verdict becomes an action.
+
+A verdict is flagged when its risk score reaches the threshold of the configured
+strictness. A guard error counts as a flag under ``on_guard_error = "block"``
+(fail-closed, the default) and as a pass under ``"allow"``; either way it is reported.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from guards import GuardError, Stage, Verdict
+
+from ._config import Action, PolicyConfig
+
+__all__ = ["Decision", "decide", "decide_error", "stage_action"]
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    stage: Stage
+    flagged: bool
+    # What happens: "pass" (not flagged), or the stage's action when flagged.
+    action: Literal["pass", "block", "rewrite", "flag"]
+    threshold: int
+    verdicts: tuple[Verdict, ...] = ()
+    # A guard error's kind (the exception class name): never its text, which may
+    # quote a server's response.
+    error: str | None = None
+
+    @property
+    def stops(self) -> bool:
+        """The content must not reach the client (block or rewrite)."""
+        return self.action in ("block", "rewrite")
+
+    @property
+    def risk_score(self) -> int | None:
+        return max((v.risk_score for v in self.verdicts), default=None)
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        seen: dict[str, None] = {}
+        for v in self.verdicts:
+            seen.update(dict.fromkeys(v.categories))
+        return tuple(seen)
+
+
+def stage_action(stage: Stage, policy: PolicyConfig) -> Action:
+    return {"prompt": policy.prompt, "reasoning": policy.reasoning, "answer": policy.answer}[stage].action
+
+
+def decide(stage: Stage, verdicts: tuple[Verdict, ...], policy: PolicyConfig) -> Decision:
+    threshold = policy.threshold
+    flagged = any(v.risk_score >= threshold for v in verdicts)
+    return Decision(
+        stage=stage,
+        flagged=flagged,
+        action=stage_action(stage, policy) if flagged else "pass",
+        threshold=threshold,
+        verdicts=verdicts,
+    )
+
+
+def decide_error(stage: Stage, error: GuardError, policy: PolicyConfig) -> Decision:
+    fail_closed = policy.on_guard_error == "block"
+    return Decision(
+        stage=stage,
+        flagged=fail_closed,
+        action=stage_action(stage, policy) if fail_closed else "pass",
+        threshold=policy.threshold,
+        error=type(error).__name__,
+    )

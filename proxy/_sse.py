@@ -1,0 +1,59 @@
+"""Server-sent events: reading the upstream's stream, writing the client's.
+
+The reader yields each event's ``data`` as raw bytes so that chunks the proxy does not
+change are forwarded byte for byte, never re-serialised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+
+__all__ = ["iter_sse_data", "encode_data", "DONE", "DONE_EVENT"]
+
+DONE = b"[DONE]"
+DONE_EVENT = b"data: [DONE]\n\n"
+
+
+async def iter_sse_data(byte_stream: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """Yield the data of each event (multi-line data joined with newlines).
+
+    Comments (``: ping``), ``event:``/``id:``/``retry:`` fields and blank events are
+    skipped; lines may end in LF, CRLF or CR and may be split across network chunks.
+    """
+    buffer = b""
+    data_lines: list[bytes] = []
+    async for piece in byte_stream:
+        buffer += piece
+        while True:
+            cut, width = _next_line_end(buffer)
+            if cut < 0:
+                break
+            line, buffer = buffer[:cut], buffer[cut + width :]
+            if not line:
+                if data_lines:
+                    yield b"\n".join(data_lines)
+                    data_lines = []
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                data_lines.append(value[1:] if value.startswith(b" ") else value)
+    # A stream that ends without the final blank line still delivers its last event.
+    if buffer.startswith(b"data:"):
+        value = buffer[5:]
+        data_lines.append(value[1:] if value.startswith(b" ") else value)
+    if data_lines:
+        yield b"\n".join(data_lines)
+
+
+def _next_line_end(buffer: bytes) -> tuple[int, int]:
+    lf = buffer.find(b"\n")
+    cr = buffer.find(b"\r")
+    if cr < 0 or (0 <= lf < cr):
+        return lf, 1
+    if cr == len(buffer) - 1:
+        return -1, 0  # a CR at the end may be the first half of a CRLF
+    return cr, 2 if buffer[cr + 1 : cr + 2] == b"\n" else 1
+
+
+def encode_data(data: bytes) -> bytes:
+    """One SSE event carrying ``data`` (a JSON document without newlines)."""
+    return b"data: " + data + b"\n\n"

@@ -1,0 +1,105 @@
+"""Errors of the HTTP side, each mapped to one OpenAI-shaped error response.
+
+    ProxyError                          status, type, code: the OpenAI error body
+    ├── InvalidRequest (400)            the client's body or headers are wrong
+    │   └── BodyTooLarge (413)
+    ├── AuthenticationFailed (401)      missing or unknown proxy API key
+    ├── PermissionDenied (403)          e.g. a header that loosens the policy without the right
+    ├── ContentPolicyViolation (400)    a guard blocked the prompt or the answer
+    ├── UpstreamError                   the upstream failed
+    │   ├── UpstreamHTTPError           it answered with an error status: passed through as is
+    │   ├── UpstreamUnreachable (502)   no connection could be made
+    │   └── UpstreamTimeout (504)       no answer in time
+    └── ConfigError                     the config file is invalid (at start, never at request time)
+
+``exception_to_response`` in ``_app`` turns each into ``{"error": {...}}``: the one place
+where errors become HTTP.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ProxyError",
+    "InvalidRequest",
+    "BodyTooLarge",
+    "AuthenticationFailed",
+    "PermissionDenied",
+    "ContentPolicyViolation",
+    "UpstreamError",
+    "UpstreamHTTPError",
+    "UpstreamUnreachable",
+    "UpstreamTimeout",
+    "ConfigError",
+]
+
+
+class ProxyError(Exception):
+    status_code: int = 500
+    error_type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequest(ProxyError):
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class BodyTooLarge(InvalidRequest):
+    status_code = 413
+    code = "request_too_large"
+
+
+class AuthenticationFailed(ProxyError):
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(ProxyError):
+    status_code = 403
+    error_type = "permission_error"
+    code = "permission_denied"
+
+
+class ContentPolicyViolation(ProxyError):
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "content_policy_violation"
+
+
+class UpstreamError(ProxyError):
+    status_code = 502
+    error_type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamHTTPError(UpstreamError):
+    """The upstream's own error response, relayed with its status and body."""
+
+    def __init__(self, status_code: int, body: bytes, content_type: str | None) -> None:
+        super().__init__(f"upstream answered HTTP {status_code}")
+        self.status_code = status_code
+        self.body = body
+        self.content_type = content_type
+
+
+class UpstreamUnreachable(UpstreamError):
+    status_code = 502
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status_code = 504
+    code = "upstream_timeout"
+
+
+class ConfigError(ProxyError):
+    """Raised at start-up only; the message names the offending key."""

@@ -1,0 +1,247 @@
+"""proxy._monitor.ChannelMonitor: incremental screening of one growing text."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable
+
+from guards import Verdict
+from proxy._monitor import ChannelMonitor
+
+VERDICT = (Verdict(guard="flexguard", stage="answer", risk_score=0),)
+
+
+class ManualCheck:
+    """A check function whose calls finish only when the test says so."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.futures: list[asyncio.Future[tuple[Verdict, ...]]] = []
+
+    async def __call__(self, text: str) -> tuple[Verdict, ...]:
+        self.texts.append(text)
+        future: asyncio.Future[tuple[Verdict, ...]] = asyncio.get_running_loop().create_future()
+        self.futures.append(future)
+        return await future
+
+    async def complete(self, monitor: ChannelMonitor) -> None:
+        """Let the in-flight check pass and tell the monitor."""
+        task = monitor.task
+        assert task is not None
+        await asyncio.sleep(0)  # let the task start and call us
+        self.futures[-1].set_result(VERDICT)
+        assert await task == VERDICT
+        monitor.passed()
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(test())
+
+
+def add_tokens(monitor: ChannelMonitor, *tokens: str) -> None:
+    for token in tokens:
+        monitor.add(token)
+
+
+def test_no_check_before_every_tokens_arrived() -> None:
+    async def test() -> None:
+        check = ManualCheck()
+        m = ChannelMonitor(check, every=3)
+        assert m.maybe_start() is None  # nothing yet
+        add_tokens(m, "a", "b")
+        assert m.maybe_start() is None
+        assert m.checks == 0
+        assert m.gate == 0
+        m.add("c")
+        task = m.maybe_start()
+        assert task is not None and m.task is task
+        assert m.checks == 1
+        await check.complete(m)
+        assert check.texts == ["abc"]
+
+    run(test)
+
+
+def test_empty_text_is_not_a_token() -> None:
+    m = ChannelMonitor(ManualCheck(), every=2)
+    add_tokens(m, "", "a", "")
+    assert (m.tokens, m.length) == (1, 1)
+    assert m.maybe_start() is None
+
+
+def test_at_most_one_check_in_flight_and_next_covers_everything_since() -> None:
+    async def test() -> None:
+        check = ManualCheck()
+        m = ChannelMonitor(check, every=2)
+        add_tokens(m, "ab", "cd")
+        first = m.maybe_start()
+        assert first is not None
+        add_tokens(m, "ef", "gh", "ij", "kl")
+        assert m.maybe_start() is None  # one in flight: no second check
+        assert m.checks == 1
+        assert m.gate == 0  # nothing released while the check runs
+        await check.complete(m)
+        assert check.texts == ["abcd"]
+        assert (m.covered, m.covered_tokens) == (4, 2)
+        assert m.gate == 4
+        second = m.maybe_start()
+        assert second is not None and second is not first
+        await check.complete(m)
+        assert check.texts == ["abcd", "abcdefghijkl"]
+        assert (m.covered, m.covered_tokens) == (12, 6)
+        assert m.gate == 12
+        assert not m.done  # not finished: more text may come
+
+    run(test)
+
+
+def test_next_check_waits_for_every_new_tokens_after_covered() -> None:
+    async def test() -> None:
+        check = ManualCheck()
+        m = ChannelMonitor(check, every=3)
+        add_tokens(m, "a", "b", "c")
+        m.maybe_start()
+        await check.complete(m)
+        add_tokens(m, "d", "e")
+        assert m.maybe_start() is None
+        m.add("f")
+        assert m.maybe_start() is not None
+        await check.complete(m)
+        assert check.texts == ["abc", "abcdef"]
+
+    run(test)
+
+
+def test_passed_covers_only_what_the_check_saw() -> None:
+    async def test() -> None:
+        check = ManualCheck()
+        m = ChannelMonitor(check, every=1)
+        m.add("abc")
+        m.maybe_start()
+        m.add("def")
+        await check.complete(m)
+        assert m.gate == 3
+        assert m.length == 6
+        assert m.text == "abcdef"
+
+    run(test)
+
+
+def test_finish_with_uncovered_text_makes_a_final_check_due() -> None:
+    async def test() -> None:
+        check = ManualCheck()
+        m = ChannelMonitor(check, every=100)
+        add_tokens(m, "short", " answer")
+        assert m.maybe_start() is None
+        m.finish()
+        assert not m.done
+        assert m.gate == 0
+        assert m.maybe_start() is not None
+        await check.complete(m)
+        assert check.texts == ["short answer"]
+        assert m.done
+        assert m.gate == math.inf
+        assert m.maybe_start() is None
+
+    run(test)
+
+
+def test_finish_while_a_check_is_in_flight_then_final_check() -> None:
+    async def test() -> None:
+        check = ManualCheck()
+        m = ChannelMonitor(check, every=2)
+        add_tokens(m, "a", "b")
+        m.maybe_start()
+        m.add("c")
+        m.finish()
+        assert not m.done  # a check is still running and "c" is uncovered
+        await check.complete(m)
+        assert not m.done
+        assert m.gate == 2
+        assert m.maybe_start() is not None  # due although fewer than `every` new tokens
+        await check.complete(m)
+        assert check.texts == ["ab", "abc"]
+        assert m.done and m.gate == math.inf
+        assert m.checks == 2
+
+    run(test)
+
+
+def test_finish_while_the_in_flight_check_covers_everything() -> None:
+    async def test() -> None:
+        check = ManualCheck()
+        m = ChannelMonitor(check, every=2)
+        add_tokens(m, "a", "b")
+        m.maybe_start()
+        m.finish()
+        assert not m.done
+        await check.complete(m)
+        assert m.done and m.gate == math.inf
+        assert m.maybe_start() is None
+        assert m.checks == 1
+
+    run(test)
+
+
+def test_finish_after_everything_passed_is_done_without_another_check() -> None:
+    async def test() -> None:
+        check = ManualCheck()
+        m = ChannelMonitor(check, every=1)
+        m.add("x")
+        m.maybe_start()
+        await check.complete(m)
+        assert not m.done
+        m.finish()
+        assert m.done and m.gate == math.inf
+        assert m.maybe_start() is None
+        assert m.checks == 1
+
+    run(test)
+
+
+def test_unscreened_channel_is_done_at_once() -> None:
+    m = ChannelMonitor(None, every=1)
+    assert m.done and m.gate == math.inf
+    add_tokens(m, "a", "b", "c")
+    assert m.maybe_start() is None
+    m.finish()
+    assert m.done and m.checks == 0
+
+
+def test_empty_channel_finish_is_done_without_a_check() -> None:
+    m = ChannelMonitor(ManualCheck(), every=4)
+    assert not m.done
+    m.finish()
+    assert m.done and m.gate == math.inf
+    assert m.maybe_start() is None
+    assert m.checks == 0
+
+
+def test_flagged_at_reports_the_tokens_the_check_covered() -> None:
+    async def test() -> None:
+        check = ManualCheck()
+        m = ChannelMonitor(check, every=2)
+        add_tokens(m, "a", "b", "c")
+        task = m.maybe_start()
+        m.add("d")
+        assert m.flagged_at() == 3
+        assert m.task is None
+        assert m.gate == 0
+        task.cancel()
+
+    run(test)
+
+
+def test_cancel_cancels_the_in_flight_check() -> None:
+    async def test() -> None:
+        check = ManualCheck()
+        m = ChannelMonitor(check, every=1)
+        m.add("a")
+        task = m.maybe_start()
+        m.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert task.cancelled()
+        ChannelMonitor(check, every=1).cancel()  # nothing in flight: no error
+
+    run(test)
