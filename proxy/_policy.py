@@ -1,7 +1,9 @@
 """The one place where a guard's verdict becomes an action.
 
 A verdict is flagged when its risk score reaches the threshold of the configured
-strictness. A guard error counts as a flag under ``on_guard_error = "block"``
+strictness. ReasoningShield's Judgment 0 / 0.5 / 1 arrives as risk 0 / 50 / 100; a named
+strictness applies to it by judgment level (strict flags 0.5 and 1, moderate and loose
+flag 1), a numeric strictness applies to the 0 / 50 / 100 scale as it stands. A guard error counts as a flag under ``on_guard_error = "block"``
 (fail-closed, the default) and as a pass under ``"allow"``; either way it is reported.
 """
 
@@ -15,7 +17,7 @@ from guards import GuardError, Stage, Verdict
 
 from ._config import Action, PolicyConfig
 
-__all__ = ["Decision", "decide", "decide_error", "stage_action"]
+__all__ = ["Decision", "decide", "decide_error", "stage_action", "threshold_for"]
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,14 +52,24 @@ def stage_action(stage: Stage, policy: PolicyConfig) -> Action:
     return {"prompt": policy.prompt, "reasoning": policy.reasoning, "answer": policy.answer}[stage].action
 
 
+# Named strictness -> the lowest ReasoningShield risk (judgment x 100) that is flagged.
+_REASONINGSHIELD_THRESHOLDS = {"strict": 50, "moderate": 100, "loose": 100}
+
+
+def threshold_for(guard: str, policy: PolicyConfig) -> int:
+    if guard == "reasoningshield" and isinstance(policy.strictness, str):
+        return _REASONINGSHIELD_THRESHOLDS[policy.strictness]
+    return policy.threshold
+
+
 def decide(stage: Stage, verdicts: tuple[Verdict, ...], policy: PolicyConfig) -> Decision:
-    threshold = policy.threshold
-    flagged = any(v.risk_score >= threshold for v in verdicts)
+    flagged = any(v.risk_score >= threshold_for(v.guard, policy) for v in verdicts)
+    guard = "reasoningshield" if stage == "reasoning" else "flexguard"
     return Decision(
         stage=stage,
         flagged=flagged,
         action=stage_action(stage, policy) if flagged else "pass",
-        threshold=threshold,
+        threshold=threshold_for(guard, policy),
         verdicts=verdicts,
     )
 
@@ -68,6 +80,6 @@ def decide_error(stage: Stage, error: GuardError, policy: PolicyConfig) -> Decis
         stage=stage,
         flagged=fail_closed,
         action=stage_action(stage, policy) if fail_closed else "pass",
-        threshold=policy.threshold,
+        threshold=threshold_for("reasoningshield" if stage == "reasoning" else "flexguard", policy),
         error=type(error).__name__,
     )

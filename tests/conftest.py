@@ -57,6 +57,8 @@ class Proxy:
 
 def config_toml(upstream_url: str, guard_url: str, extra: str = "", upstream: str = "", flexguard: str = "") -> str:
     """A test config; ``upstream`` and ``flexguard`` add lines to those sections."""
+    if "timeout_s" not in flexguard:
+        flexguard += "\ntimeout_s = 3"
     return f"""
 [upstream]
 base_url = "{upstream_url}/v1"
@@ -65,7 +67,6 @@ base_url = "{upstream_url}/v1"
 [guards.flexguard]
 model = "flexguard-test"
 base_url = "{guard_url}/v1"
-timeout_s = 3
 {flexguard}
 
 [guards.reasoningshield]

@@ -1,0 +1,149 @@
+"""Guard errors under both policies, bad input, upstream failures and client auth."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.support.sse import raw_stream
+
+BENIGN = [{"role": "user", "content": "Tell me about bread."}]
+
+
+@pytest.mark.parametrize("trigger", ["guard500", "garbled", "guardslow"])
+def test_guard_error_blocks_by_default(make_proxy, guard, trigger):
+    guard.slow_delay = 2.0
+    proxy = make_proxy(flexguard="timeout_s = 0.5\nmax_retries = 1")
+    with pytest.raises(openai.BadRequestError) as info:
+        proxy.client.chat.completions.create(model="m", messages=[{"role": "user", "content": f"hello {trigger}"}])
+    assert info.value.code == "content_policy_violation"
+    assert "guard error" in info.value.body["message"]
+    assert info.value.response.headers["x-guardproxy-prompt-guard-error"] in {"GuardBackendError", "GuardTimeout", "VerdictParseError"}
+
+
+@pytest.mark.parametrize("trigger", ["guard500", "garbled"])
+def test_guard_error_allowed_when_configured(make_proxy, trigger):
+    proxy = make_proxy('[policy]\non_guard_error = "allow"')
+    raw = proxy.client.chat.completions.with_raw_response.create(
+        model="m", messages=[{"role": "user", "content": f"hello {trigger}"}]
+    )
+    assert raw.parse().choices[0].message.content == "Hello there!"
+    assert raw.headers["x-guardproxy-prompt"] == "pass"
+    assert raw.headers["x-guardproxy-prompt-guard-error"] in {"GuardBackendError", "VerdictParseError"}
+
+
+def test_guard_error_in_an_answer_check_fails_closed(make_proxy):
+    proxy = make_proxy()
+    completion = proxy.client.chat.completions.create(
+        model="m", messages=BENIGN, extra_body={"x_script": {"answer": ["this", " is", " garbled"]}}
+    )
+    assert completion.choices[0].finish_reason == "content_filter"
+    assert completion.choices[0].model_extra["content_filter_results"]["guardproxy"]["answer"]["guard_error"] == "VerdictParseError"
+
+
+def _post(url: str, content: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.post(f"{url}/v1/chat/completions", content=content, headers={"content-type": "application/json", **(headers or {})})
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b"{not json", None),
+        (b"[1, 2]", None),
+        (b'{"model": "m"}', "messages"),
+        (b'{"model": "m", "messages": []}', "messages"),
+        (b'{"model": "m", "messages": "hi"}', "messages"),
+        (b'{"model": 3, "messages": [{"role": "user", "content": "hi"}]}', "model"),
+        (b'{"messages": [{"role": "user", "content": "hi"}]}', "model"),
+        (b'{"model": "m", "stream": "yes", "messages": [{"role": "user", "content": "hi"}]}', "stream"),
+        (b'{"model": "m", "messages": [{"content": "hi"}]}', "messages[0].role"),
+        (b'{"model": "m", "messages": [{"role": "user", "content": 5}]}', "messages[0].content"),
+        (b'{"model": "m", "messages": [{"role": "user", "content": [{"text": "x"}]}]}', "messages[0].content[0]"),
+        (b'{"model": "m", "n": 0, "messages": [{"role": "user", "content": "hi"}]}', "n"),
+    ],
+)
+def test_bad_input_is_an_openai_400(make_proxy, upstream, body, param):
+    proxy = make_proxy()
+    r = _post(proxy.url, body)
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "invalid_request"
+    assert error["param"] == param and error["message"]
+    assert upstream.calls == []
+
+
+def test_sdk_sees_bad_input_as_bad_request(make_proxy):
+    proxy = make_proxy()
+    with pytest.raises(openai.BadRequestError) as info:
+        proxy.client.chat.completions.create(model="m", messages=[])
+    assert info.value.body["param"] == "messages"
+
+
+def test_body_over_the_limit_is_413(make_proxy, upstream):
+    proxy = make_proxy("[server]\nmax_body_bytes = 1000")
+    big = b'{"model": "m", "messages": [{"role": "user", "content": "' + b"x" * 2000 + b'"}]}'
+    r = _post(proxy.url, big)
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "request_too_large"
+    assert upstream.calls == []
+
+
+def test_unknown_route_and_method_are_openai_shaped(make_proxy):
+    proxy = make_proxy()
+    r = httpx.get(f"{proxy.url}/v1/nothing")
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+    r = httpx.get(f"{proxy.url}/v1/chat/completions")
+    assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_upstream_error_passes_through(make_proxy, stream):
+    proxy = make_proxy()
+    with pytest.raises(openai.UnprocessableEntityError) as info:
+        result = proxy.client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], stream=stream, extra_body={"x_script": {"status": 422}}
+        )
+        list(result)  # pragma: no cover
+    assert info.value.status_code == 422
+    assert info.value.body == {"message": "scripted upstream error", "type": "invalid_request_error", "code": "scripted"}
+
+
+def test_unreachable_upstream_is_502():
+    from proxy import create_app, parse_config
+    from tests.conftest import config_toml
+    from tests.support.serving import ServerThread
+
+    config = parse_config(config_toml("http://127.0.0.1:9", "http://127.0.0.1:9") + "\n[policy.prompt]\nenabled = false\n[policy.answer]\nenabled = false\n[policy.reasoning]\nenabled = false\n")
+    with ServerThread(create_app(config)) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="k", max_retries=0, timeout=10)
+        with pytest.raises(openai.InternalServerError) as info:
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+        assert info.value.status_code == 502
+        assert info.value.body["code"] == "upstream_unreachable"
+        with pytest.raises(openai.InternalServerError):
+            list(client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True))
+
+
+def test_mid_stream_upstream_error_ends_the_stream_well_formed(make_proxy):
+    proxy = make_proxy('[policy.answer]\nrelease = "immediate"')
+    body = {"model": "m", "messages": BENIGN, "x_script": {"error_midstream": 2}}
+    wire = raw_stream(proxy.url, body)
+    wire.assert_well_formed()
+    assert "error" in wire.chunks[-1]
+    with pytest.raises(openai.APIError):
+        list(proxy.client.chat.completions.create(model="m", messages=BENIGN, stream=True, extra_body={"x_script": {"error_midstream": 2}}))
+
+
+def test_proxy_api_keys(make_proxy, upstream, monkeypatch):
+    monkeypatch.setenv("TEST_PROXY_KEYS", "sk-alpha, sk-beta")
+    proxy = make_proxy('[server]\napi_keys_env = "TEST_PROXY_KEYS"')
+    with pytest.raises(openai.AuthenticationError) as info:
+        proxy.client.chat.completions.create(model="m", messages=BENIGN)
+    assert info.value.body["code"] == "invalid_api_key"
+    assert "sk-client" not in info.value.body["message"]
+    good = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="sk-beta", max_retries=0)
+    assert good.chat.completions.create(model="m", messages=BENIGN).choices[0].message.content == "Hello there!"
+    assert "sk-beta" not in str(upstream.calls[-1].headers)
+    r = httpx.post(f"{proxy.url}/v1/chat/completions", json={"model": "m", "messages": BENIGN})
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"

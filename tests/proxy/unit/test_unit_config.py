@@ -1,0 +1,174 @@
+"""proxy._config: TOML configuration, validated at start; config.example.toml kept in step."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from proxy._config import STRICTNESS_THRESHOLDS, PolicyConfig, ProxyConfig, load_config, parse_config, threshold_of
+from proxy.exceptions import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[3] / "config.example.toml"
+
+
+@pytest.mark.parametrize(
+    ("toml", "names"),
+    [
+        ('[server]\nport = "8080"', ["`server.port`"]),
+        ("[server]\nport = 0", ["`port`", "`server`"]),
+        ("[server]\nport = 65536", ["`port`", "`server`"]),
+        ("[server]\nmax_body_bytes = 0", ["`max_body_bytes`", "`server`"]),
+        ("[server]\nfoo = 1", ["`foo`", "`server`"]),
+        ("bar = 1", ["`bar`"]),
+        ("[policy.answer]\nspeed = 1", ["`speed`", "`policy.answer`"]),
+        ('[policy]\nstrictness = "extreme"', ["`strictness`", "`policy`", "'extreme'"]),
+        ("[policy]\nstrictness = 101", ["`strictness`", "`policy`"]),
+        ("[policy]\nstrictness = -1", ["`strictness`", "`policy`"]),
+        ("[policy]\nstrictness = true", ["`policy.strictness`"]),
+        ("[policy]\nstrictness = 40.5", ["`policy.strictness`"]),
+        ('[policy]\non_guard_error = "ignore"', ["`policy.on_guard_error`"]),
+        ('[policy.reasoning]\nrelease = "later"', ["`policy.reasoning.release`"]),
+        ('[policy.answer]\nrelease = "hidden"', ["`policy.answer.release`"]),
+        ('[policy.answer]\naction = "drop"', ["`policy.answer.action`"]),
+        ('[policy.prompt]\nmode = "after"', ["`policy.prompt.mode`"]),
+        ("[policy.reasoning]\ncheck_every_tokens = 0", ["`check_every_tokens`", "`policy.reasoning`"]),
+        ("[policy.answer]\ncheck_every_tokens = 0", ["`check_every_tokens`", "`policy.answer`"]),
+        ('[upstream]\nbase_url = "ftp://x/v1"', ["`base_url`", "`upstream`"]),
+        ('[upstream]\nbase_url = "127.0.0.1:8000"', ["`base_url`", "`upstream`"]),
+        ('[upstream]\nauth = "both"', ["`upstream.auth`"]),
+        ("[upstream.timeouts]\nread_s = -1", ["`read_s`", "`upstream.timeouts`"]),
+        ('[guards.flexguard]\nmodel = ""', ["`model`", "`guards.flexguard`"]),
+        ('[guards.reasoningshield]\nmodel = ""', ["`model`", "`guards.reasoningshield`"]),
+        ('[guards.flexguard]\nbackend = "onnx"', ["`guards.flexguard.backend`"]),
+        ("[guards.flexguard]\nenabled = false", ["`guards.flexguard`"]),
+        ("[guards.reasoningshield]\nenabled = false", ["`guards.reasoningshield`"]),
+        ("[server]\nport = [", ["not valid TOML"]),
+    ],
+)
+def test_parse_config_error_names_the_key(toml: str, names: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(toml, source="my.toml")
+    message = str(info.value)
+    assert message.startswith("my.toml: ")
+    assert "$" not in message  # msgspec's JSON path is turned into TOML keys
+    for name in names:
+        assert name in message
+
+
+def test_disabled_guard_without_model_is_fine_when_its_stages_are_off() -> None:
+    config = parse_config(
+        "[policy.reasoning]\nenabled = false\n[guards.reasoningshield]\nenabled = false\nmodel = ''\n"
+    )
+    assert not config.guards.reasoningshield.enabled
+
+
+def test_empty_config_is_the_default() -> None:
+    assert parse_config("") == ProxyConfig()
+    assert parse_config(b"") == ProxyConfig()
+
+
+def test_values_are_read() -> None:
+    config = parse_config(
+        '[upstream]\nbase_url = "https://api.example.com/v1/"\n'
+        "[upstream.timeouts]\nread_s = 0\n"
+        "[policy]\nstrictness = 35\n"
+        '[policy.answer]\nrelease = "final"\ncheck_every_tokens = 1\n'
+    )
+    assert config.upstream.base_url == "https://api.example.com/v1"  # trailing slash dropped
+    assert config.upstream.timeouts.read_s == 0
+    assert config.policy.threshold == 35
+    assert config.policy.answer.release == "final"
+    assert config.policy.answer.check_every_tokens == 1
+
+
+@pytest.mark.parametrize(
+    ("strictness", "threshold"),
+    [("strict", 20), ("moderate", 40), ("loose", 60), (0, 0), (37, 37), (100, 100)],
+)
+def test_threshold_of(strictness: str | int, threshold: int) -> None:
+    assert threshold_of(strictness) == threshold
+    assert PolicyConfig(strictness=strictness).threshold == threshold
+
+
+def test_strictness_names_match_the_documented_thresholds() -> None:
+    assert STRICTNESS_THRESHOLDS == {"strict": 20, "moderate": 40, "loose": 60}
+
+
+@pytest.mark.parametrize("strictness", [101, -1, True, False, "Strict", "", "40"])
+def test_threshold_of_rejects(strictness: object) -> None:
+    with pytest.raises(ValueError, match="strictness"):
+        threshold_of(strictness)  # type: ignore[arg-type]
+
+
+def test_load_config_of_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "missing.toml"
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_load_config_error_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[policy]\nstrictness = 'x'\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: ")
+
+
+def test_load_config_reads_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "ok.toml"
+    path.write_text('[policy]\nstrictness = "loose"\n')
+    assert load_config(path).policy.threshold == 60
+    assert load_config(str(path)).policy.threshold == 60
+
+
+# --- config.example.toml ---
+
+
+def test_example_config_parses_to_the_defaults() -> None:
+    assert load_config(EXAMPLE) == ProxyConfig()
+
+
+def _example_sections() -> dict[str, str]:
+    sections: dict[str, list[str]] = {"": []}
+    current = ""
+    for line in EXAMPLE.read_text().splitlines():
+        header = re.fullmatch(r"\s*\[([A-Za-z0-9_.]+)\]\s*", line)
+        if header:
+            current = header.group(1)
+            sections.setdefault(current, [])
+        else:
+            sections[current].append(line)
+    return {name: "\n".join(lines) for name, lines in sections.items()}
+
+
+def _options(struct: type[msgspec.Struct], prefix: str = "") -> list[tuple[str, str]]:
+    """(section, option) for every leaf option, recursing into nested structs."""
+    out = []
+    for field in msgspec.structs.fields(struct):
+        if isinstance(field.type, type) and issubclass(field.type, msgspec.Struct):
+            out += _options(field.type, f"{prefix}.{field.encode_name}" if prefix else field.encode_name)
+        else:
+            out.append((prefix, field.encode_name))
+    return out
+
+
+def test_example_config_documents_every_option() -> None:
+    sections = _example_sections()
+    options = _options(ProxyConfig)
+    assert len(options) > 30  # the walk reached the leaves
+    missing = []
+    for section, name in options:
+        body = sections.get(section)
+        if body is None or not re.search(rf"^#? ?{re.escape(name)} =", body, re.MULTILINE):
+            missing.append(f"[{section}] {name}")
+    assert missing == []
+
+
+def test_example_config_has_no_section_the_config_lacks() -> None:
+    sections = {s for s in _example_sections() if s}
+    known = {section for section, _ in _options(ProxyConfig)}
+    assert sections <= known

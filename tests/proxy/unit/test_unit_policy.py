@@ -1,0 +1,115 @@
+"""proxy._policy: where a verdict becomes an action."""
+
+from __future__ import annotations
+
+import pytest
+
+from guards import GuardBackendError, GuardTimeout, Verdict, VerdictParseError
+from proxy._config import AnswerStage, PolicyConfig, PromptStage, ReasoningStage
+from proxy._policy import Decision, decide, decide_error, stage_action
+
+
+def v(score: int, *categories: str, guard: str = "flexguard", stage: str = "answer") -> Verdict:
+    return Verdict(guard=guard, stage=stage, risk_score=score, categories=categories)
+
+
+@pytest.mark.parametrize(
+    ("strictness", "score", "flagged"),
+    [
+        ("strict", 19, False),
+        ("strict", 20, True),
+        ("moderate", 39, False),
+        ("moderate", 40, True),
+        ("moderate", 100, True),
+        ("loose", 59, False),
+        ("loose", 60, True),
+        (55, 54, False),
+        (55, 55, True),
+        (0, 0, True),
+        (100, 99, False),
+        (100, 100, True),
+    ],
+)
+def test_flagged_when_score_reaches_threshold(strictness: str | int, score: int, flagged: bool) -> None:
+    policy = PolicyConfig(strictness=strictness)
+    d = decide("answer", (v(score),), policy)
+    assert d.flagged is flagged
+    assert d.action == ("rewrite" if flagged else "pass")
+    assert d.threshold == policy.threshold
+
+
+def test_reasoningshield_judgment_half_flags_only_under_strict() -> None:
+    half = v(50, guard="reasoningshield", stage="reasoning")
+    assert decide("reasoning", (half,), PolicyConfig(strictness="strict")).flagged
+    assert decide("reasoning", (half,), PolicyConfig(strictness="moderate")).flagged
+    assert not decide("reasoning", (half,), PolicyConfig(strictness="loose")).flagged
+
+
+def test_any_verdict_over_threshold_flags() -> None:
+    d = decide("answer", (v(0), v(80, "VIO"), v(10)), PolicyConfig())
+    assert d.flagged and d.risk_score == 80
+
+
+def test_no_verdicts_pass() -> None:
+    d = decide("prompt", (), PolicyConfig())
+    assert not d.flagged and d.action == "pass"
+    assert d.risk_score is None and d.categories == ()
+
+
+def _policy(prompt: str, reasoning: str, answer: str, **kw: object) -> PolicyConfig:
+    return PolicyConfig(
+        prompt=PromptStage(action=prompt), reasoning=ReasoningStage(action=reasoning), answer=AnswerStage(action=answer), **kw
+    )
+
+
+@pytest.mark.parametrize(
+    ("stage", "expected"), [("prompt", "flag"), ("reasoning", "block"), ("answer", "rewrite")]
+)
+def test_flagged_action_is_the_stage_action(stage: str, expected: str) -> None:
+    policy = _policy("flag", "block", "rewrite")
+    assert stage_action(stage, policy) == expected
+    assert decide(stage, (v(90),), policy).action == expected
+    assert decide(stage, (v(1),), policy).action == "pass"
+
+
+def test_default_stage_actions() -> None:
+    policy = PolicyConfig()
+    assert [stage_action(s, policy) for s in ("prompt", "reasoning", "answer")] == ["block", "rewrite", "rewrite"]
+
+
+@pytest.mark.parametrize(("action", "stops"), [("block", True), ("rewrite", True), ("flag", False), ("pass", False)])
+def test_decision_stops(action: str, stops: bool) -> None:
+    d = Decision(stage="answer", flagged=action != "pass", action=action, threshold=40)
+    assert d.stops is stops
+
+
+@pytest.mark.parametrize("error", [GuardTimeout("slow"), GuardBackendError("HTTP 500"), VerdictParseError("bad", "out")])
+def test_guard_error_blocks_when_fail_closed(error: Exception) -> None:
+    policy = _policy("block", "rewrite", "flag", on_guard_error="block", strictness="strict")
+    for stage, action in (("prompt", "block"), ("reasoning", "rewrite"), ("answer", "flag")):
+        d = decide_error(stage, error, policy)
+        assert d.flagged
+        assert d.action == action
+        assert d.error == type(error).__name__
+        assert d.threshold == 20
+        assert d.verdicts == ()
+        assert d.risk_score is None
+
+
+def test_guard_error_passes_when_allowed_but_is_reported() -> None:
+    policy = PolicyConfig(on_guard_error="allow")
+    d = decide_error("answer", GuardTimeout("server said: secret"), policy)
+    assert not d.flagged
+    assert d.action == "pass"
+    assert not d.stops
+    assert d.error == "GuardTimeout"  # the class name, never the message text
+
+
+def test_decision_risk_score_is_the_maximum() -> None:
+    d = decide("answer", (v(10), v(70), v(30)), PolicyConfig())
+    assert d.risk_score == 70
+
+
+def test_decision_categories_are_deduplicated_in_order() -> None:
+    d = decide("answer", (v(90, "VIO", "ILG"), v(50, "ILG", "SEX"), v(0)), PolicyConfig())
+    assert d.categories == ("VIO", "ILG", "SEX")
