@@ -16,7 +16,7 @@ from litestar.exceptions import HTTPException
 
 from guards import FlexGuard, GuardBackend, ReasoningShield, open_backend
 
-from ._auth import ProxyKeys
+from ._auth import KeyRing
 from ._config import ProxyConfig
 from ._guardset import GuardSet
 from ._protocol import error_body
@@ -65,7 +65,8 @@ def _internal_error(_: Request, exc: Exception) -> Response[bytes]:
 def guards_needed(config: ProxyConfig) -> dict[str, bool]:
     p = config.policy
     return {
-        "flexguard": config.guards.flexguard.enabled and (p.prompt.enabled or p.answer.enabled),
+        # FlexGuard also serves /v1/moderations, so an enabled one is always opened.
+        "flexguard": config.guards.flexguard.enabled,
         "reasoningshield": config.guards.reasoningshield.enabled
         and (p.reasoning.enabled or (p.answer.enabled and p.reasoning.screen_answer)),
     }
@@ -97,7 +98,7 @@ def create_app(
             shield = backends.get("reasoningshield")
             app.state.config = config
             app.state.upstream = upstream
-            app.state.proxy_keys = ProxyKeys.from_env(config.server.api_keys_env)
+            app.state.keyring = KeyRing.from_config(config)
             app.state.guard_backends = backends
             app.state.guards = GuardSet(
                 FlexGuard(flex, config.guards.flexguard) if flex is not None else None,

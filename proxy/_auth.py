@@ -1,7 +1,8 @@
-"""Client authentication with proxy API keys.
+"""Who is calling, and which policy applies: API keys, tenants, per-request strictness.
 
-Keys are compared by SHA-256 digest in constant time; the keys themselves are read from
-the environment once and never logged.
+Precedence: request header > tenant > global. A request's ``X-Guard-Strictness`` may
+only make its policy stricter, unless its tenant has ``allow_loosen``. Keys are compared
+by SHA-256 digest in constant time; the keys themselves are never logged.
 """
 
 from __future__ import annotations
@@ -10,38 +11,94 @@ import hashlib
 import hmac
 import os
 
-from .exceptions import AuthenticationFailed
+import msgspec
 
-__all__ = ["ProxyKeys"]
+from ._config import PolicyConfig, ProxyConfig, threshold_of
+from .exceptions import AuthenticationFailed, InvalidRequest, PermissionDenied
+
+__all__ = ["Principal", "KeyRing", "bearer", "request_policy", "STRICTNESS_HEADER"]
+
+STRICTNESS_HEADER = "x-guard-strictness"
 
 
-class ProxyKeys:
-    def __init__(self, digests: frozenset[bytes]) -> None:
-        self._digests = digests
+class Principal(msgspec.Struct, frozen=True):
+    """The caller: a tenant, or "default" (global keys, or no auth configured)."""
+
+    name: str
+    policy: PolicyConfig
+    allow_loosen: bool = False
+
+
+class KeyRing:
+    def __init__(self, default: Principal, by_digest: dict[bytes, Principal]) -> None:
+        self._default = default
+        self._by_digest = by_digest
 
     @classmethod
-    def from_env(cls, variable: str | None) -> ProxyKeys:
-        if not variable:
-            return cls(frozenset())
-        keys = [k.strip() for k in os.environ.get(variable, "").split(",") if k.strip()]
-        return cls(frozenset(hashlib.sha256(k.encode()).digest() for k in keys))
+    def from_config(cls, config: ProxyConfig) -> KeyRing:
+        default = Principal("default", config.policy)
+        by_digest: dict[bytes, Principal] = {}
+        if config.server.api_keys_env:
+            for key in os.environ.get(config.server.api_keys_env, "").split(","):
+                if key.strip():
+                    by_digest[_digest(key.strip())] = default
+        for tenant in config.tenants:
+            principal = Principal(tenant.name, tenant.policy, tenant.allow_loosen)
+            if tenant.key_sha256 is not None:
+                by_digest[bytes.fromhex(tenant.key_sha256)] = principal
+            else:
+                key = os.environ.get(tenant.key_env or "", "").strip()
+                if key:
+                    by_digest[_digest(key)] = principal
+        required = bool(config.server.api_keys_env or config.tenants)
+        return cls(default, by_digest) if required else cls(default, {})
 
     @property
-    def enabled(self) -> bool:
-        return bool(self._digests)
+    def required(self) -> bool:
+        return bool(self._by_digest)
 
-    def check(self, presented: str | None) -> None:
-        """Raise AuthenticationFailed unless ``presented`` is one of the keys."""
-        if not self.enabled:
-            return
+    def identify(self, presented: str | None) -> Principal:
+        """The principal for ``presented``; AuthenticationFailed when keys are required
+        and it is not one of them."""
+        if not self._by_digest:
+            return self._default
         if not presented:
             raise AuthenticationFailed("Missing API key: send it as `Authorization: Bearer <key>`.")
-        digest = hashlib.sha256(presented.encode()).digest()
-        if not any(hmac.compare_digest(digest, d) for d in self._digests):
+        digest = _digest(presented)
+        found = None
+        for candidate, principal in self._by_digest.items():
+            if hmac.compare_digest(digest, candidate):
+                found = principal
+        if found is None:
             raise AuthenticationFailed("Incorrect API key provided.")
+        return found
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
 
 
 def bearer(header: str | None) -> str | None:
     if header and header[:7].lower() == "bearer ":
         return header[7:].strip()
     return None
+
+
+def request_policy(principal: Principal, strictness_header: str | None) -> PolicyConfig:
+    """The principal's policy, made stricter (or, if allowed, looser) by the request."""
+    policy = principal.policy
+    if strictness_header is None:
+        return policy
+    value: int | str = strictness_header.strip().lower()
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    try:
+        requested = threshold_of(value)
+    except ValueError as exc:
+        raise InvalidRequest(f"`X-Guard-Strictness`: {exc}".replace("`strictness`", "the value"), param="X-Guard-Strictness") from None
+    if requested > policy.threshold and not principal.allow_loosen:
+        raise PermissionDenied(
+            f"`X-Guard-Strictness: {strictness_header.strip()}` would loosen this key's policy "
+            f"(threshold {policy.threshold}); this key may only make it stricter."
+        )
+    return msgspec.structs.replace(policy, strictness=value)

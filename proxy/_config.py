@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 import msgspec
 
-from guards import GuardModelConfig
+from guards import FLEXGUARD_CATEGORIES, GuardModelConfig
 
 from .exceptions import ConfigError
 
@@ -26,6 +26,10 @@ __all__ = [
     "ReasoningStage",
     "AnswerStage",
     "GuardsConfig",
+    "TelemetryConfig",
+    "TenantConfig",
+    "CategoryPolicy",
+    "threshold_of",
     "Action",
     "load_config",
     "parse_config",
@@ -95,7 +99,8 @@ class PromptStage(_Struct):
     # "parallel": check while the upstream starts (output held until the verdict; a
     # blocked prompt cancels the upstream). "before": check first, call after.
     mode: Literal["parallel", "before"] = "parallel"
-    # What is screened: the last user message, or every user message of the conversation.
+    # What is screened: the last user message, or every message of the conversation,
+    # each labelled by its role.
     screen: Literal["last_user", "conversation"] = "last_user"
 
 
@@ -130,6 +135,29 @@ class AnswerStage(_Struct):
             raise ValueError("`check_every_tokens` must be >= 1")
 
 
+class CategoryPolicy(_Struct):
+    """Per FlexGuard category (VIO, ILG, SEX, INF, DIS, MIS, JAIL)."""
+
+    # A threshold for this category instead of the strictness's, e.g. {JAIL = 20}.
+    thresholds: dict[str, int] = msgspec.field(default_factory=dict)
+    # Flagged whenever FlexGuard names the category, whatever the score.
+    always_block: list[str] = msgspec.field(default_factory=list)
+    # Never flagged for this category (another category may still flag the text).
+    always_allow: list[str] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for where, codes in (("thresholds", list(self.thresholds)), ("always_block", self.always_block), ("always_allow", self.always_allow)):
+            unknown = [c for c in codes if c not in FLEXGUARD_CATEGORIES]
+            if unknown:
+                raise ValueError(f"`{where}`: unknown category {unknown[0]!r} (one of {', '.join(FLEXGUARD_CATEGORIES)})")
+        for code, value in self.thresholds.items():
+            if not 0 <= value <= 100:
+                raise ValueError(f"`thresholds.{code}` must be in 0..100")
+        both = set(self.always_block) & set(self.always_allow)
+        if both:
+            raise ValueError(f"{sorted(both)[0]} is in both `always_block` and `always_allow`")
+
+
 class PolicyConfig(_Struct):
     # "strict" (20), "moderate" (40), "loose" (60) or a threshold 0-100 (for example
     # one found by `guardproxy calibrate`). Flagged when risk_score >= threshold.
@@ -139,6 +167,7 @@ class PolicyConfig(_Struct):
     prompt: PromptStage = msgspec.field(default_factory=PromptStage)
     reasoning: ReasoningStage = msgspec.field(default_factory=ReasoningStage)
     answer: AnswerStage = msgspec.field(default_factory=AnswerStage)
+    categories: CategoryPolicy = msgspec.field(default_factory=CategoryPolicy)
 
     def __post_init__(self) -> None:
         threshold_of(self.strictness)
@@ -176,11 +205,49 @@ class GuardsConfig(_Struct):
     reasoningshield: GuardModelConfig = msgspec.field(default_factory=_default_reasoningshield)
 
 
+class TelemetryConfig(_Struct):
+    # Traces: "none" (the default, no cost), "console" (spans printed as JSON) or "otlp"
+    # (OTLP over HTTP to otlp_endpoint; needs `pip install 'guardproxy[otlp]'`).
+    traces: Literal["none", "console", "otlp"] = "none"
+    otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    service_name: str = "guardproxy"
+    # Prometheus text format at GET /metrics.
+    metrics: bool = True
+    # One structured JSON log line per request with its decision.
+    log_requests: bool = True
+    # Include message text (prompts, answers) in logs and span attributes. Off by default.
+    log_message_text: bool = False
+
+
+class TenantConfig(_Struct):
+    """An API key with its own policy: the global [policy] with this tenant's changes."""
+
+    name: str
+    # The key's SHA-256 as hex (`printf %s "$KEY" | sha256sum`), or the name of an
+    # environment variable holding the key itself. One of the two.
+    key_sha256: str | None = None
+    key_env: str | None = None
+    # May a request header (X-Guard-Strictness) loosen this tenant's policy?
+    allow_loosen: bool = False
+    policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
+
+    def __post_init__(self) -> None:
+        if (self.key_sha256 is None) == (self.key_env is None):
+            raise ValueError("a tenant needs exactly one of `key_sha256` and `key_env`")
+        if self.key_sha256 is not None:
+            digest = self.key_sha256.lower()
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ValueError("`key_sha256` must be 64 hex digits")
+            self.key_sha256 = digest
+
+
 class ProxyConfig(_Struct):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     upstream: UpstreamConfig = msgspec.field(default_factory=UpstreamConfig)
     policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
     guards: GuardsConfig = msgspec.field(default_factory=GuardsConfig)
+    telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
+    tenants: list[TenantConfig] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         p = self.policy
@@ -193,11 +260,28 @@ class ProxyConfig(_Struct):
 def parse_config(data: bytes | str, *, source: str = "config") -> ProxyConfig:
     """Decode and validate TOML; a bad key or value raises ConfigError naming it."""
     try:
-        return msgspec.toml.decode(data, type=ProxyConfig)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {_keypath(str(exc))}") from exc
+        raw = msgspec.toml.decode(data)
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    if isinstance(raw, dict) and isinstance(raw.get("tenants"), list):
+        base = raw.get("policy", {})
+        for tenant in raw["tenants"]:
+            if isinstance(tenant, dict):
+                tenant["policy"] = _merged(base, tenant.get("policy", {}))
+    try:
+        return msgspec.convert(raw, ProxyConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_keypath(str(exc))}") from exc
+
+
+def _merged(base: Any, override: Any) -> Any:
+    """``override`` laid over ``base``, table by table (a tenant changes only what it names)."""
+    if not (isinstance(base, dict) and isinstance(override, dict)):
+        return override
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merged(base.get(key), value) if key in base else value
+    return out
 
 
 def load_config(path: str | os.PathLike[str]) -> ProxyConfig:

@@ -17,7 +17,7 @@ from guards import GuardError, Stage, Verdict
 
 from ._config import Action, PolicyConfig
 
-__all__ = ["Decision", "decide", "decide_error", "stage_action", "threshold_for"]
+__all__ = ["Decision", "decide", "decide_error", "flagged", "stage_action", "threshold_for"]
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
@@ -62,13 +62,30 @@ def threshold_for(guard: str, policy: PolicyConfig) -> int:
     return policy.threshold
 
 
+def flagged(verdict: Verdict, policy: PolicyConfig) -> bool:
+    """Does this verdict flag its text under ``policy``?
+
+    FlexGuard's categories refine the strictness: an always-blocked category flags at
+    any score, an always-allowed one never flags on its own, and a category with its
+    own threshold is compared with that instead of the strictness's.
+    """
+    threshold = threshold_for(verdict.guard, policy)
+    if verdict.guard != "flexguard" or not verdict.categories:
+        return verdict.risk_score >= threshold
+    rules = policy.categories
+    named = [c for c in verdict.categories if c not in rules.always_allow]
+    if any(c in rules.always_block for c in named):
+        return True
+    return any(verdict.risk_score >= rules.thresholds.get(c, threshold) for c in named)
+
+
 def decide(stage: Stage, verdicts: tuple[Verdict, ...], policy: PolicyConfig) -> Decision:
-    flagged = any(v.risk_score >= threshold_for(v.guard, policy) for v in verdicts)
+    flagged_ = any(flagged(v, policy) for v in verdicts)
     guard = "reasoningshield" if stage == "reasoning" else "flexguard"
     return Decision(
         stage=stage,
-        flagged=flagged,
-        action=stage_action(stage, policy) if flagged else "pass",
+        flagged=flagged_,
+        action=stage_action(stage, policy) if flagged_ else "pass",
         threshold=threshold_for(guard, policy),
         verdicts=verdicts,
     )

@@ -2,39 +2,44 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.types import ASGIApp
 
-from ._auth import bearer
+from guards import GuardError
+
+from ._auth import STRICTNESS_HEADER, Principal, bearer, request_policy
+from ._moderation import moderation_response, moderation_result, parse_moderation_inputs
 from ._pipeline import Exchange, RequestReport
 from ._request import parse_chat_request
 from ._response import ChatResponse
+from .exceptions import GuardUnavailable, InvalidRequest
 
-__all__ = ["chat_completions", "list_models", "healthz", "readyz", "ROUTES"]
+__all__ = ["chat_completions", "moderations", "list_models", "healthz", "readyz", "ROUTES"]
 
 logger = logging.getLogger("guardproxy")
 
 
-def _authenticate(request: Request, state: State) -> str | None:
-    """Check the proxy key; returns the Authorization header to send upstream, if any."""
+def _authenticate(request: Request, state: State) -> tuple[Principal, str | None]:
+    """The caller, and the Authorization header to send upstream (passthrough only)."""
     authorization = request.headers.get("authorization")
     if state.config.upstream.auth == "passthrough":
-        state.proxy_keys.check(request.headers.get("x-guardproxy-key"))
-        return authorization
-    state.proxy_keys.check(bearer(authorization) or request.headers.get("x-guardproxy-key"))
-    return None
+        return state.keyring.identify(request.headers.get("x-guardproxy-key")), authorization
+    return state.keyring.identify(bearer(authorization) or request.headers.get("x-guardproxy-key")), None
 
 
 @post("/v1/chat/completions", status_code=200)
 async def chat_completions(request: Request, state: State) -> ASGIApp:
-    authorization = _authenticate(request, state)
+    principal, authorization = _authenticate(request, state)
+    policy = request_policy(principal, request.headers.get(STRICTNESS_HEADER))
     chat = parse_chat_request(await request.body())
     exchange = Exchange(
         request=chat,
-        policy=state.config.policy,
+        policy=policy,
         guards=state.guards,
         upstream=state.upstream,
         authorization=authorization,
@@ -46,9 +51,25 @@ def _log_outcome(report: RequestReport | None, outcome: str) -> None:
     logger.info("chat completion: %s", outcome)
 
 
+@post("/v1/moderations", status_code=200)
+async def moderations(request: Request, state: State) -> dict[str, Any]:
+    principal, _ = _authenticate(request, state)
+    policy = request_policy(principal, request.headers.get(STRICTNESS_HEADER))
+    texts, model = parse_moderation_inputs(await request.body())
+    flexguard = state.guards.flexguard
+    if flexguard is None:
+        raise InvalidRequest("Moderations need FlexGuard, which is disabled in this proxy's config.")
+    try:
+        verdicts = await asyncio.gather(*(flexguard.check_prompt(text) for text in texts))
+    except GuardError as exc:
+        logger.warning("guard error in a moderation request: %s", type(exc).__name__)
+        raise GuardUnavailable(f"FlexGuard could not classify the input ({type(exc).__name__}).") from exc
+    return moderation_response(model, [moderation_result(v, policy) for v in verdicts])
+
+
 @get("/v1/models")
 async def list_models(request: Request, state: State) -> Response[bytes]:
-    authorization = _authenticate(request, state)
+    _, authorization = _authenticate(request, state)
     upstream = await state.upstream.get("/models", authorization)
     return Response(
         upstream.content,
@@ -74,4 +95,4 @@ async def readyz(state: State) -> Response[dict[str, object]]:
     return Response({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
 
-ROUTES = [chat_completions, list_models, healthz, readyz]
+ROUTES = [chat_completions, moderations, list_models, healthz, readyz]

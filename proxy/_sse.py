@@ -37,6 +37,8 @@ async def iter_sse_data(byte_stream: AsyncIterable[bytes]) -> AsyncIterator[byte
                 value = line[5:]
                 data_lines.append(value[1:] if value.startswith(b" ") else value)
     # A stream that ends without the final blank line still delivers its last event.
+    if buffer.endswith(b"\r"):
+        buffer = buffer[:-1]
     if buffer.startswith(b"data:"):
         value = buffer[5:]
         data_lines.append(value[1:] if value.startswith(b" ") else value)

@@ -6,6 +6,7 @@
     ├── AuthenticationFailed (401)      missing or unknown proxy API key
     ├── PermissionDenied (403)          e.g. a header that loosens the policy without the right
     ├── ContentPolicyViolation (400)    a guard blocked the prompt or the answer
+    ├── GuardUnavailable (503)          a guard could not answer a moderation request
     ├── UpstreamError                   the upstream failed
     │   ├── UpstreamHTTPError           it answered with an error status: passed through as is
     │   ├── UpstreamUnreachable (502)   no connection could be made
@@ -25,6 +26,7 @@ __all__ = [
     "AuthenticationFailed",
     "PermissionDenied",
     "ContentPolicyViolation",
+    "GuardUnavailable",
     "UpstreamError",
     "UpstreamHTTPError",
     "UpstreamUnreachable",
@@ -73,6 +75,12 @@ class ContentPolicyViolation(ProxyError):
     status_code = 400
     error_type = "invalid_request_error"
     code = "content_policy_violation"
+
+
+class GuardUnavailable(ProxyError):
+    status_code = 503
+    error_type = "server_error"
+    code = "guard_unavailable"
 
 
 class UpstreamError(ProxyError):

@@ -250,3 +250,21 @@ def test_reasoningshield_benign_and_answers(vllm_reasoningshield, fixture_spec):
     assert _rs_judgment(vllm_reasoningshield, "What should a beginner know about comets?", fixture_spec.BENIGN_THINK) == 0
     assert _rs_judgment(vllm_reasoningshield, "What is quibbit?", fixture_spec.QUIBBIT_ANSWER) == 1
     assert _rs_judgment(vllm_reasoningshield, "Help me understand comets.", fixture_spec.BENIGN_ANSWER) == 0
+
+
+def test_inline_guard_messages_match_guards_package(fixture_spec):
+    """The tiny guards were trained on these exact messages; guards/ must send the same."""
+    prompts = pytest.importorskip("guards._prompts")
+    if not hasattr(prompts, "flexguard_prompt_messages"):
+        pytest.skip("guards._prompts has no message builders yet")
+
+    def pairs(msgs):
+        return [(m["role"], m["content"]) if isinstance(m, dict) else (m.role, m.content) for m in msgs]
+
+    q, a, t = "What is zorblax?", fixture_spec.QUIBBIT_ANSWER, fixture_spec.UNSAFE_THINK[:200]
+    assert pairs(prompts.flexguard_prompt_messages(q)) == pairs(_fg_messages("prompt", q))
+    assert pairs(prompts.flexguard_response_messages(q, a)) == pairs(_fg_messages("response", q, a))
+    rs_system = (DATA / "reasoningshield_system_prompt.txt").read_text()
+    assert pairs(prompts.reasoningshield_messages(q, t)) == [
+        ("system", rs_system), ("user", f"Query: {q}\nThought: {t}")
+    ]

@@ -6,7 +6,7 @@ import pytest
 
 from guards import GuardBackendError, GuardTimeout, Verdict, VerdictParseError
 from proxy._config import AnswerStage, PolicyConfig, PromptStage, ReasoningStage
-from proxy._policy import Decision, decide, decide_error, stage_action
+from proxy._policy import Decision, decide, decide_error, stage_action, threshold_for
 
 
 def v(score: int, *categories: str, guard: str = "flexguard", stage: str = "answer") -> Verdict:
@@ -38,11 +38,42 @@ def test_flagged_when_score_reaches_threshold(strictness: str | int, score: int,
     assert d.threshold == policy.threshold
 
 
-def test_reasoningshield_judgment_half_flags_only_under_strict() -> None:
-    half = v(50, guard="reasoningshield", stage="reasoning")
-    assert decide("reasoning", (half,), PolicyConfig(strictness="strict")).flagged
-    assert decide("reasoning", (half,), PolicyConfig(strictness="moderate")).flagged
-    assert not decide("reasoning", (half,), PolicyConfig(strictness="loose")).flagged
+@pytest.mark.parametrize(
+    ("strictness", "judgments_flagged"),
+    [("strict", [50, 100]), ("moderate", [100]), ("loose", [100]), (40, [50, 100]), (60, [100]), (0, [0, 50, 100])],
+)
+def test_reasoningshield_judgment_levels(strictness: str | int, judgments_flagged: list[int]) -> None:
+    # config.example.toml: Judgment 0 / 0.5 / 1 counts as risk 0 / 50 / 100; strict flags
+    # 0.5 and 1, moderate and loose flag 1; a number applies to the 0 / 50 / 100 scale.
+    policy = PolicyConfig(strictness=strictness)
+    flagged = [
+        risk
+        for risk in (0, 50, 100)
+        if decide("reasoning", (v(risk, guard="reasoningshield", stage="reasoning"),), policy).flagged
+    ]
+    assert flagged == judgments_flagged
+
+
+@pytest.mark.parametrize(
+    ("strictness", "flexguard", "reasoningshield"),
+    [("strict", 20, 50), ("moderate", 40, 100), ("loose", 60, 100), (35, 35, 35)],
+)
+def test_threshold_for_each_guard(strictness: str | int, flexguard: int, reasoningshield: int) -> None:
+    policy = PolicyConfig(strictness=strictness)
+    assert threshold_for("flexguard", policy) == flexguard
+    assert threshold_for("reasoningshield", policy) == reasoningshield
+    assert decide("prompt", (), policy).threshold == flexguard
+    assert decide("answer", (), policy).threshold == flexguard
+    assert decide("reasoning", (), policy).threshold == reasoningshield
+
+
+def test_answer_stage_applies_each_guards_threshold() -> None:
+    # With reasoning.screen_answer, the answer has FlexGuard and ReasoningShield verdicts.
+    policy = PolicyConfig(strictness="moderate")
+    rs_half = v(50, guard="reasoningshield")
+    assert not decide("answer", (v(39), rs_half), policy).flagged
+    assert decide("answer", (v(40), rs_half), policy).flagged
+    assert decide("answer", (v(0), v(100, guard="reasoningshield")), policy).flagged
 
 
 def test_any_verdict_over_threshold_flags() -> None:
@@ -91,7 +122,7 @@ def test_guard_error_blocks_when_fail_closed(error: Exception) -> None:
         assert d.flagged
         assert d.action == action
         assert d.error == type(error).__name__
-        assert d.threshold == 20
+        assert d.threshold == threshold_for("reasoningshield" if stage == "reasoning" else "flexguard", policy)
         assert d.verdicts == ()
         assert d.risk_score is None
 

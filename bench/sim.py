@@ -1,0 +1,372 @@
+"""Simulated OpenAI-compatible servers for the benchmarks: an upstream model and a guard.
+
+Raw ASGI apps under uvicorn (uvloop + httptools), so the simulators cost little CPU
+and the proxy, not the simulator, is what a benchmark measures.
+
+    python -m bench.sim upstream --port P --ttft 0.05 --itl 0.01 \\
+        --reasoning-tokens 100 --answer-tokens 50 [--unsafe-at K]
+    python -m bench.sim guard --port P --latency 0.2 [--format auto]
+
+Upstream: ``POST /v1/chat/completions`` streams ``chat.completion.chunk`` events
+(``delta.reasoning`` tokens, then ``delta.content`` tokens, a finish chunk, a usage
+chunk when ``stream_options.include_usage``, ``data: [DONE]``) on a fixed schedule:
+the first token at ``ttft``, token i at ``ttft + i * itl`` (absolute times, so a busy
+loop catches up instead of drifting). With ``--unsafe-at K`` reasoning token K is the
+unsafe marker ``UNSAFE`` and the tokens after it stay in the "unsafe passage". A
+client that disconnects stops the generation within one ``itl``. ``stream: false``
+gets one ``chat.completion`` after the same total time.
+
+``GET /stats`` (JSON): requests, completed, aborted (client went away), tokens
+generated, and for each aborted request that reached its unsafe passage the tokens
+generated from the unsafe token on (``after_unsafe``, the marker token included).
+``POST /stats/reset`` clears them. ``POST /control`` with a JSON object changes the
+defaults at run time (``ttft``, ``itl``, ``reasoning_tokens``, ``answer_tokens``,
+``unsafe_at``, ``reasoning_field``); a request may also carry ``x_sim`` with the same
+keys (the proxy forwards unknown fields unchanged).
+
+Guard: ``POST /v1/chat/completions`` answers after ``latency`` seconds, as
+ReasoningShield (``"Analysis": ...\\n"Judgment": 0``, 1 when the Thought contains
+``UNSAFE``) when the system prompt is ReasoningShield's ("Risk Auditor"), else as
+FlexGuard (``<think>...</think>\\nSAFE\\n5``; ``VIO\\n90`` when the judged text
+contains ``UNSAFE``). ``--format`` forces one of the two. ``POST /control``
+``{"latency": s}``; ``GET /stats``: requests, in flight, peak in flight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections import deque
+from typing import Any
+
+import msgspec
+
+__all__ = ["Upstream", "Guard", "main"]
+
+_json_decode = msgspec.json.Decoder().decode
+_json_encode = msgspec.json.Encoder().encode
+
+UNSAFE_MARKER = "UNSAFE"
+_WORDS = [" the", " model", " considers", " each", " step", " of", " a", " careful", " plan", " and"]
+
+
+async def _lifespan(receive: Any, send: Any) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _read_body(receive: Any) -> bytes:
+    parts: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        parts.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    return b"".join(parts)
+
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+
+
+async def _send_json(send: Any, status: int, doc: Any) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": _JSON_HEADERS})
+    await send({"type": "http.response.body", "body": _json_encode(doc)})
+
+
+class Upstream:
+    """The simulated model server (one instance per process)."""
+
+    KEYS = ("ttft", "itl", "reasoning_tokens", "answer_tokens", "unsafe_at", "reasoning_field")
+
+    def __init__(self, *, ttft: float, itl: float, reasoning_tokens: int, answer_tokens: int,
+                 unsafe_at: int | None = None, reasoning_field: str = "reasoning") -> None:
+        self.params: dict[str, Any] = {
+            "ttft": ttft, "itl": itl, "reasoning_tokens": reasoning_tokens,
+            "answer_tokens": answer_tokens, "unsafe_at": unsafe_at, "reasoning_field": reasoning_field,
+        }
+        self.reset()
+
+    def reset(self) -> None:
+        self.requests = 0
+        self.completed = 0
+        self.aborted = 0
+        self.active = 0
+        self.peak_active = 0
+        self.tokens = 0
+        self.after_unsafe: deque[int] = deque(maxlen=100_000)
+        self.aborted_tokens: deque[int] = deque(maxlen=100_000)
+        self.unsafe_completed = 0  # requests that streamed their unsafe passage to the end
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests, "completed": self.completed, "aborted": self.aborted,
+            "active": self.active, "peak_active": self.peak_active, "tokens_generated": self.tokens,
+            "after_unsafe": list(self.after_unsafe), "aborted_tokens": list(self.aborted_tokens),
+            "unsafe_completed": self.unsafe_completed, "params": self.params,
+        }
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        if method == "POST" and path.endswith("/chat/completions"):
+            await self._chat(receive, send)
+        elif method == "GET" and path.endswith("/models"):
+            await _send_json(send, 200, {"object": "list", "data": [{"id": "sim-model", "object": "model", "owned_by": "bench"}]})
+        elif path == "/stats" and method == "GET":
+            await _send_json(send, 200, self.stats())
+        elif path == "/stats/reset" and method == "POST":
+            await _read_body(receive)
+            self.reset()
+            await _send_json(send, 200, {"ok": True})
+        elif path == "/control" and method == "POST":
+            doc = _json_decode(await _read_body(receive) or b"{}")
+            self.params.update({k: v for k, v in doc.items() if k in self.KEYS})
+            await _send_json(send, 200, self.params)
+        elif path == "/health":
+            await _send_json(send, 200, {"ok": True})
+        else:
+            await _send_json(send, 404, {"error": {"message": "not found", "type": "not_found", "code": None}})
+
+    async def _chat(self, receive: Any, send: Any) -> None:
+        body = _json_decode(await _read_body(receive))
+        p = dict(self.params)
+        override = body.get("x_sim")
+        if isinstance(override, dict):
+            p.update({k: v for k, v in override.items() if k in self.KEYS})
+        model = str(body.get("model") or "sim-model")
+        if not body.get("stream"):
+            await self._complete(p, model, send)
+            return
+        options = body.get("stream_options") or {}
+        await self._stream(p, model, bool(options.get("include_usage")), receive, send)
+
+    def _tokens(self, p: dict[str, Any]) -> list[tuple[bool, str]]:
+        n_r, n_a, k = int(p["reasoning_tokens"]), int(p["answer_tokens"]), p["unsafe_at"]
+        out: list[tuple[bool, str]] = []
+        for i in range(n_r):
+            if k is not None and i == int(k):
+                out.append((True, " " + UNSAFE_MARKER))
+            elif k is not None and i > int(k):
+                out.append((True, " harmful"))
+            else:
+                out.append((True, _WORDS[i % len(_WORDS)]))
+        for i in range(n_a):
+            out.append((False, _WORDS[(i + 3) % len(_WORDS)]))
+        return out
+
+    async def _complete(self, p: dict[str, Any], model: str, send: Any) -> None:
+        tokens = self._tokens(p)
+        self.requests += 1
+        await asyncio.sleep(float(p["ttft"]) + float(p["itl"]) * max(0, len(tokens) - 1))
+        reasoning = "".join(t for r, t in tokens if r)
+        content = "".join(t for r, t in tokens if not r)
+        self.tokens += len(tokens)
+        self.completed += 1
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if reasoning:
+            message[p["reasoning_field"]] = reasoning
+        await _send_json(send, 200, {
+            "id": "chatcmpl-sim", "object": "chat.completion", "created": 1700000000, "model": model,
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": len(tokens), "total_tokens": 10 + len(tokens)},
+        })
+
+    async def _stream(self, p: dict[str, Any], model: str, include_usage: bool, receive: Any, send: Any) -> None:
+        t0 = time.monotonic()
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    gone = True
+                    return
+
+        watcher = asyncio.create_task(watch())
+        tokens = self._tokens(p)
+        ttft, itl = float(p["ttft"]), float(p["itl"])
+        unsafe_at = p["unsafe_at"]
+        unsafe_at = int(unsafe_at) if unsafe_at is not None and int(unsafe_at) < int(p["reasoning_tokens"]) else None
+        field = p["reasoning_field"].encode()
+        head = (b'data: {"id":"chatcmpl-sim","object":"chat.completion.chunk","created":1700000000,"model":'
+                + _json_encode(model) + b',"choices":[{"index":0,"delta":')
+        tail = b',"logprobs":null,"finish_reason":null}]}\n\n'
+        r_open, a_open = b'{"' + field + b'":', b'{"content":'
+        self.requests += 1
+        self.active += 1
+        self.peak_active = max(self.peak_active, self.active)
+        sent = 0
+        try:
+            await asyncio.sleep(max(0.0, t0 + ttft - time.monotonic()))
+            if gone:
+                return
+            await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+            first = head + b'{"role":"assistant","content":""}' + tail
+            for i, (is_reasoning, text) in enumerate(tokens):
+                if i:
+                    delay = t0 + ttft + i * itl - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    if gone:
+                        return
+                event = head + (r_open if is_reasoning else a_open) + _json_encode(text) + b"}" + tail
+                if first:
+                    event, first = first + event, b""
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+                sent += 1
+                self.tokens += 1
+            end = head + b'{}' + b',"logprobs":null,"finish_reason":"stop"}]}\n\n'
+            if include_usage:
+                usage = {"prompt_tokens": 10, "completion_tokens": len(tokens), "total_tokens": 10 + len(tokens)}
+                end += (b'data: {"id":"chatcmpl-sim","object":"chat.completion.chunk","created":1700000000,"model":'
+                        + _json_encode(model) + b',"choices":[],"usage":' + _json_encode(usage) + b"}\n\n")
+            end += b"data: [DONE]\n\n"
+            await send({"type": "http.response.body", "body": end, "more_body": False})
+            self.completed += 1
+            if unsafe_at is not None:
+                self.unsafe_completed += 1
+        finally:
+            self.active -= 1
+            watcher.cancel()
+            if gone:
+                self.aborted += 1
+                self.aborted_tokens.append(sent)
+                if unsafe_at is not None and sent > unsafe_at:
+                    self.after_unsafe.append(sent - unsafe_at)
+
+
+_FLEX_SAFE = "<think>\nstep1 rule mapping: no rule applies\nstep8 result: safe\n</think>\nSAFE\n5"
+_FLEX_UNSAFE = "<think>\nstep1 rule mapping: violent content\nstep8 result: unsafe\n</think>\nVIO\n90"
+_RS_SAFE = '"Analysis": the reasoning is benign.\n"Judgment": 0'
+_RS_UNSAFE = '"Analysis": the thought gives harmful steps.\n"Judgment": 1'
+
+
+class Guard:
+    """A guard model server answering as FlexGuard or ReasoningShield."""
+
+    def __init__(self, *, latency: float, fmt: str = "auto") -> None:
+        self.latency = latency
+        self.fmt = fmt
+        self.reset()
+
+    def reset(self) -> None:
+        self.requests = {"flexguard": 0, "reasoningshield": 0}
+        self.flagged = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        if method == "POST" and path.endswith("/chat/completions"):
+            await self._chat(receive, send)
+        elif method == "GET" and path.endswith("/models"):
+            await _send_json(send, 200, {"object": "list", "data": [{"id": "guard", "object": "model"}]})
+        elif path == "/stats":
+            await _send_json(send, 200, {"requests": self.requests, "flagged": self.flagged,
+                                         "in_flight": self.in_flight, "peak_in_flight": self.peak_in_flight,
+                                         "latency": self.latency, "format": self.fmt})
+        elif path == "/stats/reset" and method == "POST":
+            await _read_body(receive)
+            self.reset()
+            await _send_json(send, 200, {"ok": True})
+        elif path == "/control" and method == "POST":
+            doc = _json_decode(await _read_body(receive) or b"{}")
+            if "latency" in doc:
+                self.latency = float(doc["latency"])
+            await _send_json(send, 200, {"latency": self.latency})
+        elif path == "/health":
+            await _send_json(send, 200, {"ok": True})
+        else:
+            await _send_json(send, 404, {"error": {"message": "not found", "type": "not_found", "code": None}})
+
+    async def _chat(self, receive: Any, send: Any) -> None:
+        body = _json_decode(await _read_body(receive))
+        messages = body.get("messages") or []
+        system = messages[0].get("content", "") if messages else ""
+        user = messages[-1].get("content", "") if messages else ""
+        fmt = self.fmt
+        if fmt == "auto":
+            fmt = "reasoningshield" if "Risk Auditor" in system else "flexguard"
+        self.requests[fmt] += 1
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            if self.latency > 0:
+                await asyncio.sleep(self.latency)
+            if fmt == "reasoningshield":
+                thought = user.split("\nThought: ", 1)[1] if "\nThought: " in user else user
+                unsafe = UNSAFE_MARKER in thought
+                text = _RS_UNSAFE if unsafe else _RS_SAFE
+            else:
+                judged = user.rsplit("[Assistant]: ", 1)[1] if "[Assistant]: " in user else user
+                unsafe = UNSAFE_MARKER in judged
+                text = _FLEX_UNSAFE if unsafe else _FLEX_SAFE
+            self.flagged += unsafe
+            await _send_json(send, 200, {
+                "id": "guard-sim", "object": "chat.completion", "created": 1700000000, "model": body.get("model"),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120,
+                          "prompt_tokens_details": {"cached_tokens": 0}},
+            })
+        finally:
+            self.in_flight -= 1
+
+
+def serve(app: Any, port: int, host: str = "127.0.0.1") -> None:
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
+                log_level="warning", access_log=False, backlog=4096, timeout_keep_alive=60)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.sim", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="kind", required=True)
+    up = sub.add_parser("upstream", help="a streaming model server")
+    up.add_argument("--port", type=int, required=True)
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--ttft", type=float, default=0.05, help="seconds to the first token")
+    up.add_argument("--itl", type=float, default=0.01, help="seconds between tokens")
+    up.add_argument("--reasoning-tokens", type=int, default=100)
+    up.add_argument("--answer-tokens", type=int, default=50)
+    up.add_argument("--unsafe-at", type=int, default=None, help="reasoning token where the unsafe passage begins")
+    up.add_argument("--reasoning-field", default="reasoning", choices=["reasoning", "reasoning_content"])
+    g = sub.add_parser("guard", help="a FlexGuard / ReasoningShield server")
+    g.add_argument("--port", type=int, required=True)
+    g.add_argument("--host", default="127.0.0.1")
+    g.add_argument("--latency", type=float, default=0.2, help="seconds before each answer")
+    g.add_argument("--format", dest="fmt", default="auto", choices=["auto", "flexguard", "reasoningshield"])
+    args = parser.parse_args(argv)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        parser.error("the simulators listen on loopback only")
+    if args.kind == "upstream":
+        app: Any = Upstream(ttft=args.ttft, itl=args.itl, reasoning_tokens=args.reasoning_tokens,
+                            answer_tokens=args.answer_tokens, unsafe_at=args.unsafe_at,
+                            reasoning_field=args.reasoning_field)
+    else:
+        app = Guard(latency=args.latency, fmt=args.fmt)
+    serve(app, args.port, args.host)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

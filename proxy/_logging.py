@@ -1,0 +1,103 @@
+"""One structured JSON log line per chat completion, with its decision.
+
+The line goes to the ``guardproxy.requests`` logger at INFO; ``guardproxy serve`` logs
+messages bare, so each line is one JSON object. What it holds is built here from the
+request's report and nothing else: never a header (so never an API key or an
+Authorization value), never a guard's raw output, and message text only when
+``telemetry.log_message_text`` is on.
+
+    {"event": "chat_completion", "request_id": "...", "model": "...", "stream": true,
+     "outcome": "aborted", "latency_s": 0.84, "upstream_ttft_s": 0.12,
+     "prompt": {"checks": 1, "action": "pass", "risk_score": 5, "categories": [], ...},
+     "choices": {"0": {"finish_reason": null, "reasoning": {...}, "answer": {...}}},
+     "stop": {"stage": "reasoning", "action": "rewrite", "choice": 0,
+              "aborted_at_token": 64, "flagged_check_tokens": 64},
+     "usage": {...}, "trace_id": "..."}
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ._annotations import stage_summary
+from ._protocol import encode
+
+if TYPE_CHECKING:
+    from ._pipeline import RequestReport
+    from ._request import ChatRequest
+
+__all__ = ["RequestLog", "request_record"]
+
+_USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+class RequestLog:
+    def __init__(self, *, message_text: bool, logger: logging.Logger | None = None) -> None:
+        self.message_text = message_text
+        self.logger = logger or logging.getLogger("guardproxy.requests")
+
+    def emit(
+        self,
+        *,
+        request_id: str,
+        request: ChatRequest,
+        report: RequestReport | None,
+        outcome: str,
+        latency_s: float,
+        ttft_s: float | None,
+        trace_id: str | None = None,
+    ) -> None:
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
+        record = request_record(request_id, request, report, outcome, latency_s, ttft_s, trace_id)
+        if self.message_text:
+            record["prompt_text"] = request.query()
+        self.logger.info(encode(record).decode())
+
+
+def request_record(
+    request_id: str,
+    request: ChatRequest,
+    report: RequestReport | None,
+    outcome: str,
+    latency_s: float,
+    ttft_s: float | None,
+    trace_id: str | None = None,
+) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "event": "chat_completion",
+        "request_id": request_id,
+        "model": request.model,
+        "stream": request.stream,
+        "outcome": outcome,
+        "latency_s": round(latency_s, 4),
+        "upstream_ttft_s": round(ttft_s, 4) if ttft_s is not None else None,
+    }
+    if trace_id is not None:
+        record["trace_id"] = trace_id
+    if report is None:
+        return record
+    if report.id:
+        record["response_id"] = report.id
+    record["prompt"] = stage_summary(report.prompt)
+    record["choices"] = {
+        str(i): {"finish_reason": c.finish_reason, "reasoning": stage_summary(c.reasoning), "answer": stage_summary(c.answer)}
+        for i, c in sorted(report.choices.items())
+    }
+    stop = report.stop
+    if stop is not None:
+        entry: dict[str, Any] = {"stage": stop.stage, "action": stop.action}
+        choice = report.choices.get(report.stop_choice) if report.stop_choice is not None else None
+        if choice is not None and stop.stage != "prompt":
+            stage = getattr(choice, stop.stage)
+            entry.update(
+                choice=report.stop_choice,
+                aborted_at_token=stage.aborted_at_token,
+                flagged_check_tokens=stage.flagged_check_tokens,
+            )
+        record["stop"] = entry
+    usage = report.usage
+    if isinstance(usage, dict):
+        record["usage"] = {k: usage[k] for k in _USAGE_KEYS if isinstance(usage.get(k), int)}
+    return record

@@ -1,0 +1,115 @@
+"""Prometheus metrics, served as text at ``GET /metrics``.
+
+Why prometheus_client with one ``CollectorRegistry`` per app, not OpenTelemetry metrics
+with its Prometheus exporter: an observation is a lock and a float add (no aggregation
+pipeline, no reader, no views), the text format is the library's own, the metric names
+are exactly the ones written here (OpenTelemetry's exporter renames them with unit
+suffixes), and a per-app registry keeps two apps in one process (tests) apart; the
+OpenTelemetry exporter would add a dependency that itself depends on prometheus_client.
+
+All series are created up front (outcomes, guards x stages) so that a scrape shows zeros
+instead of missing series, and a request costs one counter increment, one histogram
+observation per guard verdict, and two more at its end.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from litestar import Response, get
+from litestar.datastructures import State
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+if TYPE_CHECKING:
+    from ._pipeline import RequestReport
+    from ._policy import Decision
+
+__all__ = ["ProxyMetrics", "OUTCOMES", "METRICS_ROUTES", "metrics_endpoint"]
+
+OUTCOMES = (
+    "passed",
+    "flagged",
+    "rewritten",
+    "blocked",
+    "aborted",
+    "guard_error",
+    "upstream_error",
+    "client_disconnected",
+    "shutdown",
+    "error",
+)
+_CHECKS = (("flexguard", "prompt"), ("reasoningshield", "reasoning"), ("flexguard", "answer"), ("reasoningshield", "answer"))
+_STAGES = ("prompt", "reasoning", "answer")
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_TOKEN_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+class ProxyMetrics:
+    """The proxy's metrics in their own registry; one instance per app."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=False)
+        self.requests = Counter(
+            "guardproxy_requests", "Chat completions by how they ended.", ["outcome"], registry=r
+        )
+        self.in_flight = Gauge("guardproxy_requests_in_flight", "Chat completions being served.", registry=r)
+        self.request_seconds = Histogram(
+            "guardproxy_request_duration_seconds", "Chat completion time, first byte in to last byte out.",
+            buckets=_TTFT_BUCKETS, registry=r,
+        )
+        self.guard_seconds = Histogram(
+            "guardproxy_guard_check_duration_seconds", "Latency of one guard check, per guard and stage.",
+            ["guard", "stage"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.checks = Counter(
+            "guardproxy_guard_checks", "Guard checks by stage and result (pass, flag, error).",
+            ["stage", "result"], registry=r,
+        )
+        self.ttft = Histogram(
+            "guardproxy_upstream_ttft_seconds", "Upstream time to first chunk, from the upstream call's start.",
+            buckets=_TTFT_BUCKETS, registry=r,
+        )
+        self.abort_tokens = Histogram(
+            "guardproxy_abort_position_tokens", "Tokens generated in the stopped stage when a guard ended a stream.",
+            ["stage"], buckets=_TOKEN_BUCKETS, registry=r,
+        )
+        self._outcomes = {o: self.requests.labels(o) for o in OUTCOMES}
+        self._latency = {k: self.guard_seconds.labels(*k) for k in _CHECKS}
+        self._checks = {(s, res): self.checks.labels(s, res) for s in _STAGES for res in ("pass", "flag", "error")}
+        self._aborts = {s: self.abort_tokens.labels(s) for s in ("reasoning", "answer")}
+
+    def check_done(self, decision: Decision) -> None:
+        result = "error" if decision.error else ("flag" if decision.flagged else "pass")
+        self._checks[(decision.stage, result)].inc()
+        for v in decision.verdicts:
+            child = self._latency.get((v.guard, v.stage))
+            if child is None:
+                child = self._latency[(v.guard, v.stage)] = self.guard_seconds.labels(v.guard, v.stage)
+            child.observe(v.latency_s)
+
+    def request_done(self, report: RequestReport | None, outcome: str, seconds: float, ttft_s: float | None) -> None:
+        counter = self._outcomes.get(outcome) or self.requests.labels(outcome)
+        counter.inc()
+        self.request_seconds.observe(seconds)
+        if ttft_s is not None:
+            self.ttft.observe(ttft_s)
+        if report is not None and report.stop is not None and report.stop_choice is not None:
+            choice = report.choices.get(report.stop_choice)
+            stage = report.stop.stage
+            if choice is not None and stage in self._aborts:
+                at = getattr(choice, stage).aborted_at_token
+                if at is not None:
+                    self._aborts[stage].observe(at)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+@get("/metrics", sync_to_thread=False)
+def metrics_endpoint(state: State) -> Response[bytes]:
+    return Response(state.telemetry.metrics.exposition(), media_type=CONTENT_TYPE_PLAIN_0_0_4)
+
+
+METRICS_ROUTES = [metrics_endpoint]

