@@ -78,6 +78,15 @@ class UpstreamClient:
             finally:
                 await response.aclose()
             raise UpstreamHTTPError(response.status_code, raw, response.headers.get("content-type"))
+        ctype = response.headers.get("content-type", "")
+        if not ctype.startswith("text/event-stream"):
+            # A server that ignored `stream: true`: relaying its body as an empty stream
+            # would drop the answer silently.
+            await response.aclose()
+            raise UpstreamError(
+                f"The upstream answered with {ctype or 'no content type'} instead of an event stream; "
+                "guardproxy needs an upstream that streams chat completions."
+            )
         return UpstreamStream(response)
 
     async def get(self, path: str, client_authorization: str | None = None) -> httpx.Response:

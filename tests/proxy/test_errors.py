@@ -147,3 +147,11 @@ def test_proxy_api_keys(make_proxy, upstream, monkeypatch):
     assert "sk-beta" not in str(upstream.calls[-1].headers)
     r = httpx.post(f"{proxy.url}/v1/chat/completions", json={"model": "m", "messages": BENIGN})
     assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+
+
+def test_upstream_that_does_not_stream_is_a_502_not_an_empty_answer(make_proxy):
+    proxy = make_proxy()
+    with pytest.raises(openai.InternalServerError) as info:
+        proxy.client.chat.completions.create(model="m", messages=BENIGN, extra_body={"x_script": {"plain_json": True}})
+    assert info.value.status_code == 502
+    assert "instead of an event stream" in info.value.body["message"]

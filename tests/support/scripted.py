@@ -10,7 +10,8 @@ Upstream script: a request's body may carry ``x_script`` (the OpenAI SDK's
     {"reasoning": ["tok", ...], "answer": ["tok", ...], "format": "reasoning" |
      "reasoning_content" | "think", "delay": seconds per token, "finish_reason": "stop",
      "tool_calls": [{"name": ..., "arguments": [...]}], "status": 4xx/5xx to fail,
-     "error_midstream": int (send an error event after that many tokens)}
+     "error_midstream": int (send an error event after that many tokens),
+     "plain_json": true (answer with JSON although a stream was asked for)}
 
 Guard rules (on the text in the guard's slot, sanitised or not):
     FlexGuard: "bomb" -> VIO,ILG 90; "risky" -> MIS 45; "jailbreakme" -> JAIL 30;
@@ -87,6 +88,9 @@ class ScriptedUpstream:
         call = UpstreamCall(body=body, headers=headers)
         self.calls.append(call)
         script = body.get("x_script") or {}
+        if script.get("plain_json"):  # a server that ignores `stream: true`
+            await _send_json(send, 200, {"object": "chat.completion", "choices": []})
+            return
         if "status" in script:
             await _send_json(send, script["status"], {"error": {"message": "scripted upstream error", "type": "invalid_request_error", "code": "scripted"}})
             return
