@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import httpx
 from litestar import Litestar, Request, Response
+from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 
 from guards import FlexGuard, GuardBackend, ReasoningShield, open_backend
@@ -19,11 +21,17 @@ from guards import FlexGuard, GuardBackend, ReasoningShield, open_backend
 from ._auth import KeyRing
 from ._config import ProxyConfig
 from ._guardset import GuardSet
+from ._metrics import METRICS_ROUTES
 from ._protocol import error_body
 from ._response import error_response
 from ._routes import ROUTES
+from ._shutdown import Drain
+from ._telemetry import Telemetry
 from ._upstream import UpstreamClient, create_http_client
 from .exceptions import ProxyError
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = ["create_app"]
 
@@ -77,8 +85,10 @@ def create_app(
     *,
     guard_backends: dict[str, GuardBackend] | None = None,
     upstream_transport: httpx.AsyncBaseTransport | None = None,
+    span_exporter: SpanExporter | None = None,
 ) -> Litestar:
-    """Build the proxy. ``guard_backends`` replaces the configured backends (tests)."""
+    """Build the proxy. ``guard_backends`` replaces the configured backends (tests);
+    ``span_exporter`` receives every span, whatever ``telemetry.traces`` says (tests)."""
     given = dict(guard_backends or {})
 
     @asynccontextmanager
@@ -86,7 +96,9 @@ def create_app(
         upstream = UpstreamClient(config.upstream, create_http_client(config.upstream, upstream_transport))
         opened: dict[str, GuardBackend] = {}
         backends: dict[str, GuardBackend] = {}
+        telemetry: Telemetry | None = None
         try:
+            app.state.telemetry = telemetry = Telemetry(config.telemetry, span_exporter=span_exporter)
             for name, needed in guards_needed(config).items():
                 if not needed:
                     continue
@@ -109,9 +121,12 @@ def create_app(
             await upstream.aclose()
             for backend in opened.values():
                 await backend.aclose()
+            if telemetry is not None:
+                telemetry.shutdown()
 
     return Litestar(
-        route_handlers=ROUTES,
+        route_handlers=ROUTES + (METRICS_ROUTES if config.telemetry.metrics else []),
+        state=State({"drain": Drain()}),
         lifespan=[lifespan],
         request_max_body_size=config.server.max_body_bytes,
         exception_handlers={

@@ -51,29 +51,39 @@ class ProxyMetrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=False)
-        self.requests = Counter(
-            "guardproxy_requests", "Chat completions by how they ended.", ["outcome"], registry=r
-        )
+        self.requests = Counter("guardproxy_requests", "Chat completions by how they ended.", ["outcome"], registry=r)
         self.in_flight = Gauge("guardproxy_requests_in_flight", "Chat completions being served.", registry=r)
         self.request_seconds = Histogram(
-            "guardproxy_request_duration_seconds", "Chat completion time, first byte in to last byte out.",
-            buckets=_TTFT_BUCKETS, registry=r,
+            "guardproxy_request_duration_seconds",
+            "Chat completion time, first byte in to last byte out.",
+            buckets=_TTFT_BUCKETS,
+            registry=r,
         )
         self.guard_seconds = Histogram(
-            "guardproxy_guard_check_duration_seconds", "Latency of one guard check, per guard and stage.",
-            ["guard", "stage"], buckets=_LATENCY_BUCKETS, registry=r,
+            "guardproxy_guard_check_duration_seconds",
+            "Latency of one guard check, per guard and stage.",
+            ["guard", "stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.checks = Counter(
-            "guardproxy_guard_checks", "Guard checks by stage and result (pass, flag, error).",
-            ["stage", "result"], registry=r,
+            "guardproxy_guard_checks",
+            "Guard checks by stage and result (pass, flag, error).",
+            ["stage", "result"],
+            registry=r,
         )
         self.ttft = Histogram(
-            "guardproxy_upstream_ttft_seconds", "Upstream time to first chunk, from the upstream call's start.",
-            buckets=_TTFT_BUCKETS, registry=r,
+            "guardproxy_upstream_ttft_seconds",
+            "Upstream time to first chunk, from the upstream call's start.",
+            buckets=_TTFT_BUCKETS,
+            registry=r,
         )
         self.abort_tokens = Histogram(
-            "guardproxy_abort_position_tokens", "Tokens generated in the stopped stage when a guard ended a stream.",
-            ["stage"], buckets=_TOKEN_BUCKETS, registry=r,
+            "guardproxy_abort_position_tokens",
+            "Tokens generated in the stopped stage when a guard ended a stream.",
+            ["stage"],
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
         )
         self._outcomes = {o: self.requests.labels(o) for o in OUTCOMES}
         self._latency = {k: self.guard_seconds.labels(*k) for k in _CHECKS}

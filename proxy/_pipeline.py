@@ -37,6 +37,7 @@ from ._policy import Decision, decide, decide_error
 from ._protocol import Chunk, decode_chunk, decode_json, encode, present
 from ._request import ChatRequest, upstream_body
 from ._sse import DONE
+from ._telemetry import NO_TELEMETRY, RequestObserver
 from ._upstream import UpstreamClient, UpstreamStream
 from .exceptions import UpstreamError, UpstreamHTTPError
 
@@ -53,6 +54,8 @@ class Exchange(msgspec.Struct, kw_only=True):
     guards: GuardSet
     upstream: UpstreamClient
     authorization: str | None = None
+    # Spans, metrics and the request log; the default observes nothing.
+    telemetry: RequestObserver = NO_TELEMETRY
 
 
 class ChoiceReport(msgspec.Struct, kw_only=True):
@@ -127,15 +130,18 @@ async def run_exchange(ex: Exchange) -> AsyncIterator[Event]:
     stream: UpstreamStream | None = None
 
     def open_upstream() -> asyncio.Task[UpstreamStream]:
+        ex.telemetry.upstream_started()
         return asyncio.create_task(ex.upstream.open_chat_stream(body, ex.authorization))
 
     try:
         if policy.prompt.enabled and ex.guards.flexguard is not None:
             text = ex.request.screened_prompt(policy.prompt.screen)
             prompt_task = asyncio.create_task(ex.guards.check_prompt(text))
+            ex.telemetry.check_started("prompt", prompt_task)
             if policy.prompt.mode == "parallel":
                 open_task = open_upstream()
             decision = await _verdict_of(prompt_task, "prompt", policy)
+            ex.telemetry.check_done(prompt_task, decision)
             report.prompt.checks = 1
             report.prompt.record(decision)
             if decision.stops:
@@ -156,6 +162,7 @@ async def run_exchange(ex: Exchange) -> AsyncIterator[Event]:
                 stream = open_task.result()
         if stream is not None:
             await stream.aclose()
+        ex.telemetry.upstream_done(report)
 
 
 async def _verdict_of(task: asyncio.Future[tuple[Verdict, ...]], stage: Stage, policy: PolicyConfig) -> Decision:
@@ -301,6 +308,7 @@ class _Relay:
         if present(chunk.error):
             raise UpstreamHTTPError(502, data, "application/json")
         if not self.report.id:
+            self.ex.telemetry.first_chunk()
             self.report.id, self.report.model, self.report.created = chunk.id, chunk.model, chunk.created
         held = _Held(data, chunk, [], {})
         if present(chunk.usage):
@@ -338,10 +346,12 @@ class _Relay:
             task = monitor.maybe_start()
             if task is not None:
                 self.checks[task] = (c, stage, monitor)  # type: ignore[assignment]
+                self.ex.telemetry.check_started(stage, task, monitor.tokens)
 
     def _on_check_done(self, task: asyncio.Task[tuple[Verdict, ...]]) -> None:
         c, stage, monitor = self.checks.pop(task)
         decision = _decision_of_done(task, stage, self.policy)
+        self.ex.telemetry.check_done(task, decision)
         report = c.report.reasoning if stage == "reasoning" else c.report.answer
         report.checks = monitor.checks
         report.record(decision)

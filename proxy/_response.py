@@ -20,6 +20,7 @@ from ._chunks import CompletionBuilder, ResponseIds, content_filter_chunks, guar
 from ._pipeline import Ended, Event, Exchange, Output, RequestReport, Started, Stopped, run_exchange
 from ._policy import Decision
 from ._protocol import error_body
+from ._shutdown import Drain
 from ._sse import DONE_EVENT, encode_data
 from .exceptions import ContentPolicyViolation, ProxyError, UpstreamHTTPError
 
@@ -57,37 +58,81 @@ async def _send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]
 
 
 class ChatResponse:
-    """ASGI app for one chat completion; ``on_done(report, outcome)`` is told how it ended."""
+    """ASGI app for one chat completion; ``on_done(report, outcome)`` is told how it ended.
 
-    def __init__(self, exchange: Exchange, on_done: Callable[[RequestReport | None, str], None] | None = None) -> None:
+    With a ``drain``, a shutdown past its deadline stops the response and ends it
+    well-formed (see ``_shutdown``).
+    """
+
+    def __init__(
+        self,
+        exchange: Exchange,
+        on_done: Callable[[RequestReport | None, str], None] | None = None,
+        drain: Drain | None = None,
+    ) -> None:
         self.exchange = exchange
         self.on_done = on_done
+        self.drain = drain
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         writer = _write_stream if self.exchange.request.stream else _write_json
         state = _Outcome()
         work = asyncio.ensure_future(writer(self.exchange, run_exchange(self.exchange), send, state))
         watch = asyncio.ensure_future(_disconnected(receive))
+        if self.drain is not None:
+            self.drain.register(state, lambda: _stop_for_shutdown(state, work))
         try:
             await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
             if not work.done():
                 state.outcome = "client_disconnected"
                 work.cancel()
             await asyncio.gather(work, return_exceptions=True)
-            if work.done() and not work.cancelled() and work.exception() is not None:
+            if state.shutdown:
+                await _end_for_shutdown(self.exchange, state, send)
+            elif work.done() and not work.cancelled() and work.exception() is not None:
                 raise work.exception()  # type: ignore[misc]
         finally:
             watch.cancel()
+            if self.drain is not None:
+                self.drain.unregister(state)
             if self.on_done is not None:
                 self.on_done(state.report, state.outcome)
 
 
 class _Outcome:
-    __slots__ = ("report", "outcome")
+    __slots__ = ("report", "outcome", "started", "closing", "shutdown", "finished")
 
     def __init__(self) -> None:
         self.report: RequestReport | None = None
         self.outcome = "error"
+        self.started = False  # the response's headers went out
+        self.closing = False  # its last bytes are being written: let it finish
+        self.shutdown = False  # stopped by the shutdown deadline
+        self.finished: set[int] = set()  # choices whose finish chunk went out
+
+
+def _stop_for_shutdown(state: _Outcome, work: asyncio.Future[None]) -> None:
+    if not state.closing and not work.done():
+        state.shutdown = True
+        work.cancel()
+
+
+async def _end_for_shutdown(ex: Exchange, state: _Outcome, send: Send) -> None:
+    """End a response stopped by the shutdown deadline: well-formed, nothing unchecked."""
+    state.outcome = "shutdown"
+    logger.warning("response ended by the shutdown deadline")
+    if not state.started:
+        body = error_body("The proxy is shutting down; retry the request.", "server_error", "shutting_down")
+        await _send_whole(send, 503, _JSON, body)
+        return
+    report = state.report
+    ids = ResponseIds(ex.request.model, report.id, report.created) if report is not None else ResponseIds(ex.request.model)
+    indexes = set(range(ex.request.n)) | (set(report.choices) if report is not None else set())
+    chunks = [
+        ids.chunk([{"index": i, "delta": {}, "finish_reason": "length"}], guardproxy={"ended_by": "shutdown"})
+        for i in sorted(indexes - state.finished)
+    ]
+    await _send_events(send, chunks)
 
 
 async def _disconnected(receive: Receive) -> None:
@@ -121,23 +166,28 @@ async def _write_stream(ex: Exchange, events: AsyncIterator[Event], send: Send, 
                 if event.usage_only and not include_usage:
                     continue
                 await send({"type": "http.response.body", "body": encode_data(event.data), "more_body": True})
+                for ch in event.chunk.choices:
+                    if ch.finish_reason is not None:
+                        state.finished.add(ch.index)
             elif isinstance(event, Started):
                 state.report = report = event.report
                 prompt = report.prompt.decision
                 if prompt is not None and prompt.action == "block":
                     status, headers, body = error_response(policy_violation(prompt))
+                    state.closing = True
                     await _send_whole(send, status, headers + decision_headers({"prompt": report.prompt}), body)
                     state.outcome = "blocked"
                     return
                 headers = _SSE_HEADERS + decision_headers({"prompt": report.prompt})
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
-                started = True
+                started = state.started = True
                 if prompt is not None:
                     body = encode_data(prompt_annotation_chunk(ids, report.prompt))
                     await send({"type": "http.response.body", "body": body, "more_body": True})
                 if prompt is not None and prompt.action == "rewrite":
                     report.stop = prompt
                     chunks = content_filter_chunks(ids, prompt, {0: {}}, ex.policy.refusal_message)
+                    state.closing = True
                     await _send_events(send, chunks)
                     state.outcome = "rewritten"
                     return
@@ -145,14 +195,17 @@ async def _write_stream(ex: Exchange, events: AsyncIterator[Event], send: Send, 
                 ids = ResponseIds(ex.request.model, event.report.id, event.report.created)
                 message = ex.policy.refusal_message if event.decision.action == "rewrite" else None
                 stages = {i: event.report.choices[i].stages() for i in event.choices if i in event.report.choices}
+                state.closing = True
                 await _send_events(send, content_filter_chunks(ids, event.decision, stages or {0: {}}, message))
                 state.outcome = _outcome_of(event.report)
                 return
             elif isinstance(event, Ended):
                 state.outcome = _outcome_of(event.report)
+                state.closing = True
                 await send({"type": "http.response.body", "body": DONE_EVENT, "more_body": False})
                 return
     except ProxyError as exc:
+        state.closing = True
         state.outcome = "upstream_error" if not isinstance(exc, ContentPolicyViolation) else "blocked"
         if not started:
             await _send_whole(send, *error_response(exc))
@@ -210,8 +263,10 @@ async def _write_json(ex: Exchange, events: AsyncIterator[Event], send: Send, st
         headers = _JSON + decision_headers(
             {"prompt": report.prompt, "reasoning": report.worst("reasoning"), "answer": report.worst("answer")}
         )
+        state.closing = True
         await _send_whole(send, 200, headers, body)
     except ProxyError as exc:
+        state.closing = True
         if state.outcome == "error":
             state.outcome = "blocked" if isinstance(exc, ContentPolicyViolation) else "upstream_error"
         if isinstance(exc, ContentPolicyViolation) and report is not None:

@@ -14,7 +14,7 @@ from guards import GuardError
 
 from ._auth import STRICTNESS_HEADER, Principal, bearer, request_policy
 from ._moderation import moderation_response, moderation_result, parse_moderation_inputs
-from ._pipeline import Exchange, RequestReport
+from ._pipeline import Exchange
 from ._request import parse_chat_request
 from ._response import ChatResponse
 from .exceptions import GuardUnavailable, InvalidRequest
@@ -37,18 +37,16 @@ async def chat_completions(request: Request, state: State) -> ASGIApp:
     principal, authorization = _authenticate(request, state)
     policy = request_policy(principal, request.headers.get(STRICTNESS_HEADER))
     chat = parse_chat_request(await request.body())
+    telemetry = state.telemetry.request(chat, request.headers)
     exchange = Exchange(
         request=chat,
         policy=policy,
         guards=state.guards,
         upstream=state.upstream,
         authorization=authorization,
+        telemetry=telemetry,
     )
-    return ChatResponse(exchange, on_done=_log_outcome)
-
-
-def _log_outcome(report: RequestReport | None, outcome: str) -> None:
-    logger.info("chat completion: %s", outcome)
+    return ChatResponse(exchange, on_done=telemetry.finish, drain=state.drain)
 
 
 @post("/v1/moderations", status_code=200)
@@ -85,6 +83,8 @@ async def healthz() -> dict[str, str]:
 
 @get("/readyz")
 async def readyz(state: State) -> Response[dict[str, object]]:
+    if state.drain.draining:  # shutting down: take this instance out of rotation
+        return Response({"ready": False, "checks": {"shutting_down": True}}, status_code=503)
     checks = {"upstream": await state.upstream.ready()}
     for name, backend in state.guard_backends.items():
         try:
