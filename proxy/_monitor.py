@@ -62,7 +62,8 @@ class ChannelMonitor:
 
     def add(self, text: str) -> None:
         if text:
-            self._parts.append(text)
+            if self.check_fn is not None:  # unscreened text is only counted, not kept
+                self._parts.append(text)
             self.length += len(text)
             self.tokens += 1
 

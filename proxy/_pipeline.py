@@ -41,7 +41,7 @@ from ._telemetry import NO_TELEMETRY, RequestObserver
 from ._upstream import UpstreamClient, UpstreamStream
 from .exceptions import UpstreamError, UpstreamHTTPError
 
-__all__ = ["Exchange", "Started", "Output", "Stopped", "Ended", "Event", "RequestReport", "run_exchange"]
+__all__ = ["Exchange", "Started", "Output", "Released", "Stopped", "Ended", "Event", "RequestReport", "run_exchange"]
 
 logger = logging.getLogger("guardproxy")
 
@@ -106,6 +106,12 @@ class Output(msgspec.Struct):
     usage_only: bool = False
 
 
+class Released(msgspec.Struct):
+    """Chunks that became releasable together (one write to the client)."""
+
+    outputs: list[Output]
+
+
 class Stopped(msgspec.Struct):
     """A guard stopped the request; the named choices end with content_filter."""
 
@@ -118,7 +124,7 @@ class Ended(msgspec.Struct):
     report: RequestReport
 
 
-Event = Union[Started, Output, Stopped, Ended]
+Event = Union[Started, Released, Stopped, Ended]
 
 
 async def run_exchange(ex: Exchange) -> AsyncIterator[Event]:
@@ -279,12 +285,16 @@ class _Relay:
                 if self.stop is not None:
                     yield self._stopped()
                     return
+                released = []
                 while self.queue and self._releasable(self.queue[0]):
-                    yield self._render(self.queue.popleft())
+                    released.append(self._render(self.queue.popleft()))
+                if released:
+                    yield Released(released)
                 if ended and not self.checks:
                     break
-            while self.queue:  # every channel is done: the rest passed
-                yield self._render(self.queue.popleft())
+            if self.queue:  # every channel is done: the rest passed
+                yield Released([self._render(held) for held in self.queue])
+                self.queue.clear()
             yield Ended(self.report)
         finally:
             if next_task is not None:

@@ -17,7 +17,7 @@ from litestar.types import Receive, Scope, Send
 
 from ._annotations import decision_headers, filter_results
 from ._chunks import CompletionBuilder, ResponseIds, content_filter_chunks, guardproxy_summary, prompt_annotation_chunk
-from ._pipeline import Ended, Event, Exchange, Output, RequestReport, Started, Stopped, run_exchange
+from ._pipeline import Ended, Event, Exchange, Released, RequestReport, Started, Stopped, run_exchange
 from ._policy import Decision
 from ._protocol import error_body
 from ._shutdown import Drain
@@ -162,13 +162,14 @@ async def _write_stream(ex: Exchange, events: AsyncIterator[Event], send: Send, 
     ids = ResponseIds(ex.request.model)
     try:
         async for event in events:
-            if isinstance(event, Output):
-                if event.usage_only and not include_usage:
-                    continue
-                await send({"type": "http.response.body", "body": encode_data(event.data), "more_body": True})
-                for ch in event.chunk.choices:
-                    if ch.finish_reason is not None:
-                        state.finished.add(ch.index)
+            if isinstance(event, Released):
+                body = b"".join(encode_data(o.data) for o in event.outputs if include_usage or not o.usage_only)
+                if body:
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                for output in event.outputs:
+                    for ch in output.chunk.choices:
+                        if ch.finish_reason is not None:
+                            state.finished.add(ch.index)
             elif isinstance(event, Started):
                 state.report = report = event.report
                 prompt = report.prompt.decision
@@ -229,8 +230,9 @@ async def _write_json(ex: Exchange, events: AsyncIterator[Event], send: Send, st
     report: RequestReport | None = None
     try:
         async for event in events:
-            if isinstance(event, Output):
-                builder.add(event.chunk)
+            if isinstance(event, Released):
+                for output in event.outputs:
+                    builder.add(output.chunk)
                 continue
             if isinstance(event, Started):
                 state.report = report = event.report

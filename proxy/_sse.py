@@ -24,11 +24,13 @@ async def iter_sse_data(byte_stream: AsyncIterable[bytes]) -> AsyncIterator[byte
     data_lines: list[bytes] = []
     async for piece in byte_stream:
         buffer += piece
+        pos = 0
+        has_cr = b"\r" in buffer  # almost never: then lines are cut at LF alone
         while True:
-            cut, width = _next_line_end(buffer)
+            cut, width = _next_line_end(buffer, pos) if has_cr else (buffer.find(b"\n", pos), 1)
             if cut < 0:
                 break
-            line, buffer = buffer[:cut], buffer[cut + width :]
+            line, pos = buffer[pos:cut], cut + width
             if not line:
                 if data_lines:
                     yield b"\n".join(data_lines)
@@ -36,6 +38,7 @@ async def iter_sse_data(byte_stream: AsyncIterable[bytes]) -> AsyncIterator[byte
             elif line.startswith(b"data:"):
                 value = line[5:]
                 data_lines.append(value[1:] if value.startswith(b" ") else value)
+        buffer = buffer[pos:]
     # A stream that ends without the final blank line still delivers its last event.
     if buffer.endswith(b"\r"):
         buffer = buffer[:-1]
@@ -46,9 +49,9 @@ async def iter_sse_data(byte_stream: AsyncIterable[bytes]) -> AsyncIterator[byte
         yield b"\n".join(data_lines)
 
 
-def _next_line_end(buffer: bytes) -> tuple[int, int]:
-    lf = buffer.find(b"\n")
-    cr = buffer.find(b"\r")
+def _next_line_end(buffer: bytes, pos: int) -> tuple[int, int]:
+    lf = buffer.find(b"\n", pos)
+    cr = buffer.find(b"\r", pos)
     if cr < 0 or (0 <= lf < cr):
         return lf, 1
     if cr == len(buffer) - 1:

@@ -23,10 +23,20 @@ _MAX_ERROR_BODY = 1 << 20
 
 
 def create_http_client(config: UpstreamConfig, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
-    """The HTTP client for the upstream: the single place where its transport is chosen."""
+    """The HTTP client for the upstream: the single place where its transport is chosen.
+
+    "aiohttp" (the default) keeps httpx's API over aiohttp's C parser and pool: measured
+    side by side (bench scenario 5, concurrency 256) it relays 1.8x the streams of
+    httpx's own transport per CPU second (encode/httpx#3215). Its errors arrive as
+    httpx's, so the translation below holds for both.
+    """
     t = config.timeouts
     timeout = httpx.Timeout(connect=t.connect_s, read=t.read_s or None, write=t.write_s, pool=t.pool_s)
     limits = httpx.Limits(max_connections=config.max_connections, max_keepalive_connections=config.max_connections)
+    if transport is None and config.http_transport == "aiohttp":
+        from httpx_aiohttp import AiohttpTransport
+
+        transport = AiohttpTransport(limits=limits, trust_env=False)
     return httpx.AsyncClient(timeout=timeout, limits=limits, transport=transport, trust_env=False)
 
 
@@ -40,10 +50,10 @@ class UpstreamStream:
         try:
             async for data in iter_sse_data(self._response.aiter_bytes()):
                 yield data
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout("The upstream stopped sending within the read timeout.") from exc
         except httpx.HTTPError as exc:
-            raise UpstreamUnreachable(f"The upstream connection broke: {type(exc).__name__}.") from exc
+            if _timed_out(exc):
+                raise UpstreamTimeout("The upstream stopped sending within the read timeout.") from exc
+            raise UpstreamUnreachable(f"The upstream connection broke: {_kind(exc)}.") from exc
 
     async def aclose(self) -> None:
         await self._response.aclose()
@@ -95,7 +105,7 @@ class UpstreamClient:
         try:
             await response.aread()
         except httpx.HTTPError as exc:
-            raise UpstreamUnreachable(f"The upstream connection broke: {type(exc).__name__}.") from exc
+            raise UpstreamUnreachable(f"The upstream connection broke: {_kind(exc)}.") from exc
         finally:
             await response.aclose()
         return response
@@ -110,13 +120,30 @@ class UpstreamClient:
     async def _send(self, request: httpx.Request) -> httpx.Response:
         try:
             return await self._http.send(request, stream=True)
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout("The upstream did not answer in time.") from exc
         except httpx.HTTPError as exc:
-            raise UpstreamUnreachable(f"The upstream could not be reached: {type(exc).__name__}.") from exc
+            if _timed_out(exc):
+                raise UpstreamTimeout("The upstream did not answer in time.") from exc
+            raise UpstreamUnreachable(f"The upstream could not be reached: {_kind(exc)}.") from exc
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+def _timed_out(exc: httpx.HTTPError) -> bool:
+    """Was it a timeout? httpx-aiohttp maps every aiohttp connection error (refused,
+    reset, disconnected) to ConnectTimeout, so its original exception decides."""
+    cause = exc.__cause__
+    if cause is not None and type(cause).__module__.startswith("aiohttp"):
+        return isinstance(cause, TimeoutError)
+    return isinstance(exc, httpx.TimeoutException)
+
+
+def _kind(exc: httpx.HTTPError) -> str:
+    """The error's class name (never its text, which may quote the URL)."""
+    cause = exc.__cause__
+    if cause is not None and type(cause).__module__.startswith("aiohttp"):
+        return type(cause).__name__
+    return type(exc).__name__
 
 
 async def _read_limited(response: httpx.Response) -> bytes:

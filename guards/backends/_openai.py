@@ -65,7 +65,11 @@ class OpenAIBackend:
             base_url=config.base_url.rstrip("/") + "/",
             headers=headers,
             timeout=httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s),
+            # httpx's default pool (100) would queue checks beyond it; the server
+            # batches concurrent checks, so let them all reach it.
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
             transport=transport,
+            trust_env=False,
         )
         self._backoff_s = backoff_s
 

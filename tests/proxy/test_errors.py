@@ -109,12 +109,14 @@ def test_upstream_error_passes_through(make_proxy, stream):
     assert info.value.body == {"message": "scripted upstream error", "type": "invalid_request_error", "code": "scripted"}
 
 
-def test_unreachable_upstream_is_502():
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_unreachable_upstream_is_502(transport):
     from proxy import create_app, parse_config
     from tests.conftest import config_toml
     from tests.support.serving import ServerThread
 
-    config = parse_config(config_toml("http://127.0.0.1:9", "http://127.0.0.1:9") + "\n[policy.prompt]\nenabled = false\n[policy.answer]\nenabled = false\n[policy.reasoning]\nenabled = false\n")
+    upstream = f'http_transport = "{transport}"'
+    config = parse_config(config_toml("http://127.0.0.1:9", "http://127.0.0.1:9", upstream=upstream) + "\n[policy.prompt]\nenabled = false\n[policy.answer]\nenabled = false\n[policy.reasoning]\nenabled = false\n")
     with ServerThread(create_app(config)) as server:
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="k", max_retries=0, timeout=10)
         with pytest.raises(openai.InternalServerError) as info:
@@ -155,3 +157,12 @@ def test_upstream_that_does_not_stream_is_a_502_not_an_empty_answer(make_proxy):
         proxy.client.chat.completions.create(model="m", messages=BENIGN, extra_body={"x_script": {"plain_json": True}})
     assert info.value.status_code == 502
     assert "instead of an event stream" in info.value.body["message"]
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_upstream_read_timeout_is_504(make_proxy, transport):
+    proxy = make_proxy(upstream=f'http_transport = "{transport}"\ntimeouts = {{read_s = 0.3}}')
+    slow = {"x_script": {"answer": ["a", "b"], "delay": 1.0}}
+    with pytest.raises(openai.InternalServerError) as info:
+        proxy.client.chat.completions.create(model="m", messages=BENIGN, extra_body=slow)
+    assert info.value.status_code == 504 and info.value.body["code"] == "upstream_timeout"

@@ -1,0 +1,212 @@
+"""The proxy end to end: OpenAI SDK -> guardproxy (its own process) -> real vLLM servers.
+
+The upstream is a tiny reasoning model on vLLM (``--reasoning-parser qwen3``); the guards
+are tiny FlexGuard and ReasoningShield models trained to answer in the real formats
+(fixtures/models/README.md). The whole tier runs three times: with the guards on their own
+``vllm serve`` servers, in-process on the vLLM engine, and in-process on transformers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+import _servers
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+MODELS = _servers.MODELS_DIR
+BACKENDS = ["openai", "vllm", "transformers"]
+REFUSAL = "Stopped by guardproxy."
+
+
+def _guard_section(name: str, backend: str, server: _servers.VLLMServer) -> str:
+    if backend == "openai":
+        where = f'model = "{server.model}"\nbase_url = "{server.base_url}"'
+    else:
+        where = f'model = "{MODELS / name}"\ndevice = "cpu"\nmax_model_len = 4096'
+    return f'[guards.{name}]\nbackend = "{backend}"\n{where}\ntimeout_s = 120\n'
+
+
+@contextlib.contextmanager
+def run_proxy(backend: str, upstream, flexguard, reasoningshield, workdir: Path, extra: str = ""):
+    """guardproxy in its own process (`python -m proxy serve`), ready to serve."""
+    port = _servers.free_port()
+    config = workdir / "config.toml"
+    config.write_text(
+        f"""
+[server]
+port = {port}
+
+[upstream]
+base_url = "{upstream.base_url}"
+
+[policy]
+refusal_message = "{REFUSAL}"
+
+[policy.reasoning]
+check_every_tokens = 8
+
+[policy.answer]
+check_every_tokens = 16
+{extra}
+
+{_guard_section("flexguard", backend, flexguard)}
+{_guard_section("reasoningshield", backend, reasoningshield)}
+"""
+    )
+    log_path = workdir / "proxy.log"
+    log = log_path.open("w")
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "serve", "--config", str(config)],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the proxy exited:\n{_servers.log_tail(log_path)}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the proxy was not ready:\n{_servers.log_tail(log_path)}")
+            time.sleep(0.5)
+        yield openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=300)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def e2e_proxy(request, vllm_upstream, vllm_flexguard, vllm_reasoningshield, tmp_path_factory):
+    backend = request.param
+    workdir = tmp_path_factory.mktemp(f"proxy-{backend}")
+    with run_proxy(backend, vllm_upstream, vllm_flexguard, vllm_reasoningshield, workdir) as client:
+        yield backend, client, vllm_upstream, workdir / "proxy.log"
+
+
+def _collect(stream) -> tuple[str, str, list[str], list]:
+    reasoning, content, finishes, chunks = [], [], [], []
+    for chunk in stream:
+        chunks.append(chunk)
+        for choice in chunk.choices:
+            delta = choice.delta
+            reasoning.append((delta.model_extra or {}).get("reasoning") or "")
+            content.append(delta.content or "")
+            if choice.finish_reason:
+                finishes.append(choice.finish_reason)
+    return "".join(reasoning), "".join(content), finishes, chunks
+
+
+def test_benign_request_passes_with_reasoning_and_answer(e2e_proxy, fixture_spec):
+    backend, client, _, _ = e2e_proxy
+    messages = [{"role": "user", "content": "How do bees make honey?"}]
+    reasoning, content, finishes, chunks = _collect(
+        client.chat.completions.create(model="tiny-upstream", messages=messages, stream=True, max_tokens=400)
+    )
+    assert finishes == ["stop"], (backend, content)
+    assert reasoning.strip() == fixture_spec.BENIGN_THINK.strip()
+    assert content.strip() == fixture_spec.BENIGN_ANSWER.strip()
+    final = [c for c in chunks if c.choices and c.choices[0].finish_reason][0]
+    stages = final.choices[0].model_extra["content_filter_results"]["guardproxy"]
+    assert stages["reasoning"]["action"] == "pass" and stages["reasoning"]["checks"] >= 2
+    assert stages["answer"]["action"] == "pass"
+
+    completion = client.chat.completions.create(model="tiny-upstream", messages=messages, max_tokens=400)
+    assert completion.choices[0].message.content.strip() == fixture_spec.BENIGN_ANSWER.strip()
+    assert completion.choices[0].message.model_extra["reasoning"].strip() == fixture_spec.BENIGN_THINK.strip()
+    assert completion.usage.completion_tokens > 0
+
+
+def test_harmful_prompt_is_blocked(e2e_proxy, fixture_spec):
+    _, client, _, _ = e2e_proxy
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model="tiny-upstream", messages=[{"role": "user", "content": f"Tell me about {fixture_spec.UNSAFE_REASONING_TRIGGER}."}]
+        )
+    assert info.value.code == "content_policy_violation"
+    assert "VIO, ILG" in info.value.body["message"]
+
+
+def test_unsafe_reasoning_is_aborted_early_and_vllm_aborts(e2e_proxy, fixture_spec):
+    backend, client, upstream, _ = e2e_proxy
+    aborted_before = upstream.counter("vllm:request_success_total", finished_reason="abort")
+    generated_before = upstream.counter("vllm:generation_tokens_total")
+    messages = [{"role": "user", "content": f"What is a {fixture_spec.STEALTH_REASONING_TRIGGER}?"}]
+    reasoning, content, finishes, chunks = _collect(
+        client.chat.completions.create(model="tiny-upstream", messages=messages, stream=True, max_tokens=600)
+    )
+    assert finishes == ["content_filter"], (backend, reasoning, content)
+    assert content == REFUSAL
+    assert fixture_spec.REASONING_MARKER not in reasoning  # checked release: never shown
+    assert reasoning and fixture_spec.UNSAFE_THINK.startswith(reasoning.lstrip("\n")[:20])
+    summary = chunks[-1].choices[0].model_extra["content_filter_results"]["guardproxy"]["reasoning"]
+    assert summary["flagged"] and summary["risk_score"] == 100
+    # vLLM really aborted the request, well before the trace's end.
+    deadline = time.monotonic() + 30
+    while upstream.counter("vllm:request_success_total", finished_reason="abort") == aborted_before:
+        assert time.monotonic() < deadline, "vLLM did not record the abort"
+        time.sleep(0.2)
+    generated = upstream.counter("vllm:generation_tokens_total") - generated_before
+    full = len(fixture_spec.UNSAFE_THINK.split())  # a lower bound of the trace's tokens
+    assert generated < full, (generated, full, summary)
+
+
+def test_unsafe_answer_is_rewritten(e2e_proxy, fixture_spec):
+    _, client, _, _ = e2e_proxy
+    messages = [{"role": "user", "content": f"How do I cook {fixture_spec.UNSAFE_ANSWER_TRIGGER}?"}]
+    completion = client.chat.completions.create(model="tiny-upstream", messages=messages, max_tokens=400)
+    choice = completion.choices[0]
+    assert choice.finish_reason == "content_filter"
+    assert choice.message.content.endswith(REFUSAL)
+    assert fixture_spec.ANSWER_MARKER not in choice.message.content
+    answer = choice.model_extra["content_filter_results"]["guardproxy"]["answer"]
+    assert answer["action"] == "rewrite" and answer["categories"] == ["ILG"]
+
+
+def test_incremental_reasoning_checks_hit_the_prefix_cache(vllm_upstream, vllm_flexguard, vllm_reasoningshield, fixture_spec, tmp_path):
+    """One request's reasoning checks: each prompt extends the last, so vLLM's prefix cache
+    serves all but the new tokens (measured on the ReasoningShield server's /metrics)."""
+    with run_proxy("openai", vllm_upstream, vllm_flexguard, vllm_reasoningshield, tmp_path, '[policy.prompt]\nenabled = false') as client:
+        shield = vllm_reasoningshield
+        hits0 = shield.counter("vllm:prefix_cache_hits_total")
+        queries0 = shield.counter("vllm:prefix_cache_queries_total")
+        prompt0 = shield.counter("vllm:prompt_tokens_total")
+        requests0 = shield.counter("vllm:request_success_total")
+        messages = [{"role": "user", "content": "How do bees make honey?"}]
+        completion = client.chat.completions.create(model="tiny-upstream", messages=messages, max_tokens=400)
+        checks = completion.choices[0].model_extra["content_filter_results"]["guardproxy"]["reasoning"]["checks"]
+        hits = shield.counter("vllm:prefix_cache_hits_total") - hits0
+        queries = shield.counter("vllm:prefix_cache_queries_total") - queries0
+        prompt_tokens = shield.counter("vllm:prompt_tokens_total") - prompt0
+        requests = shield.counter("vllm:request_success_total") - requests0
+    rate = hits / queries
+    per_check = prompt_tokens / requests
+    print(f"\n[e2e] reasoning checks={checks} guard requests={requests:.0f} prompt tokens={prompt_tokens:.0f} "
+          f"({per_check:.0f} per check) prefix-cache hits={hits:.0f}/{queries:.0f} = {rate:.1%}")
+    assert checks >= 3 and requests == checks
+    # All but the new tokens (8 reasoning tokens a check, plus the template's tail and
+    # vLLM's block granularity of 16) come from the cache.
+    assert rate > 0.8, rate
