@@ -3,11 +3,9 @@
     python -m bench._launch --config FILE --port P \\
         [--transport httpx|aiohttp] [--server uvicorn|granian]
 
-It builds the app with ``proxy.create_app(config, upstream_transport=...)``, the hook
-the proxy already has, so both transports and both servers can be measured before the
-proxy grows options for them (see the report's proposed ``upstream.http_transport`` /
-``server.asgi_server``). ``uvicorn`` runs like ``guardproxy serve`` (uvloop +
-httptools); ``granian`` serves the same app through its ASGI interface, one worker.
+It builds the app with the config's ``upstream.http_transport`` set to the stack's
+transport. ``uvicorn`` runs like ``guardproxy serve`` (uvloop + httptools); ``granian``
+serves the same app through its ASGI interface, one worker.
 """
 
 from __future__ import annotations
@@ -20,24 +18,12 @@ _ENV_CONFIG = "BENCH_PROXY_CONFIG"
 _ENV_TRANSPORT = "BENCH_PROXY_TRANSPORT"
 
 
-def make_transport(kind: str, max_connections: int) -> Any:
-    """None for httpx's own transport (what the proxy uses today)."""
-    if kind == "httpx":
-        return None
-    if kind == "aiohttp":
-        import httpx
-        from httpx_aiohttp import AiohttpTransport
-
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        return AiohttpTransport(limits=limits, trust_env=False)
-    raise ValueError(f"unknown transport {kind!r}")
-
-
 def build_app(config_path: str, transport: str) -> Any:
     from proxy import create_app, load_config
 
     config = load_config(config_path)
-    return create_app(config, upstream_transport=make_transport(transport, config.upstream.max_connections))
+    config.upstream.http_transport = transport  # the proxy's own option, set per stack
+    return create_app(config)
 
 
 def app_factory() -> Any:

@@ -127,7 +127,8 @@ def chat_body(model: str = "sim-model", stream: bool = True, extra: dict[str, An
     return json.dumps(body).encode()
 
 
-_HEADERS = {"content-type": "application/json", "authorization": "Bearer sk-bench"}
+# run.py sets the key that the proxies under test accept (guardproxy api_keys_env, LiteLLM master key).
+_HEADERS = {"content-type": "application/json", "authorization": "Bearer sk-bench-local-0123456789abcdef"}
 
 
 async def _one_aiohttp(session: Any, url: str, body: bytes, timeout: float) -> Sample:

@@ -18,6 +18,7 @@ from guards import Verdict
 
 from ._config import PolicyConfig
 from ._policy import flagged
+from ._request import decode_body
 from .exceptions import InvalidRequest
 
 __all__ = ["parse_moderation_inputs", "moderation_result", "moderation_response", "OPENAI_KEYS", "KEYS_OF"]
@@ -48,17 +49,9 @@ KEYS_OF: dict[str, tuple[str, ...]] = {
 }
 _ALL_KEYS = OPENAI_KEYS + ("privacy", "misinformation", "jailbreak")
 
-_decoder = msgspec.json.Decoder()
-
-
 def parse_moderation_inputs(raw: bytes) -> tuple[list[str], str]:
     """The texts to classify and the model name to report."""
-    try:
-        body = _decoder.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
+    body = decode_body(raw)
     model = body.get("model", "flexguard")
     if not isinstance(model, str):
         raise InvalidRequest("`model` must be a string.", param="model")

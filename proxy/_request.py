@@ -12,7 +12,7 @@ import msgspec
 
 from .exceptions import InvalidRequest
 
-__all__ = ["ChatRequest", "parse_chat_request", "upstream_body", "message_text"]
+__all__ = ["ChatRequest", "decode_body", "parse_chat_request", "upstream_body", "message_text"]
 
 
 class ChatRequest(msgspec.Struct, kw_only=True):
@@ -43,13 +43,19 @@ class ChatRequest(msgspec.Struct, kw_only=True):
 _decoder = msgspec.json.Decoder()
 
 
-def parse_chat_request(raw: bytes) -> ChatRequest:
+def decode_body(raw: bytes) -> dict[str, Any]:
+    """The request body as a JSON object, or InvalidRequest."""
     try:
         body = _decoder.decode(raw)
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    return body
+
+
+def parse_chat_request(raw: bytes) -> ChatRequest:
+    body = decode_body(raw)
 
     model = body.get("model")
     if not isinstance(model, str) or not model:

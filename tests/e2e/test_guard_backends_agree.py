@@ -96,3 +96,33 @@ def test_same_verdicts_from_every_backend(backends):
     assert [v[1:3] for v in server] == [((), 5), (("VIO", "ILG"), 88), ((), 5), ((), 0), ((), 100)]
     assert loop.run_until_complete(verdicts("transformers")) == server
     assert loop.run_until_complete(verdicts("vllm")) == server[: len(TEXTS)]
+
+
+def test_structured_output_on_the_real_server(vllm_flexguard, vllm_reasoningshield):
+    """Constrained decoding (vLLM structured outputs) keeps the verdicts parseable; a
+    thinking cap shortens FlexGuard's think block to the cap."""
+
+    async def run():
+        flex_cfg = GuardModelConfig(model=vllm_flexguard.model, base_url=vllm_flexguard.base_url, timeout_s=120, structured_output=True)
+        capped_cfg = GuardModelConfig(
+            model=vllm_flexguard.model, base_url=vllm_flexguard.base_url, timeout_s=120, structured_output=True, max_thinking_tokens=2
+        )
+        shield_cfg = GuardModelConfig(model=vllm_reasoningshield.model, base_url=vllm_reasoningshield.base_url, timeout_s=120, structured_output=True)
+        out = {}
+        for name, cfg in (("flex", flex_cfg), ("capped", capped_cfg), ("shield", shield_cfg)):
+            backend = await open_backend(cfg)
+            try:
+                if name == "shield":
+                    out[name] = [await ReasoningShield(backend, cfg).check_reasoning(QUERY, t) for t in THOUGHTS]
+                else:
+                    out[name] = [await FlexGuard(backend, cfg).check_prompt(t) for t in TEXTS[:2]]
+            finally:
+                await backend.aclose()
+        return out
+
+    out = asyncio.run(run())
+    assert [(v.categories, v.risk_score) for v in out["flex"]] == [((), 5), (("VIO", "ILG"), 88)]
+    assert [v.risk_score for v in out["shield"]] == [0, 100]
+    for v in out["capped"]:
+        think = v.output.split("</think>")[0].removeprefix("<think>")
+        assert len(think) <= 2 * 4  # the cap, in characters (4 a token)
