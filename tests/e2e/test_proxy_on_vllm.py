@@ -163,32 +163,51 @@ def test_unsafe_reasoning_is_aborted_early_and_vllm_aborts(e2e_proxy, fixture_sp
     fewer tokens generated than asked for. `min_tokens` (a vLLM sampling parameter,
     passed through the proxy unchanged) keeps the fast tiny model generating past its
     end of sequence, so the abort has tokens to save.
+
+    The tiny ReasoningShield judges about 1 in 30 unsafe prefixes safe (fixtures README);
+    when the prefixes it happens to see are all such misses, the answer check stops the
+    request instead. Every attempt must be stopped with the unsafe text unseen and the
+    upstream aborted; one of up to three must be stopped by the reasoning check.
     """
     backend, client, upstream, _ = e2e_proxy
-    finished_before = _finished(upstream)
-    generated_before = upstream.counter("vllm:generation_tokens_total")
     messages = [{"role": "user", "content": f"What is a {fixture_spec.STEALTH_REASONING_TRIGGER}?"}]
-    reasoning, content, finishes, chunks = _collect(
-        client.chat.completions.create(
-            model="tiny-upstream", messages=messages, stream=True, max_tokens=3000, extra_body={"min_tokens": 3000}
+    for attempt in range(3):
+        finished_before = _finished(upstream)
+        generated_before = upstream.counter("vllm:generation_tokens_total")
+        reasoning, content, finishes, chunks = _collect(
+            client.chat.completions.create(
+                model="tiny-upstream", messages=messages, stream=True, max_tokens=3000, extra_body={"min_tokens": 3000}
+            )
         )
+        assert finishes == ["content_filter"], (backend, reasoning, content)
+        assert content.endswith(REFUSAL)
+        assert fixture_spec.REASONING_MARKER not in reasoning + content  # never shown
+        assert reasoning and fixture_spec.UNSAFE_THINK.startswith(reasoning.strip()[:20])
+        stages = chunks[-1].choices[0].model_extra["content_filter_results"]["guardproxy"]
+        # vLLM dropped the request: no longer running, never counted as finished.
+        deadline = time.monotonic() + 30
+        while upstream.counter("vllm:num_requests_running") > 0:
+            assert time.monotonic() < deadline, "the upstream request still runs 30 s after the abort"
+            time.sleep(0.1)
+        time.sleep(0.5)  # let the last stats update land
+        generated = upstream.counter("vllm:generation_tokens_total") - generated_before
+        assert _finished(upstream) == finished_before
+        assert generated < 3000, (generated, stages)
+        if stages["reasoning"].get("flagged"):
+            break
+    summary = stages["reasoning"]
+    assert summary["flagged"] and summary["risk_score"] == 100, stages
+    if backend != "transformers":
+        # A guard check here is a prefix-cached prefill plus a short decode, so the abort
+        # comes within a few checks of the marker (~40 tokens in). In-process
+        # transformers on 2 CPU cores re-reads the 1,100-token prompt for every check
+        # (seconds), while the tiny upstream streams hundreds of tokens a second: its
+        # abort is later, which the printed figure records.
+        assert generated < 1500, (generated, summary)
+    print(
+        f"\n[e2e] {backend}: attempt {attempt + 1}, aborted at reasoning token {summary['aborted_at_token']} "
+        f"(flagged check covered {summary['flagged_check_tokens']}), upstream generated {generated:.0f} of 3000"
     )
-    assert finishes == ["content_filter"], (backend, reasoning, content)
-    assert content == REFUSAL
-    assert fixture_spec.REASONING_MARKER not in reasoning  # checked release: never shown
-    assert reasoning and fixture_spec.UNSAFE_THINK.startswith(reasoning.strip()[:20])
-    summary = chunks[-1].choices[0].model_extra["content_filter_results"]["guardproxy"]["reasoning"]
-    assert summary["flagged"] and summary["risk_score"] == 100
-    # vLLM dropped the request: no longer running, never counted as finished.
-    deadline = time.monotonic() + 30
-    while upstream.counter("vllm:num_requests_running") > 0:
-        assert time.monotonic() < deadline, "the upstream request still runs 30 s after the abort"
-        time.sleep(0.1)
-    time.sleep(0.5)  # let the last stats update land
-    generated = upstream.counter("vllm:generation_tokens_total") - generated_before
-    assert _finished(upstream) == finished_before
-    assert generated < 1500, (generated, summary)
-    print(f"\n[e2e] {backend}: aborted at reasoning token {summary['aborted_at_token']}, upstream generated {generated:.0f} of 3000")
 
 
 def test_unsafe_answer_is_rewritten(e2e_proxy, fixture_spec):
@@ -221,9 +240,14 @@ def test_incremental_reasoning_checks_hit_the_prefix_cache(vllm_upstream, vllm_f
         requests = shield.counter("vllm:request_success_total") - requests0
     rate = hits / queries
     per_check = prompt_tokens / requests
+    computed = (queries - hits) / requests
     print(f"\n[e2e] reasoning checks={checks} guard requests={requests:.0f} prompt tokens={prompt_tokens:.0f} "
-          f"({per_check:.0f} per check) prefix-cache hits={hits:.0f}/{queries:.0f} = {rate:.1%}")
-    assert checks >= 3 and requests == checks
-    # All but the new tokens (8 reasoning tokens a check, plus the template's tail and
-    # vLLM's block granularity of 16) come from the cache.
+          f"({per_check:.0f} per check) prefix-cache hits={hits:.0f}/{queries:.0f} = {rate:.1%}, "
+          f"{computed:.0f} tokens computed per check")
+    # The tiny upstream is fast: its ~35 reasoning tokens leave time for an incremental
+    # check and the final one (a slow guard makes checks sparser, never queued).
+    assert checks >= 2 and requests == checks
+    # All but the new tokens come from the cache: vLLM-CPU caches whole blocks of 128
+    # tokens, so at most a block plus the new reasoning is computed per check.
+    assert computed < 128 + 40, computed
     assert rate > 0.8, rate
