@@ -150,9 +150,8 @@ def calibrate(
         results[column] = top = best(points)
         print(f"\n{column}: {len(pairs)} items, {sum(label for _, label in pairs)} positive", file=out)
         print(f"{'threshold':>9}  {'precision':>9}  {'recall':>6}  {'F1':>6}", file=out)
-        shown = sorted({p.threshold for p in points if p.threshold % 5 == 0} | {top.threshold})
-        for t in shown:
-            p = points[t]
+        for p in points:
+            t = p.threshold
             mark = "  <- best F1" if t == top.threshold else ""
             print(f"{t:>9}  {p.precision:>9.3f}  {p.recall:>6.3f}  {p.f1:>6.3f}{mark}", file=out)
     if not results:
