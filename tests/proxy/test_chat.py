@@ -6,8 +6,6 @@ import asyncio
 import json
 
 import httpx
-import openai
-import pytest
 
 from proxy import create_app, parse_config
 from tests.conftest import config_toml

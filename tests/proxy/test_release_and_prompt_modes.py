@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import openai
 import pytest
 
 from tests.support.sse import raw_stream
@@ -87,7 +88,7 @@ def test_before_mode_calls_the_upstream_only_after_the_verdict(make_proxy, upstr
     started = time.monotonic()
     proxy.client.chat.completions.create(model="m", messages=BENIGN)
     assert upstream.calls[0].finished_at - started >= 0.3
-    with pytest.raises(Exception):
+    with pytest.raises(openai.BadRequestError):
         proxy.client.chat.completions.create(model="m", messages=HARMFUL)
     assert len(upstream.calls) == 1  # a blocked prompt never reached the upstream
 
@@ -96,7 +97,7 @@ def test_parallel_block_cancels_the_upstream_request(make_proxy, upstream, guard
     guard.latency = 0.3
     proxy = make_proxy()
     slow = {"answer": [f" t{i}" for i in range(100)], "delay": 0.02}
-    with pytest.raises(Exception):
+    with pytest.raises(openai.BadRequestError):
         proxy.client.chat.completions.create(model="m", messages=HARMFUL, extra_body={"x_script": slow})
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline and not (upstream.calls and upstream.calls[0].finished_at):
