@@ -124,7 +124,7 @@ def test_benign_request_passes_with_reasoning_and_answer(e2e_proxy, fixture_spec
     backend, client, _, _ = e2e_proxy
     messages = [{"role": "user", "content": "How do bees make honey?"}]
     reasoning, content, finishes, chunks = _collect(
-        client.chat.completions.create(model="tiny-upstream", messages=messages, stream=True, max_tokens=400)
+        client.chat.completions.create(model="tiny-upstream", temperature=0, messages=messages, stream=True, max_tokens=400)
     )
     assert finishes == ["stop"], (backend, content)
     assert reasoning.strip() == fixture_spec.BENIGN_THINK.strip()
@@ -134,7 +134,7 @@ def test_benign_request_passes_with_reasoning_and_answer(e2e_proxy, fixture_spec
     assert stages["reasoning"]["action"] == "pass" and stages["reasoning"]["checks"] >= 2
     assert stages["answer"]["action"] == "pass"
 
-    completion = client.chat.completions.create(model="tiny-upstream", messages=messages, max_tokens=400)
+    completion = client.chat.completions.create(model="tiny-upstream", temperature=0, messages=messages, max_tokens=400)
     assert completion.choices[0].message.content.strip() == fixture_spec.BENIGN_ANSWER.strip()
     assert completion.choices[0].message.model_extra["reasoning"].strip() == fixture_spec.BENIGN_THINK.strip()
     assert completion.usage.completion_tokens > 0
@@ -144,7 +144,7 @@ def test_harmful_prompt_is_blocked(e2e_proxy, fixture_spec):
     _, client, _, _ = e2e_proxy
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(
-            model="tiny-upstream", messages=[{"role": "user", "content": f"Tell me about {fixture_spec.UNSAFE_REASONING_TRIGGER}."}]
+            model="tiny-upstream", temperature=0, messages=[{"role": "user", "content": f"Tell me about {fixture_spec.UNSAFE_REASONING_TRIGGER}."}]
         )
     assert info.value.code == "content_policy_violation"
     assert "VIO, ILG" in info.value.body["message"]
@@ -176,7 +176,7 @@ def test_unsafe_reasoning_is_aborted_early_and_vllm_aborts(e2e_proxy, fixture_sp
         generated_before = upstream.counter("vllm:generation_tokens_total")
         reasoning, content, finishes, chunks = _collect(
             client.chat.completions.create(
-                model="tiny-upstream", messages=messages, stream=True, max_tokens=3000, extra_body={"min_tokens": 3000}
+                model="tiny-upstream", temperature=0, messages=messages, stream=True, max_tokens=3000, extra_body={"min_tokens": 3000}
             )
         )
         assert finishes == ["content_filter"], (backend, reasoning, content)
@@ -213,7 +213,7 @@ def test_unsafe_reasoning_is_aborted_early_and_vllm_aborts(e2e_proxy, fixture_sp
 def test_unsafe_answer_is_rewritten(e2e_proxy, fixture_spec):
     _, client, _, _ = e2e_proxy
     messages = [{"role": "user", "content": f"How do I cook {fixture_spec.UNSAFE_ANSWER_TRIGGER}?"}]
-    completion = client.chat.completions.create(model="tiny-upstream", messages=messages, max_tokens=400)
+    completion = client.chat.completions.create(model="tiny-upstream", temperature=0, messages=messages, max_tokens=400)
     choice = completion.choices[0]
     assert choice.finish_reason == "content_filter"
     assert choice.message.content.endswith(REFUSAL)
@@ -232,7 +232,7 @@ def test_incremental_reasoning_checks_hit_the_prefix_cache(vllm_upstream, vllm_f
         prompt0 = shield.counter("vllm:prompt_tokens_total")
         requests0 = shield.counter("vllm:request_success_total")
         messages = [{"role": "user", "content": "How do bees make honey?"}]
-        completion = client.chat.completions.create(model="tiny-upstream", messages=messages, max_tokens=400)
+        completion = client.chat.completions.create(model="tiny-upstream", temperature=0, messages=messages, max_tokens=400)
         checks = completion.choices[0].model_extra["content_filter_results"]["guardproxy"]["reasoning"]["checks"]
         hits = shield.counter("vllm:prefix_cache_hits_total") - hits0
         queries = shield.counter("vllm:prefix_cache_queries_total") - queries0
