@@ -43,6 +43,16 @@ async def _read_body(receive: Any) -> bytes:
             return body
 
 
+async def _lifespan(receive: Any, send: Any) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 async def _send_json(send: Any, status: int, doc: Any) -> None:
     body = json.dumps(doc).encode()
     await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
@@ -68,13 +78,8 @@ class ScriptedUpstream:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await _lifespan(receive, send)
+            return
         path = scope["path"]
         if scope["method"] == "GET" and path.endswith("/models"):
             await _send_json(send, 200, {"object": "list", "data": [{"id": "scripted-model", "object": "model", "owned_by": "tests"}]})
@@ -184,13 +189,8 @@ class GuardServer:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await _lifespan(receive, send)
+            return
         if scope["method"] == "GET":
             await _send_json(send, 200, {"object": "list", "data": [{"id": "guard", "object": "model"}]})
             return
