@@ -135,6 +135,10 @@ def test_a_stream_past_the_deadline_ends_well_formed(serve, upstream):
     assert 0 < len(released) < len("".join(f" w{i}" for i in range(200)))
     assert "".join(f" w{i}" for i in range(200)).startswith(released)
     # The upstream call was closed (vLLM aborts the generation), and the server exited.
+    # The scripted upstream notices the close at its next token: wait for that.
+    deadline = time.monotonic() + 5
+    while upstream.calls[-1].finished_at is None and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert upstream.calls[-1].disconnected and not upstream.calls[-1].completed
     served.thread.join(5)
     assert not served.thread.is_alive()
