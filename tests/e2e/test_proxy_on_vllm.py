@@ -39,8 +39,13 @@ def _guard_section(name: str, backend: str, server: _servers.VLLMServer) -> str:
 
 
 @contextlib.contextmanager
-def run_proxy(backend: str, upstream, flexguard, reasoningshield, workdir: Path, extra: str = ""):
-    """guardproxy in its own process (`python -m proxy serve`), ready to serve."""
+def run_proxy(backend: str, upstream, flexguard, reasoningshield, workdir: Path, extra: str = "", reasoning_every: int = 8):
+    """guardproxy in its own process (`python -m proxy serve`), ready to serve.
+
+    The tiny ReasoningShield was trained on prefixes of reasoning traces, so reasoning is
+    checked incrementally; the tiny FlexGuard only on whole answers, so the answer gets
+    its final check alone (chunked answer checks are shown by the scripted tier).
+    """
     port = _servers.free_port()
     config = workdir / "config.toml"
     config.write_text(
@@ -55,10 +60,10 @@ base_url = "{upstream.base_url}"
 refusal_message = "{REFUSAL}"
 
 [policy.reasoning]
-check_every_tokens = 8
+check_every_tokens = {reasoning_every}
 
 [policy.answer]
-check_every_tokens = 16
+check_every_tokens = 100000
 {extra}
 
 {_guard_section("flexguard", backend, flexguard)}
@@ -131,7 +136,9 @@ def test_benign_request_passes_with_reasoning_and_answer(e2e_proxy, fixture_spec
     assert content.strip() == fixture_spec.BENIGN_ANSWER.strip()
     final = [c for c in chunks if c.choices and c.choices[0].finish_reason][0]
     stages = final.choices[0].model_extra["content_filter_results"]["guardproxy"]
-    assert stages["reasoning"]["action"] == "pass" and stages["reasoning"]["checks"] >= 2
+    # vLLM may merge tokens into one delta when its reader lags, so the number of
+    # incremental checks varies; the final one always runs.
+    assert stages["reasoning"]["action"] == "pass" and stages["reasoning"]["checks"] >= 1
     assert stages["answer"]["action"] == "pass"
 
     completion = client.chat.completions.create(model="tiny-upstream", temperature=0, messages=messages, max_tokens=400)
@@ -225,7 +232,9 @@ def test_unsafe_answer_is_rewritten(e2e_proxy, fixture_spec):
 def test_incremental_reasoning_checks_hit_the_prefix_cache(vllm_upstream, vllm_flexguard, vllm_reasoningshield, fixture_spec, tmp_path):
     """One request's reasoning checks: each prompt extends the last, so vLLM's prefix cache
     serves all but the new tokens (measured on the ReasoningShield server's /metrics)."""
-    with run_proxy("openai", vllm_upstream, vllm_flexguard, vllm_reasoningshield, tmp_path, '[policy.prompt]\nenabled = false') as client:
+    with run_proxy(
+        "openai", vllm_upstream, vllm_flexguard, vllm_reasoningshield, tmp_path, "[policy.prompt]\nenabled = false", reasoning_every=1
+    ) as client:
         shield = vllm_reasoningshield
         hits0 = shield.counter("vllm:prefix_cache_hits_total")
         queries0 = shield.counter("vllm:prefix_cache_queries_total")
