@@ -161,6 +161,21 @@ def _finished(upstream) -> float:
     return upstream.counter("vllm:request_success_total")
 
 
+def _settled_finished(upstream) -> float:
+    """The finished count once the upstream is idle and its stats have landed (an
+    earlier test's request, cancelled by a block, may still be finishing)."""
+    deadline = time.monotonic() + 30
+    last = None
+    while time.monotonic() < deadline:
+        if upstream.counter("vllm:num_requests_running") == 0:
+            now = _finished(upstream)
+            if now == last:
+                return now
+            last = now
+        time.sleep(0.5)
+    raise AssertionError("the upstream did not settle")
+
+
 def test_unsafe_reasoning_is_aborted_early_and_vllm_aborts(e2e_proxy, fixture_spec):
     """The reasoning monitor stops the generation: vLLM drops the request unfinished.
 
@@ -179,7 +194,7 @@ def test_unsafe_reasoning_is_aborted_early_and_vllm_aborts(e2e_proxy, fixture_sp
     backend, client, upstream, _ = e2e_proxy
     messages = [{"role": "user", "content": f"What is a {fixture_spec.STEALTH_REASONING_TRIGGER}?"}]
     for attempt in range(3):
-        finished_before = _finished(upstream)
+        finished_before = _settled_finished(upstream)
         generated_before = upstream.counter("vllm:generation_tokens_total")
         reasoning, content, finishes, chunks = _collect(
             client.chat.completions.create(
