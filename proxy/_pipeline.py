@@ -191,9 +191,10 @@ def _guard_error(stage: Stage, exc: GuardError, policy: PolicyConfig) -> Decisio
 
 
 class _Choice:
-    __slots__ = ("splitter", "reasoning", "answer", "report", "field")
+    __slots__ = ("index", "splitter", "reasoning", "answer", "report")
 
-    def __init__(self, ex: Exchange, report: ChoiceReport) -> None:
+    def __init__(self, ex: Exchange, index: int, report: ChoiceReport) -> None:
+        self.index = index
         p = ex.policy
         query = ex.request.query()
         self.splitter = ThinkSplitter()
@@ -239,7 +240,7 @@ class _Relay:
     def _choice(self, index: int) -> _Choice:
         c = self.choices.get(index)
         if c is None:
-            c = self.choices[index] = _Choice(self.ex, self.report.choices.setdefault(index, ChoiceReport()))
+            c = self.choices[index] = _Choice(self.ex, index, self.report.choices.setdefault(index, ChoiceReport()))
         return c
 
     async def run(self) -> AsyncIterator[Event]:
@@ -369,7 +370,7 @@ class _Relay:
             report.flagged_check_tokens = monitor.flagged_at()
             report.aborted_at_token = monitor.tokens
             self.stop = decision
-            self.stop_choice = next(i for i, x in self.choices.items() if x is c)
+            self.stop_choice = c.index
             return
         monitor.passed()
         self._start_checks(c)
