@@ -147,6 +147,11 @@ async def _one_aiohttp(session: Any, url: str, body: bytes, timeout: float) -> S
                     p.feed(piece, time.perf_counter())
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         s.error = f"{type(exc).__name__}: {exc}"[:200]
+    return _finished(s, p)
+
+
+def _finished(s: Sample, p: _StreamParser) -> Sample:
+    """Close a sample: total time, and an error when the stream did not end with [DONE]."""
     s.total = time.perf_counter() - s.start
     s.ok = p.done and not s.error
     if not p.done and not s.error:
@@ -170,11 +175,7 @@ async def _one_httpx(client: Any, url: str, body: bytes, timeout: float) -> Samp
                     p.feed(piece, time.perf_counter())
     except (httpx.HTTPError, TimeoutError, OSError) as exc:
         s.error = f"{type(exc).__name__}: {exc}"[:200]
-    s.total = time.perf_counter() - s.start
-    s.ok = p.done and not s.error
-    if not p.done and not s.error:
-        s.error = "stream ended without [DONE]"
-    return s
+    return _finished(s, p)
 
 
 def _pct(values: list[float] | np.ndarray, q: float) -> float | None:
