@@ -129,6 +129,27 @@ class VLLMServer:
     def counter(self, name: str, **labels: str) -> float:
         return read_metric(self.metrics(), name, **labels)
 
+    def finished(self) -> float:
+        """Requests counted as finished, under every finished_reason."""
+        return self.counter("vllm:request_success_total")
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Return once no request runs and the finished count has stopped moving.
+
+        A request leaves `num_requests_running` a moment before its stats land, and a
+        request an earlier test cancelled may still be finishing.
+        """
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.counter("vllm:num_requests_running") == 0:
+                now = self.finished()
+                if now == last:
+                    return
+                last = now
+            time.sleep(0.5)
+        raise AssertionError(f"vLLM server {self.key!r} still runs a request {timeout:.0f} s on")
+
     def stop(self, timeout: float = 20.0) -> None:
         p = self.proc
         if p is None or p.poll() is not None:

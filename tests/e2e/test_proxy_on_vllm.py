@@ -158,25 +158,6 @@ def test_harmful_prompt_is_blocked(e2e_proxy, fixture_spec):
     assert "VIO, ILG" in info.value.body["message"]
 
 
-def _finished(upstream) -> float:
-    return upstream.counter("vllm:request_success_total")
-
-
-def _settled_finished(upstream) -> float:
-    """The finished count once the upstream is idle and its stats have landed (an
-    earlier test's request, cancelled by a block, may still be finishing)."""
-    deadline = time.monotonic() + 30
-    last = None
-    while time.monotonic() < deadline:
-        if upstream.counter("vllm:num_requests_running") == 0:
-            now = _finished(upstream)
-            if now == last:
-                return now
-            last = now
-        time.sleep(0.5)
-    raise AssertionError("the upstream did not settle")
-
-
 def test_unsafe_reasoning_is_aborted_early_and_vllm_aborts(e2e_proxy, fixture_spec):
     """The reasoning monitor stops the generation: vLLM drops the request unfinished.
 
@@ -206,7 +187,8 @@ def test_unsafe_reasoning_is_aborted_early_and_vllm_aborts(e2e_proxy, fixture_sp
     latest_clean_checks = marker_token // REASONING_EVERY
     asked = 4000  # the tiny upstream's context is 4,096 tokens
     for attempt in range(3):
-        finished_before = _settled_finished(upstream)
+        upstream.wait_idle()
+        finished_before = upstream.finished()
         generated_before = upstream.counter("vllm:generation_tokens_total")
         reasoning, content, finishes, chunks = _collect(
             client.chat.completions.create(
@@ -219,13 +201,9 @@ def test_unsafe_reasoning_is_aborted_early_and_vllm_aborts(e2e_proxy, fixture_sp
         assert reasoning and fixture_spec.UNSAFE_THINK.startswith(reasoning.strip()[:20])
         summary = chunks[-1].choices[0].model_extra["content_filter_results"]["guardproxy"]["reasoning"]
         # vLLM dropped the request: no longer running, never counted as finished.
-        deadline = time.monotonic() + 30
-        while upstream.counter("vllm:num_requests_running") > 0:
-            assert time.monotonic() < deadline, "the upstream request still runs 30 s after the abort"
-            time.sleep(0.1)
-        time.sleep(0.5)  # let the last stats update land
+        upstream.wait_idle()
         generated = upstream.counter("vllm:generation_tokens_total") - generated_before
-        assert _finished(upstream) == finished_before
+        assert upstream.finished() == finished_before
         assert generated < asked, (generated, summary)
         print(
             f"\n[e2e] {backend}: attempt {attempt + 1}, {summary['checks']} checks, aborted at reasoning token "
