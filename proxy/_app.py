@@ -27,7 +27,7 @@ from ._response import error_response
 from ._routes import ROUTES
 from ._shutdown import Drain
 from ._telemetry import Telemetry
-from ._upstream import UpstreamClient, create_http_client
+from ._upstream import UpstreamClient, create_transport
 from .exceptions import ProxyError
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        upstream = UpstreamClient(config.upstream, create_http_client(config.upstream, upstream_transport))
+        upstream = UpstreamClient(config.upstream, upstream_transport or create_transport(config.upstream))
         opened: dict[str, GuardBackend] = {}
         backends: dict[str, GuardBackend] = {}
         telemetry: Telemetry | None = None

@@ -4,12 +4,19 @@ httpx errors become the proxy's own (``UpstreamUnreachable``, ``UpstreamTimeout`
 ``UpstreamHTTPError``) here and nowhere else. Closing an ``UpstreamStream`` before its
 end closes the connection, which is how the proxy stops a generation: vLLM aborts a
 request whose client went away and frees its KV cache.
+
+Requests go straight to an httpx transport, not through ``httpx.AsyncClient``: a proxy
+shared by many callers must not keep the upstream's cookies (the client's jar would
+send one caller's cookies with the next caller's request), and it follows no redirects
+and runs no auth flows. Skipping those layers also removes a third of the per-request
+CPU the client cost (``bench`` scenario 1).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from importlib.metadata import PackageNotFoundError, version
 
 import httpx
 
@@ -17,27 +24,43 @@ from ._config import UpstreamConfig
 from ._sse import iter_sse_data
 from .exceptions import UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
 
-__all__ = ["UpstreamClient", "UpstreamStream", "create_http_client"]
+__all__ = ["UpstreamClient", "UpstreamStream", "create_transport"]
 
 _MAX_ERROR_BODY = 1 << 20
 
 
-def create_http_client(config: UpstreamConfig, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
-    """The HTTP client for the upstream: the single place where its transport is chosen.
+def _user_agent() -> str:
+    try:
+        return f"guardproxy/{version('guardproxy')}"
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "guardproxy"
 
-    "aiohttp" (the default) keeps httpx's API over aiohttp's C parser and pool: measured
-    side by side (bench scenario 5, concurrency 256) it relays 1.8x the streams of
-    httpx's own transport per CPU second (encode/httpx#3215). Its errors arrive as
-    httpx's, so the translation below holds for both.
+
+def create_transport(config: UpstreamConfig) -> httpx.AsyncBaseTransport:
+    """The upstream's HTTP transport: the single place where it is chosen.
+
+    "aiohttp" (the default) keeps httpx's request and response types over aiohttp's C
+    parser and pool: measured side by side (bench scenario 5, concurrency 256) it relays
+    1.8x the streams of httpx's own transport per CPU second (encode/httpx#3215). Its
+    errors arrive as httpx's, so the translation below holds for both.
     """
-    t = config.timeouts
-    timeout = httpx.Timeout(connect=t.connect_s, read=t.read_s or None, write=t.write_s, pool=t.pool_s)
     limits = httpx.Limits(max_connections=config.max_connections, max_keepalive_connections=config.max_connections)
-    if transport is None and config.http_transport == "aiohttp":
-        from httpx_aiohttp import AiohttpTransport
+    if config.http_transport != "aiohttp":
+        return httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+    import aiohttp
+    from httpx_aiohttp import AiohttpTransport
 
-        transport = AiohttpTransport(limits=limits, trust_env=False)
-    return httpx.AsyncClient(timeout=timeout, limits=limits, transport=transport, trust_env=False)
+    def session() -> aiohttp.ClientSession:  # called on the first request, inside the event loop
+        connector = aiohttp.TCPConnector(
+            limit=config.max_connections, keepalive_timeout=limits.keepalive_expiry, ssl=transport.ssl_context
+        )
+        # No Accept-Encoding: a compressing upstream would hold back stream chunks.
+        return aiohttp.ClientSession(
+            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("Accept-Encoding",)
+        )
+
+    transport = AiohttpTransport(limits=limits, trust_env=False, client=session)
+    return transport
 
 
 class UpstreamStream:
@@ -60,30 +83,28 @@ class UpstreamStream:
 
 
 class UpstreamClient:
-    def __init__(self, config: UpstreamConfig, http: httpx.AsyncClient) -> None:
+    def __init__(self, config: UpstreamConfig, transport: httpx.AsyncBaseTransport) -> None:
         self._config = config
-        self._http = http
-        self._key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
+        self._transport = transport
+        t = config.timeouts
+        self._timeout = httpx.Timeout(connect=t.connect_s, read=t.read_s or None, write=t.write_s, pool=t.pool_s).as_dict()
         # Parsed once: httpx's URL parsing is a visible part of each request's cost.
         self._chat_url = httpx.URL(f"{config.base_url}/chat/completions")
+        self._base_headers = {"user-agent": _user_agent(), "accept": "text/event-stream"}
+        key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
+        if config.auth != "passthrough" and key:
+            self._base_headers["authorization"] = f"Bearer {key}"
 
-    def _headers(self, client_authorization: str | None) -> dict[str, str]:
-        headers = {"content-type": "application/json", "accept": "text/event-stream"}
-        if self._config.auth == "passthrough":
-            if client_authorization:
-                headers["authorization"] = client_authorization
-        elif self._key:
-            headers["authorization"] = f"Bearer {self._key}"
-        return headers
+    def _request(self, method: str, url: httpx.URL | str, client_authorization: str | None, body: bytes | None = None) -> httpx.Request:
+        headers = dict(self._base_headers)
+        if body is not None:
+            headers["content-type"] = "application/json"
+        if self._config.auth == "passthrough" and client_authorization:
+            headers["authorization"] = client_authorization
+        return httpx.Request(method, url, headers=headers, content=body, extensions={"timeout": self._timeout})
 
     async def open_chat_stream(self, body: bytes, client_authorization: str | None = None) -> UpstreamStream:
-        request = self._http.build_request(
-            "POST",
-            self._chat_url,
-            content=body,
-            headers=self._headers(client_authorization),
-        )
-        response = await self._send(request)
+        response = await self._send(self._request("POST", self._chat_url, client_authorization, body))
         if response.status_code >= 400:
             try:
                 raw = await _read_limited(response)
@@ -102,8 +123,7 @@ class UpstreamClient:
         return UpstreamStream(response)
 
     async def get(self, path: str, client_authorization: str | None = None) -> httpx.Response:
-        request = self._http.build_request("GET", f"{self._config.base_url}{path}", headers=self._headers(client_authorization))
-        response = await self._send(request)
+        response = await self._send(self._request("GET", f"{self._config.base_url}{path}", client_authorization))
         try:
             await response.aread()
         except httpx.HTTPError as exc:
@@ -121,14 +141,16 @@ class UpstreamClient:
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
         try:
-            return await self._http.send(request, stream=True)
+            response = await self._transport.handle_async_request(request)
         except httpx.HTTPError as exc:
             if _timed_out(exc):
                 raise UpstreamTimeout("The upstream did not answer in time.") from exc
             raise UpstreamUnreachable(f"The upstream could not be reached: {_kind(exc)}.") from exc
+        response.request = request  # what httpx.AsyncClient would set; transports need not
+        return response
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._transport.aclose()
 
 
 def _timed_out(exc: httpx.HTTPError) -> bool:

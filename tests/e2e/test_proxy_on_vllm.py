@@ -29,6 +29,7 @@ MODELS = _servers.MODELS_DIR
 BACKENDS = ["openai", "vllm", "transformers"]
 REFUSAL = "Stopped by guardproxy."
 REASONING_EVERY = 8  # deltas between reasoning checks in this tier
+GUARD_MAX_TOKENS = 96
 
 
 def _guard_section(name: str, backend: str, server: _servers.VLLMServer) -> str:
@@ -36,7 +37,10 @@ def _guard_section(name: str, backend: str, server: _servers.VLLMServer) -> str:
         where = f'model = "{server.model}"\nbase_url = "{server.base_url}"'
     else:
         where = f'model = "{MODELS / name}"\ndevice = "cpu"\nmax_model_len = 4096'
-    return f'[guards.{name}]\nbackend = "{backend}"\n{where}\ntimeout_s = 120\n'
+    # The tiny guards answer in under 30 tokens. On text unlike their training (what the
+    # upstream writes once `min_tokens` keeps it going past its end) they may ramble to
+    # the model card's 1,024 / 2,048 tokens: seconds per check on this CPU, so the cap.
+    return f'[guards.{name}]\nbackend = "{backend}"\n{where}\ntimeout_s = 120\nmax_tokens = {GUARD_MAX_TOKENS}\n'
 
 
 @contextlib.contextmanager
@@ -195,21 +199,24 @@ def test_unsafe_reasoning_is_aborted_early_and_vllm_aborts(e2e_proxy, fixture_sp
                 model="tiny-upstream", temperature=0, messages=messages, stream=True, max_tokens=asked, extra_body={"min_tokens": asked}
             )
         )
-        assert finishes == ["content_filter"], (backend, reasoning, content)
-        assert content.endswith(REFUSAL)
-        assert fixture_spec.REASONING_MARKER not in reasoning + content  # never shown
-        assert reasoning and fixture_spec.UNSAFE_THINK.startswith(reasoning.strip()[:20])
-        summary = chunks[-1].choices[0].model_extra["content_filter_results"]["guardproxy"]["reasoning"]
+        stages = chunks[-1].choices[0].model_extra["content_filter_results"]["guardproxy"]
+        summary = stages["reasoning"]
         # vLLM dropped the request: no longer running, never counted as finished.
         upstream.wait_idle()
         generated = upstream.counter("vllm:generation_tokens_total") - generated_before
-        assert upstream.finished() == finished_before
-        assert generated < asked, (generated, summary)
         print(
             f"\n[e2e] {backend}: attempt {attempt + 1}, {summary['checks']} checks, aborted at reasoning token "
             f"{summary.get('aborted_at_token')} (flagged check covered {summary.get('flagged_check_tokens')}), "
-            f"upstream generated {generated:.0f} of {asked}"
+            f"upstream generated {generated:.0f} of {asked}; stages {stages}"
         )
+        assert finishes == ["content_filter"], (backend, reasoning, content)
+        assert content.endswith(REFUSAL)
+        assert fixture_spec.REASONING_MARKER not in reasoning + content  # never shown
+        # What was released is the benign start of the trace (nothing, when the first
+        # check to finish already covered the unsafe passage).
+        assert fixture_spec.UNSAFE_THINK.startswith(reasoning.strip()[:20])
+        assert upstream.finished() == finished_before
+        assert generated < asked, (generated, summary)
         if summary.get("flagged") and summary["checks"] <= latest_clean_checks + 2:
             break
     assert summary["flagged"] and summary["risk_score"] == 100, summary

@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import httpx
+import pytest
 
 from proxy import create_app, parse_config
 from tests.conftest import config_toml
@@ -146,6 +147,18 @@ def test_upstream_key_from_the_environment(make_proxy, upstream, monkeypatch):
     proxy.client.chat.completions.create(model="m", messages=USER)
     # The client's own key is not forwarded; the configured one is.
     assert upstream.calls[0].headers["authorization"] == "Bearer sk-upstream-secret"
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_upstream_cookies_are_not_kept_between_callers(make_proxy, upstream, transport):
+    """One caller's upstream cookie must never ride along with another caller's request."""
+    proxy = make_proxy(upstream=f'http_transport = "{transport}"')
+    proxy.client.chat.completions.create(model="m", messages=USER, extra_body={"x_script": {"set_cookie": "session=caller-a"}})
+    proxy.client.chat.completions.create(model="m", messages=USER)
+    assert len(upstream.calls) == 2
+    assert "cookie" not in upstream.calls[1].headers
+    assert upstream.calls[1].headers["user-agent"].startswith("guardproxy")
+    assert "accept-encoding" not in upstream.calls[1].headers  # compression would hold back chunks
 
 
 def test_passthrough_of_the_client_authorization(make_proxy, upstream):

@@ -11,7 +11,8 @@ Upstream script: a request's body may carry ``x_script`` (the OpenAI SDK's
      "reasoning_content" | "think", "delay": seconds per token, "finish_reason": "stop",
      "tool_calls": [{"name": ..., "arguments": [...]}], "status": 4xx/5xx to fail,
      "error_midstream": int (send an error event after that many tokens),
-     "plain_json": true (answer with JSON although a stream was asked for)}
+     "plain_json": true (answer with JSON although a stream was asked for),
+     "set_cookie": "name=value" (a Set-Cookie header on the response)}
 
 Guard rules (on the text in the guard's slot, sanitised or not):
     FlexGuard: "bomb" -> VIO,ILG 90; "risky" -> MIS 45; "jailbreakme" -> JAIL 30;
@@ -112,7 +113,10 @@ class ScriptedUpstream:
                     return
 
         watcher = asyncio.create_task(watch())
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        headers = [(b"content-type", b"text/event-stream")]
+        if "set_cookie" in script:
+            headers.append((b"set-cookie", f"{script['set_cookie']}; Path=/".encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         n = int(body.get("n") or 1)
         fmt = script.get("format", "reasoning")
         delay = float(script.get("delay", self.default_delay))
