@@ -8,7 +8,6 @@ endpoint and compared token for token with what the in-process backends send.
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 
 import httpx
@@ -58,10 +57,6 @@ def backends(vllm_flexguard, vllm_reasoningshield):
         for backend in opened.values():
             loop.run_until_complete(backend.aclose())
         loop.close()
-        # pytest keeps the yielded value to the end of the session; an AsyncLLM that
-        # lives until interpreter teardown complains in its __del__ there.
-        opened.clear()
-        gc.collect()
 
 
 def test_in_process_backends_render_what_the_server_renders(backends, vllm_flexguard, vllm_reasoningshield):
