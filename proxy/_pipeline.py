@@ -39,7 +39,7 @@ from ._request import ChatRequest, upstream_body
 from ._sse import DONE
 from ._telemetry import NO_TELEMETRY, RequestObserver
 from ._upstream import UpstreamClient, UpstreamStream
-from .exceptions import UpstreamError, UpstreamHTTPError
+from .exceptions import ProxyError, UpstreamError, UpstreamHTTPError
 
 __all__ = ["Exchange", "Started", "Output", "Released", "Stopped", "Ended", "Event", "RequestReport", "run_exchange"]
 
@@ -236,6 +236,7 @@ class _Relay:
         self.checks: dict[asyncio.Task[tuple[Verdict, ...]], tuple[_Choice, Stage, ChannelMonitor]] = {}
         self.stop: Decision | None = None
         self.stop_choice: int | None = None
+        self.error: ProxyError | None = None  # an upstream failure, raised after the release
 
     def _choice(self, index: int) -> _Choice:
         c = self.choices.get(index)
@@ -245,7 +246,7 @@ class _Relay:
 
     async def run(self) -> AsyncIterator[Event]:
         events = self.stream.events().__aiter__()
-        next_task: asyncio.Task[bytes] | None = None
+        next_task: asyncio.Task[list[bytes]] | None = None
         ended = False
         try:
             while True:
@@ -254,14 +255,14 @@ class _Relay:
                     try:
                         if next_task is not None:
                             task, next_task = next_task, None
-                            data = await task
+                            batch = await task
                         else:
-                            data = await events.__anext__()
+                            batch = await events.__anext__()
                     except StopAsyncIteration:
                         ended = True
                         self._upstream_ended()
                     else:
-                        ended = self._on_data(data)
+                        ended = self._take(batch)
                 else:
                     waits: set[asyncio.Future[Any]] = set(self.checks)
                     if not ended:
@@ -274,12 +275,12 @@ class _Relay:
                     if next_task is not None and next_task in done:
                         task, next_task = next_task, None
                         try:
-                            data = task.result()
+                            batch = task.result()
                         except StopAsyncIteration:
                             ended = True
                             self._upstream_ended()
                         else:
-                            ended = self._on_data(data)
+                            ended = self._take(batch)
                     for task in done:
                         if task in self.checks:
                             self._on_check_done(task)  # type: ignore[arg-type]
@@ -291,6 +292,8 @@ class _Relay:
                     released.append(self._render(self.queue.popleft()))
                 if released:
                     yield Released(released)
+                if self.error is not None:  # after what came before it was released
+                    raise self.error
                 if ended and not self.checks:
                     break
             if self.queue:  # every channel is done: the rest passed
@@ -306,6 +309,18 @@ class _Relay:
             await _aclose(events)
 
     # -- upstream data ---------------------------------------------------------------
+
+    def _take(self, batch: list[bytes]) -> bool:
+        """Take one network read's events; True when the stream ended among them. An
+        event that fails is kept in ``error`` so that the events before it are
+        released first."""
+        try:
+            for data in batch:
+                if self._on_data(data):
+                    return True
+        except ProxyError as exc:
+            self.error = exc
+        return False
 
     def _on_data(self, data: bytes) -> bool:
         """Take one upstream event; True when it was the end of the stream."""

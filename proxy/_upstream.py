@@ -21,7 +21,7 @@ from importlib.metadata import PackageNotFoundError, version
 import httpx
 
 from ._config import UpstreamConfig
-from ._sse import iter_sse_data
+from ._sse import iter_sse_batches
 from .exceptions import UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
 
 __all__ = ["UpstreamClient", "UpstreamStream", "create_transport"]
@@ -64,15 +64,16 @@ def create_transport(config: UpstreamConfig) -> httpx.AsyncBaseTransport:
 
 
 class UpstreamStream:
-    """An open streaming response; iterate ``events()``, always ``aclose()``."""
+    """An open streaming response; iterate ``events()`` (the events of one network read
+    at a time), always ``aclose()``."""
 
     def __init__(self, response: httpx.Response) -> None:
         self._response = response
 
-    async def events(self) -> AsyncIterator[bytes]:
+    async def events(self) -> AsyncIterator[list[bytes]]:
         try:
-            async for data in iter_sse_data(self._response.aiter_bytes()):
-                yield data
+            async for batch in iter_sse_batches(self._response.aiter_bytes()):
+                yield batch
         except httpx.HTTPError as exc:
             if _timed_out(exc):
                 raise UpstreamTimeout("The upstream stopped sending within the read timeout.") from exc

@@ -133,6 +133,10 @@ def test_mid_stream_upstream_error_ends_the_stream_well_formed(make_proxy):
     wire = raw_stream(proxy.url, body)
     wire.assert_well_formed()
     assert "error" in wire.chunks[-1]
+    # The tokens sent before the failure (in the same network read, with no delay) still
+    # reach the client, ahead of the error.
+    before = "".join(c["choices"][0]["delta"].get("content") or "" for c in wire.chunks[:-1] if c.get("choices"))
+    assert before == "Hello"  # the role chunk and "Hello" are the two events before it
     with pytest.raises(openai.APIError):
         list(proxy.client.chat.completions.create(model="m", messages=BENIGN, stream=True, extra_body={"x_script": {"error_midstream": 2}}))
 

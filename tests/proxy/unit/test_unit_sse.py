@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterable
 
 import pytest
 
-from proxy._sse import DONE, DONE_EVENT, encode_data, iter_sse_data
+from proxy._sse import DONE, DONE_EVENT, encode_data, iter_sse_batches
 
 
 async def _pieces(pieces: Iterable[bytes]) -> AsyncIterator[bytes]:
@@ -16,7 +16,7 @@ async def _pieces(pieces: Iterable[bytes]) -> AsyncIterator[bytes]:
 
 
 async def _collect(pieces: Iterable[bytes]) -> list[bytes]:
-    return [data async for data in iter_sse_data(_pieces(pieces))]
+    return [data async for batch in iter_sse_batches(_pieces(pieces)) for data in batch]
 
 
 def events(*pieces: bytes) -> list[bytes]:
@@ -148,3 +148,12 @@ def test_encode_data_writes_one_event() -> None:
 def test_encode_data_round_trips_through_the_reader() -> None:
     docs = [b'{"a":1}', b"{}", DONE]
     assert events(b"".join(encode_data(d) for d in docs)) == docs
+
+
+def test_events_come_a_network_read_at_a_time():
+    async def batches() -> list[list[bytes]]:
+        pieces = [b"data: a\n\ndata: b\n\ndata: c", b"\n\n", b": ping\n\n", b"data: d\n\ndata: [DONE]\n\n"]
+        return [batch async for batch in iter_sse_batches(_pieces(pieces))]
+
+    # A read that completes no event yields nothing (never an empty batch).
+    assert asyncio.run(batches()) == [[b"a", b"b"], [b"c"], [b"d", DONE]]
