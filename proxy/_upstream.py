@@ -8,8 +8,8 @@ request whose client went away and frees its KV cache.
 Requests go straight to an httpx transport, not through ``httpx.AsyncClient``: a proxy
 shared by many callers must not keep the upstream's cookies (the client's jar would
 send one caller's cookies with the next caller's request), and it follows no redirects
-and runs no auth flows. Skipping those layers also removes a third of the per-request
-CPU the client cost (``bench`` scenario 1).
+and runs no auth flows. Skipping those layers also cut the proxy's in-process CPU per
+request from about 1.0 to 0.8 ms.
 """
 
 from __future__ import annotations
@@ -155,21 +155,21 @@ class UpstreamClient:
         await self._transport.aclose()
 
 
-def _timed_out(exc: httpx.HTTPError) -> bool:
-    """Was it a timeout? httpx-aiohttp maps every aiohttp connection error (refused,
-    reset, disconnected) to ConnectTimeout, so its original exception decides."""
+def _aiohttp_cause(exc: httpx.HTTPError) -> BaseException | None:
+    """The aiohttp error behind an httpx one: httpx-aiohttp maps every aiohttp connection
+    error (refused, reset, disconnected) to ConnectTimeout, so the original decides."""
     cause = exc.__cause__
-    if cause is not None and type(cause).__module__.startswith("aiohttp"):
-        return isinstance(cause, TimeoutError)
-    return isinstance(exc, httpx.TimeoutException)
+    return cause if cause is not None and type(cause).__module__.startswith("aiohttp") else None
+
+
+def _timed_out(exc: httpx.HTTPError) -> bool:
+    cause = _aiohttp_cause(exc)
+    return isinstance(cause, TimeoutError) if cause is not None else isinstance(exc, httpx.TimeoutException)
 
 
 def _kind(exc: httpx.HTTPError) -> str:
     """The error's class name (never its text, which may quote the URL)."""
-    cause = exc.__cause__
-    if cause is not None and type(cause).__module__.startswith("aiohttp"):
-        return type(cause).__name__
-    return type(exc).__name__
+    return type(_aiohttp_cause(exc) or exc).__name__
 
 
 async def _read_limited(response: httpx.Response) -> bytes:
