@@ -41,8 +41,9 @@ class StageReport(msgspec.Struct, kw_only=True):
             self.decision = decision
 
 
-def _severity(d: Decision) -> tuple[bool, int]:
-    return (d.flagged, d.risk_score or 0)
+def _severity(d: Decision) -> tuple[bool, bool, int]:
+    # A failed check outranks any verdict: nothing after it was screened.
+    return (d.action == "fail", d.flagged, d.risk_score or 0)
 
 
 def stage_summary(report: StageReport) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from litestar import Litestar, Request, Response
@@ -18,7 +18,7 @@ from litestar.exceptions import HTTPException
 
 from guards import FlexGuard, GuardBackend, ReasoningShield, open_backend
 
-from ._auth import KeyRing
+from ._auth import KeyRing, check_secrets
 from ._config import ProxyConfig
 from ._guardset import GuardSet
 from ._metrics import METRICS_ROUTES
@@ -49,22 +49,27 @@ _ERROR_TYPES = {
 }
 
 
-def _proxy_error(_: Request, exc: ProxyError) -> Response[bytes]:
+def _proxy_error(_: Request[Any, Any, Any], exc: ProxyError) -> Response[bytes]:
     status, headers, body = error_response(exc)
     return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
 
 
-def _http_error(_: Request, exc: HTTPException) -> Response[bytes]:
+def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     status = exc.status_code
     error_type, code = _ERROR_TYPES.get(status, ("server_error", "server_error") if status >= 500 else ("invalid_request_error", "invalid_request"))
     if status == 413:
         message = "The request body is larger than the proxy accepts."
+    elif status == 404:
+        message = (
+            "Not found. This proxy guards POST /v1/chat/completions and /v1/moderations, "
+            "and serves GET /v1/models, /healthz, /readyz and /metrics."
+        )
     else:
         message = str(exc.detail)
     return Response(error_body(message, error_type, code), status_code=status, media_type="application/json")
 
 
-def _internal_error(_: Request, exc: Exception) -> Response[bytes]:
+def _internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     logger.exception("internal error", exc_info=exc)
     body = error_body("The proxy failed to handle the request.", "server_error", "internal_error")
     return Response(body, status_code=500, media_type="application/json")
@@ -90,6 +95,7 @@ def create_app(
     """Build the proxy. ``guard_backends`` replaces the configured backends (tests);
     ``span_exporter`` receives every span, whatever ``telemetry.traces`` says (tests)."""
     given = dict(guard_backends or {})
+    check_secrets(config)  # a named secret that is absent stops the start, naming it
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -115,6 +121,7 @@ def create_app(
             app.state.guards = GuardSet(
                 FlexGuard(flex, config.guards.flexguard) if flex is not None else None,
                 ReasoningShield(shield, config.guards.reasoningshield) if shield is not None else None,
+                config.server,
             )
             yield
         finally:

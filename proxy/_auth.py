@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Mapping
 
 import msgspec
 
 from ._config import PolicyConfig, ProxyConfig, threshold_of
-from .exceptions import AuthenticationFailed, InvalidRequest, PermissionDenied
+from .exceptions import AuthenticationFailed, ConfigError, InvalidRequest, PermissionDenied
 
-__all__ = ["Principal", "KeyRing", "bearer", "request_policy", "STRICTNESS_HEADER"]
+__all__ = ["Principal", "KeyRing", "bearer", "check_secrets", "request_policy", "STRICTNESS_HEADER"]
 
 STRICTNESS_HEADER = "x-guard-strictness"
 
@@ -35,23 +36,25 @@ class KeyRing:
         self._by_digest = by_digest
 
     @classmethod
-    def from_config(cls, config: ProxyConfig) -> KeyRing:
+    def from_config(cls, config: ProxyConfig, environ: Mapping[str, str] = os.environ) -> KeyRing:
+        """The keys the config names. A named variable that is unset or empty is a
+        ConfigError, never "no keys": that would accept every caller (fail open)."""
         default = Principal("default", config.policy)
         by_digest: dict[bytes, Principal] = {}
         if config.server.api_keys_env:
-            for key in os.environ.get(config.server.api_keys_env, "").split(","):
-                if key.strip():
-                    by_digest[_digest(key.strip())] = default
+            keys = [k.strip() for k in _secret(environ, config.server.api_keys_env, "server.api_keys_env").split(",")]
+            if not any(keys):
+                raise ConfigError(f"server.api_keys_env: ${config.server.api_keys_env} holds no key")
+            for key in filter(None, keys):
+                by_digest[_digest(key)] = default
         for tenant in config.tenants:
             principal = Principal(tenant.name, tenant.policy, tenant.allow_loosen)
             if tenant.key_sha256 is not None:
                 by_digest[bytes.fromhex(tenant.key_sha256)] = principal
             else:
-                key = os.environ.get(tenant.key_env or "", "").strip()
-                if key:
-                    by_digest[_digest(key)] = principal
-        required = bool(config.server.api_keys_env or config.tenants)
-        return cls(default, by_digest) if required else cls(default, {})
+                key = _secret(environ, tenant.key_env or "", f"tenants.{tenant.name}.key_env").strip()
+                by_digest[_digest(key)] = principal
+        return cls(default, by_digest)
 
     @property
     def required(self) -> bool:
@@ -72,6 +75,13 @@ class KeyRing:
         if found is None:
             raise AuthenticationFailed("Incorrect API key provided.")
         return found
+
+
+def _secret(environ: Mapping[str, str], name: str, option: str) -> str:
+    value = environ.get(name, "")
+    if not value.strip():
+        raise ConfigError(f"{option}: the environment variable ${name} is unset or empty")
+    return value
 
 
 def _digest(key: str) -> bytes:
@@ -102,3 +112,18 @@ def request_policy(principal: Principal, strictness_header: str | None) -> Polic
             f"(threshold {policy.threshold}); this key may only make it stricter."
         )
     return msgspec.structs.replace(policy, strictness=value)
+
+
+def check_secrets(config: ProxyConfig, environ: Mapping[str, str] = os.environ) -> None:
+    """Every secret the config names must be set: a missing one stops the start.
+
+    The proxy keys fail open without theirs, and an upstream or guard would answer 401 to
+    every request; either way the start is the moment to say so, naming the variable.
+    """
+    KeyRing.from_config(config, environ)
+    named = [("upstream.api_key_env", config.upstream.api_key_env)]
+    named += [(f"guards.{g}.api_key_env", getattr(config.guards, g).api_key_env) for g in ("flexguard", "reasoningshield")
+              if getattr(config.guards, g).enabled]
+    for option, name in named:
+        if name:
+            _secret(environ, name, option)

@@ -70,12 +70,32 @@ class ServerConfig(_Struct):
     api_keys_env: str | None = None
     # Streams in flight get this long to finish on shutdown before they are ended.
     shutdown_grace_s: float = 30.0
+    # A request body must arrive within this many seconds (else 408): a client sending a
+    # byte a second must not hold a connection and a request slot open for ever.
+    body_read_timeout_s: float = 30.0
+    # JSON bodies nested deeper than this are refused (400) before the proxy walks them.
+    max_json_depth: int = 64
+    # Inputs in one POST /v1/moderations (400 above it): each is one FlexGuard check.
+    max_moderation_inputs: int = 64
+    # Guard checks in flight per guard model, for the whole process; more wait in a
+    # queue of at most `guard_queue` checks, each for at most `guard_queue_timeout_s`.
+    # Past either bound a check fails as `guard_overloaded` (HTTP 503 with Retry-After):
+    # bounded work, never thousands of pending connections.
+    guard_concurrency: int = 256
+    guard_queue: int = 1024
+    guard_queue_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ValueError("`port` must be in 1..65535")
-        if self.max_body_bytes <= 0:
-            raise ValueError("`max_body_bytes` must be > 0")
+        for name in ("max_body_bytes", "max_json_depth", "max_moderation_inputs", "guard_concurrency"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"`{name}` must be > 0")
+        for name in ("body_read_timeout_s", "guard_queue_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"`{name}` must be > 0")
+        if self.guard_queue < 0:
+            raise ValueError("`guard_queue` must be >= 0")
 
 
 class UpstreamConfig(_Struct):
@@ -105,6 +125,12 @@ class PromptStage(_Struct):
     # What is screened: the last user message, or every message of the conversation,
     # each labelled by its role.
     screen: Literal["last_user", "conversation"] = "last_user"
+    # Content-part types that carry no text the guards could read (images, audio,
+    # files): forwarded unscreened. Any other part without a string `text` is refused
+    # with 400; an empty list refuses all media.
+    unscreened_parts: list[str] = msgspec.field(
+        default_factory=lambda: ["image_url", "input_image", "input_audio", "audio", "file", "input_file", "video_url"]
+    )
 
 
 class ReasoningStage(_Struct):

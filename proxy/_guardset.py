@@ -1,36 +1,97 @@
-"""The guard models one proxy uses, as the check functions the pipeline calls.
+"""The guard models one proxy uses, as the check functions the pipeline calls, and the
+bound on the guard work of the whole process.
 
 The pipeline asks for checks ("is this prompt / reasoning / answer acceptable?") and
 gets verdicts; how a guard is prompted and parsed stays in ``guards``.
+
+Every check takes a slot of its guard's ``GuardCapacity`` first: at most
+``server.guard_concurrency`` checks per guard are in flight, at most ``guard_queue``
+wait, each for at most ``guard_queue_timeout_s``. Past that a check fails at once with
+``GuardOverloadedError`` (a guard error: the client gets 503 ``guard_overloaded`` with
+Retry-After). Without the bound one request with thousands of checks once queued
+thousands of connections in httpx's pool, and assigning them froze the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from typing import TypeVar
 
-from guards import FlexGuard, ReasoningShield, Verdict
+from guards import FlexGuard, GuardError, ReasoningShield, Verdict
 
+from ._config import ServerConfig
 from ._monitor import CheckFn
 
-__all__ = ["GuardSet"]
+__all__ = ["GuardSet", "GuardCapacity", "GuardOverloadedError", "gather_checks"]
+
+T = TypeVar("T")
+
+
+class GuardOverloadedError(GuardError):
+    """No slot for this check within the bounded wait: the guard is overloaded."""
+
+
+class GuardCapacity:
+    """A semaphore with a bounded queue and a bounded wait."""
+
+    def __init__(self, concurrency: int, queue: int, wait_s: float) -> None:
+        self._slots = asyncio.Semaphore(concurrency)
+        self._queue = queue
+        self._wait_s = wait_s
+        self.waiting = 0
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self._slots.locked() and self.waiting >= self._queue:
+            raise GuardOverloadedError(f"{self.waiting} checks already wait for this guard")
+        self.waiting += 1
+        try:
+            async with asyncio.timeout(self._wait_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise GuardOverloadedError(f"no free slot within {self._wait_s:g} s") from None
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    async def run(self, call: Awaitable[T]) -> T:
+        try:
+            async with self.slot():
+                return await call
+        finally:
+            if asyncio.iscoroutine(call):
+                call.close()  # never started (overloaded or cancelled): no "never awaited"
 
 
 class GuardSet:
-    def __init__(self, flexguard: FlexGuard | None, reasoningshield: ReasoningShield | None) -> None:
+    def __init__(
+        self, flexguard: FlexGuard | None, reasoningshield: ReasoningShield | None, server: ServerConfig | None = None
+    ) -> None:
         self.flexguard = flexguard
         self.reasoningshield = reasoningshield
+        s = server or ServerConfig()
+        self.capacity = {
+            name: GuardCapacity(s.guard_concurrency, s.guard_queue, s.guard_queue_timeout_s)
+            for name in ("flexguard", "reasoningshield")
+        }
 
     async def check_prompt(self, text: str) -> tuple[Verdict, ...]:
         assert self.flexguard is not None
-        return (await self.flexguard.check_prompt(text),)
+        return (await self.capacity["flexguard"].run(self.flexguard.check_prompt(text)),)
 
     def reasoning_check(self, query: str) -> CheckFn | None:
         shield = self.reasoningshield
         if shield is None:
             return None
+        capacity = self.capacity["reasoningshield"]
 
         async def check(thought: str) -> tuple[Verdict, ...]:
-            return (await shield.check_reasoning(query, thought),)
+            return (await capacity.run(shield.check_reasoning(query, thought)),)
 
         return check
 
@@ -38,13 +99,31 @@ class GuardSet:
         flex, shield = self.flexguard, self.reasoningshield if with_reasoningshield else None
         if flex is None and shield is None:
             return None
+        capacity = self.capacity
 
         async def check(answer: str) -> tuple[Verdict, ...]:
             calls = []
             if flex is not None:
-                calls.append(flex.check_response(query, answer))
+                calls.append(capacity["flexguard"].run(flex.check_response(query, answer)))
             if shield is not None:
-                calls.append(shield.check_answer(query, answer))
-            return tuple(await asyncio.gather(*calls))
+                calls.append(capacity["reasoningshield"].run(shield.check_answer(query, answer)))
+            return await gather_checks(calls)
 
         return check
+
+
+async def gather_checks(calls: list[Awaitable[Verdict]]) -> tuple[Verdict, ...]:
+    """Run checks together; the first failure cancels the rest and is raised as itself
+    (not as an ExceptionGroup), so that callers handle one GuardError."""
+    if len(calls) == 1:
+        return (await calls[0],)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(_awaited(c)) for c in calls]
+    except BaseExceptionGroup as group:
+        raise group.exceptions[0] from None
+    return tuple(t.result() for t in tasks)
+
+
+async def _awaited(call: Awaitable[T]) -> T:
+    return await call

@@ -12,7 +12,8 @@ Authorization value), never a guard's raw output, and message text only when
      "choices": {"0": {"finish_reason": null, "reasoning": {...}, "answer": {...}}},
      "stop": {"stage": "reasoning", "action": "rewrite", "choice": 0,
               "aborted_at_token": 64, "flagged_check_tokens": 64},
-     "usage": {...}, "trace_id": "..."}
+     "usage": {...}, "trace_id": "...",
+     "error": {"code": "upstream_truncated", "message": "..."}}   (when one ended it)
 """
 
 from __future__ import annotations
@@ -47,10 +48,11 @@ class RequestLog:
         latency_s: float,
         ttft_s: float | None,
         trace_id: str | None = None,
+        error: BaseException | None = None,
     ) -> None:
         if not self.logger.isEnabledFor(logging.INFO):
             return
-        record = request_record(request_id, request, report, outcome, latency_s, ttft_s, trace_id)
+        record = request_record(request_id, request, report, outcome, latency_s, ttft_s, trace_id, error)
         if self.message_text:
             record["prompt_text"] = request.query()
         self.logger.info(encode(record).decode())
@@ -64,6 +66,7 @@ def request_record(
     latency_s: float,
     ttft_s: float | None,
     trace_id: str | None = None,
+    error: BaseException | None = None,
 ) -> dict[str, Any]:
     record: dict[str, Any] = {
         "event": "chat_completion",
@@ -76,6 +79,12 @@ def request_record(
     }
     if trace_id is not None:
         record["trace_id"] = trace_id
+    if error is not None:
+        # Why it failed: the proxy's own messages carry no secret and no client text.
+        record["error"] = {
+            "code": getattr(error, "code", None) or "internal_error",
+            "message": getattr(error, "message", None) or type(error).__name__,
+        }
     if report is None:
         return record
     if report.id:

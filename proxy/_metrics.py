@@ -34,6 +34,7 @@ OUTCOMES = (
     "blocked",
     "aborted",
     "guard_error",
+    "passed_unscreened",
     "upstream_error",
     "client_disconnected",
     "shutdown",

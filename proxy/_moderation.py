@@ -18,7 +18,7 @@ from guards import Verdict
 
 from ._config import PolicyConfig
 from ._policy import flagged
-from ._request import decode_body
+from ._request import MAX_JSON_DEPTH, decode_body, part_text
 from .exceptions import InvalidRequest
 
 __all__ = ["parse_moderation_inputs", "moderation_result", "moderation_response", "OPENAI_KEYS", "KEYS_OF"]
@@ -49,9 +49,9 @@ KEYS_OF: dict[str, tuple[str, ...]] = {
 }
 _ALL_KEYS = OPENAI_KEYS + ("privacy", "misinformation", "jailbreak")
 
-def parse_moderation_inputs(raw: bytes) -> tuple[list[str], str]:
-    """The texts to classify and the model name to report."""
-    body = decode_body(raw)
+def parse_moderation_inputs(raw: bytes, max_inputs: int = 64, max_depth: int = MAX_JSON_DEPTH) -> tuple[list[str], str]:
+    """The texts to classify and the model name to report; at most ``max_inputs``."""
+    body = decode_body(raw, max_depth)
     model = body.get("model", "flexguard")
     if not isinstance(model, str):
         raise InvalidRequest("`model` must be a string.", param="model")
@@ -59,12 +59,18 @@ def parse_moderation_inputs(raw: bytes) -> tuple[list[str], str]:
     items = value if isinstance(value, list) else [value]
     if value is None or not items:
         raise InvalidRequest("`input` must be a string or a non-empty array.", param="input")
+    if len(items) > max_inputs:
+        raise InvalidRequest(
+            f"`input` has {len(items)} items; this proxy checks at most {max_inputs} per request "
+            "(server.max_moderation_inputs).",
+            param="input",
+        )
     texts = []
     for i, item in enumerate(items):
         if isinstance(item, str):
             texts.append(item)
-        elif isinstance(item, dict) and item.get("type") == "text" and isinstance(item.get("text"), str):
-            texts.append(item["text"])
+        elif isinstance(item, dict) and isinstance(item.get("type"), str) and (text := part_text(item)) is not None:
+            texts.append(text)
         else:
             raise InvalidRequest(f"`input[{i}]` must be a string or a text part; FlexGuard reads text only.", param=f"input[{i}]")
     return texts, model

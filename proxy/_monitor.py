@@ -33,11 +33,13 @@ class ChannelMonitor:
         "_task_upto",
         "checks",
         "done",
+        "name",
     )
 
-    def __init__(self, check_fn: CheckFn | None, every: int) -> None:
+    def __init__(self, check_fn: CheckFn | None, every: int, name: str = "guardproxy-check") -> None:
         self.check_fn = check_fn  # None: this channel is not screened
         self.every = every
+        self.name = name  # of its check tasks, so that a leaked one can be found
         self._parts: list[str] = []
         self.length = 0  # characters received
         self.tokens = 0  # deltas received: one token each on vLLM
@@ -81,7 +83,7 @@ class ChannelMonitor:
             return None
         self._task_upto = (self.length, self.tokens)
         self.checks += 1
-        self.task = asyncio.create_task(self.check_fn(self.text))
+        self.task = asyncio.create_task(self.check_fn(self.text), name=self.name)
         return self.task
 
     def passed(self) -> None:

@@ -18,11 +18,12 @@ into bytes; it never formats a response itself. The flow:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any, Union
+from typing import Any, Union, cast
 
 import msgspec
 
@@ -39,23 +40,31 @@ from ._request import ChatRequest, upstream_body
 from ._sse import DONE
 from ._telemetry import NO_TELEMETRY, RequestObserver
 from ._upstream import UpstreamClient, UpstreamStream
-from .exceptions import ProxyError, UpstreamError, UpstreamHTTPError
+from .exceptions import (
+    ContentPolicyViolation,
+    GuardOverloaded,
+    GuardUnavailable,
+    ProxyError,
+    UpstreamError,
+    UpstreamTruncated,
+)
 
-__all__ = ["Exchange", "Started", "Output", "Released", "Stopped", "Ended", "Event", "RequestReport", "run_exchange"]
+__all__ = [
+    "ChoiceReport",
+    "Ended",
+    "Event",
+    "Exchange",
+    "Output",
+    "Released",
+    "RequestReport",
+    "Started",
+    "Stopped",
+    "request_outcome",
+    "run_exchange",
+    "stop_error",
+]
 
 logger = logging.getLogger("guardproxy")
-
-
-class Exchange(msgspec.Struct, kw_only=True):
-    """Everything one request needs, resolved before the pipeline starts."""
-
-    request: ChatRequest
-    policy: PolicyConfig
-    guards: GuardSet
-    upstream: UpstreamClient
-    authorization: str | None = None
-    # Spans, metrics and the request log; the default observes nothing.
-    telemetry: RequestObserver = NO_TELEMETRY
 
 
 class ChoiceReport(msgspec.Struct, kw_only=True):
@@ -92,10 +101,23 @@ class RequestReport(msgspec.Struct, kw_only=True):
         return merged
 
 
-class Started(msgspec.Struct):
-    """The prompt verdict is in and the upstream answered: the response can start."""
+class Exchange(msgspec.Struct, kw_only=True):
+    """One request: everything it needs, resolved before the pipeline starts, and its
+    report, which the pipeline fills in and the writers and telemetry read."""
 
-    report: RequestReport
+    request: ChatRequest
+    policy: PolicyConfig
+    guards: GuardSet
+    upstream: UpstreamClient
+    authorization: str | None = None
+    # Spans, metrics and the request log; the default observes nothing.
+    telemetry: RequestObserver = NO_TELEMETRY
+    report: RequestReport = msgspec.field(default_factory=RequestReport)
+
+
+class Started(msgspec.Struct):
+    """The prompt passed (or is rewritten) and the upstream's first chunks arrived: the
+    response can start."""
 
 
 class Output(msgspec.Struct):
@@ -113,62 +135,149 @@ class Released(msgspec.Struct):
 
 
 class Stopped(msgspec.Struct):
-    """A guard stopped the request; the named choices end with content_filter."""
+    """A guard stopped the request (block or rewrite); the named choices end with
+    content_filter."""
 
     decision: Decision
     choices: tuple[int, ...]
-    report: RequestReport
 
 
 class Ended(msgspec.Struct):
-    report: RequestReport
+    """Every choice finished and passed its checks."""
 
 
 Event = Union[Started, Released, Stopped, Ended]
 
 
 async def run_exchange(ex: Exchange) -> AsyncIterator[Event]:
-    report = RequestReport()
+    """The request's events, or a ProxyError: ContentPolicyViolation for a blocked
+    prompt, GuardUnavailable for a check that could not run under fail-closed,
+    UpstreamError for an upstream that failed or stopped short."""
+    report = ex.report
     policy = ex.policy
     body = upstream_body(ex.request)
     prompt_task: asyncio.Task[tuple[Verdict, ...]] | None = None
-    open_task: asyncio.Task[UpstreamStream] | None = None
-    stream: UpstreamStream | None = None
-
-    def open_upstream() -> asyncio.Task[UpstreamStream]:
-        ex.telemetry.upstream_started()
-        return asyncio.create_task(ex.upstream.open_chat_stream(body, ex.authorization))
-
+    open_task: asyncio.Task[_Opened] | None = None
+    opened: _Opened | None = None
     try:
         if policy.prompt.enabled and ex.guards.flexguard is not None:
             text = ex.request.screened_prompt(policy.prompt.screen)
-            prompt_task = asyncio.create_task(ex.guards.check_prompt(text))
+            prompt_task = asyncio.create_task(ex.guards.check_prompt(text), name="guardproxy-check-prompt")
             ex.telemetry.check_started("prompt", prompt_task)
             if policy.prompt.mode == "parallel":
-                open_task = open_upstream()
+                open_task = asyncio.create_task(_open(ex, body), name="guardproxy-upstream-open")
             decision = await _verdict_of(prompt_task, "prompt", policy)
             ex.telemetry.check_done(prompt_task, decision)
             report.prompt.checks = 1
             report.prompt.record(decision)
             if decision.stops:
-                yield Started(report)
+                report.stop = decision
+                if decision.action != "rewrite":
+                    raise stop_error(decision)
+                yield Started()
+                yield Stopped(decision, tuple(range(ex.request.n)))
                 return
         if open_task is None:
-            open_task = open_upstream()
-        stream = await open_task
-        yield Started(report)
-        async for event in _Relay(ex, report, stream).run():
-            yield event
+            open_task = asyncio.create_task(_open(ex, body), name="guardproxy-upstream-open")
+        opened = await open_task
+        yield Started()
+        async with contextlib.aclosing(_Relay(ex, opened).run()) as relay:
+            async for event in relay:
+                yield event
     finally:
-        for task in (prompt_task, open_task):
-            if task is not None and not task.done():
-                task.cancel()
-        if stream is None and open_task is not None and open_task.done() and not open_task.cancelled():
+        await _cancel_and_wait(prompt_task, open_task)
+        if opened is None and open_task is not None and open_task.done() and not open_task.cancelled():
             if open_task.exception() is None:
-                stream = open_task.result()
-        if stream is not None:
-            await stream.aclose()
+                opened = open_task.result()
+        if opened is not None:
+            await opened.aclose()
         ex.telemetry.upstream_done(report)
+
+
+class _Opened:
+    """The upstream stream, its event iterator, and its first network read (read while
+    the prompt check runs, so that the upstream's own time to first chunk is measured)."""
+
+    __slots__ = ("stream", "events", "first")
+
+    def __init__(self, stream: UpstreamStream, events: AsyncIterator[list[bytes]], first: list[bytes] | None) -> None:
+        self.stream = stream
+        self.events = events
+        self.first = first
+
+    async def aclose(self) -> None:
+        try:
+            await _aclose(self.events)
+        finally:
+            await self.stream.aclose()
+
+
+async def _open(ex: Exchange, body: bytes) -> _Opened:
+    ex.telemetry.upstream_started()
+    stream = await ex.upstream.open_chat_stream(body, ex.authorization)
+    events = stream.events()
+    try:
+        first: list[bytes] | None = await anext(events, None)
+        if first is None or all(data.strip() == DONE for data in first):
+            # Found here, before the response starts, so that the client gets a 502.
+            raise UpstreamTruncated("The upstream's stream ended early: no chunk at all.")
+    except BaseException:
+        await _Opened(stream, events, None).aclose()
+        raise
+    ex.telemetry.first_chunk()
+    return _Opened(stream, events, first)
+
+
+async def _cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel what still runs and wait for it: cleanup happens when the request ends."""
+    running = [t for t in tasks if t is not None and not t.done()]
+    for task in running:
+        task.cancel()
+    if running:
+        await asyncio.gather(*running, return_exceptions=True)
+
+
+def stop_error(decision: Decision) -> ProxyError:
+    """The error a stop becomes where no content_filter ending can carry it: a failed
+    check is an outage (503), a block a policy violation (400)."""
+    if decision.action == "fail":
+        guard = "ReasoningShield" if decision.stage == "reasoning" else "FlexGuard"
+        cls = GuardOverloaded if decision.error == "GuardOverloadedError" else GuardUnavailable
+        return cls(
+            f"{guard} could not check the {_STAGE_NAMES[decision.stage]} ({decision.error}); "
+            "nothing unchecked was forwarded. Retry the request."
+        )
+    cats = ", ".join(decision.categories) or "none"
+    return ContentPolicyViolation(
+        f"The {_STAGE_NAMES[decision.stage]} was blocked by the content policy "
+        f"(risk score {decision.risk_score} >= threshold {decision.threshold}; categories: {cats})."
+    )
+
+
+_STAGE_NAMES = {"prompt": "prompt", "reasoning": "model's reasoning", "answer": "model's answer"}
+
+
+def request_outcome(report: RequestReport, error: BaseException | None) -> str:
+    """The one place that names how a request ended (metrics, logs, traces)."""
+    if isinstance(error, GuardUnavailable):
+        return "guard_error"
+    if isinstance(error, UpstreamError):
+        return "upstream_error"
+    if error is not None and not isinstance(error, ContentPolicyViolation):
+        return "error"
+    stop = report.stop
+    if stop is not None:
+        if stop.action == "fail":
+            return "guard_error"
+        if stop.stage == "reasoning":
+            return "aborted"
+        return "blocked" if stop.action == "block" else "rewritten"
+    decisions = [report.prompt.decision] + [s.decision for c in report.choices.values() for s in (c.reasoning, c.answer)]
+    if any(d is not None and d.error for d in decisions):
+        return "passed_unscreened"  # on_guard_error = "allow": passed, but a check failed
+    if any(d is not None and d.flagged for d in decisions):
+        return "flagged"
+    return "passed"
 
 
 async def _verdict_of(task: asyncio.Future[tuple[Verdict, ...]], stage: Stage, policy: PolicyConfig) -> Decision:
@@ -184,8 +293,13 @@ async def _verdict_of(task: asyncio.Future[tuple[Verdict, ...]], stage: Stage, p
 
 def _guard_error(stage: Stage, exc: GuardError, policy: PolicyConfig) -> Decision:
     decision = decide_error(stage, exc, policy)
+    # The message names the guard server and the cause; backends keep secrets out of it.
     logger.warning(
-        "guard error in the %s check: %s (on_guard_error=%s)", stage, type(exc).__name__, policy.on_guard_error
+        "guard error in the %s check: %s: %s (on_guard_error=%s)",
+        stage,
+        type(exc).__name__,
+        exc,
+        policy.on_guard_error,
     )
     return decision
 
@@ -199,11 +313,14 @@ class _Choice:
         query = ex.request.query()
         self.splitter = ThinkSplitter()
         self.reasoning = ChannelMonitor(
-            ex.guards.reasoning_check(query) if p.reasoning.enabled else None, p.reasoning.check_every_tokens
+            ex.guards.reasoning_check(query) if p.reasoning.enabled else None,
+            p.reasoning.check_every_tokens,
+            name="guardproxy-check-reasoning",
         )
         self.answer = ChannelMonitor(
             ex.guards.answer_check(query, p.reasoning.screen_answer) if p.answer.enabled else None,
             p.answer.check_every_tokens,
+            name="guardproxy-check-answer",
         )
         self.report = report
 
@@ -226,17 +343,18 @@ class _Held(msgspec.Struct):
 class _Relay:
     """The per-request state of the relay loop (one instance per request)."""
 
-    def __init__(self, ex: Exchange, report: RequestReport, stream: UpstreamStream) -> None:
+    def __init__(self, ex: Exchange, opened: _Opened) -> None:
         self.ex = ex
         self.policy = ex.policy
-        self.report = report
-        self.stream = stream
+        self.report = ex.report
+        self.opened = opened
         self.choices: dict[int, _Choice] = {}
         self.queue: deque[_Held] = deque()
         self.checks: dict[asyncio.Task[tuple[Verdict, ...]], tuple[_Choice, Stage, ChannelMonitor]] = {}
         self.stop: Decision | None = None
         self.stop_choice: int | None = None
-        self.error: ProxyError | None = None  # an upstream failure, raised after the release
+        self.error: ProxyError | None = None  # raised once what came before it is released
+        self.done_marker = False  # the upstream sent [DONE]
 
     def _choice(self, index: int) -> _Choice:
         c = self.choices.get(index)
@@ -245,46 +363,54 @@ class _Relay:
         return c
 
     async def run(self) -> AsyncIterator[Event]:
-        events = self.stream.events().__aiter__()
-        next_task: asyncio.Task[list[bytes]] | None = None
-        ended = False
+        events = self.opened.events
+        read: asyncio.Task[list[bytes]] | None = None
         try:
+            first = self.opened.first
+            ended = True if first is None else self._take(first)
+            if first is None:
+                self._upstream_ended()
             while True:
-                if not ended and not self.checks:
-                    # Nothing else to wait for: read straight, no task per chunk.
+                if self.error is None and self.stop is None and not ended and not self.checks:
+                    # Nothing else to wait for: read straight, no task per network read.
                     try:
-                        if next_task is not None:
-                            task, next_task = next_task, None
+                        if read is not None:  # a read started while checks ran
+                            task, read = read, None
                             batch = await task
                         else:
-                            batch = await events.__anext__()
+                            batch = await anext(events)
                     except StopAsyncIteration:
                         ended = True
                         self._upstream_ended()
+                    except ProxyError as exc:
+                        ended, self.error = True, exc
                     else:
                         ended = self._take(batch)
-                else:
+                elif self.error is None and self.stop is None:
                     waits: set[asyncio.Future[Any]] = set(self.checks)
                     if not ended:
-                        if next_task is None:
-                            next_task = asyncio.ensure_future(events.__anext__())
-                        waits.add(next_task)
+                        if read is None:
+                            read = asyncio.ensure_future(anext(events))  # type: ignore[arg-type]
+                        waits.add(read)
                     if not waits:
                         break
                     done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                    if next_task is not None and next_task in done:
-                        task, next_task = next_task, None
+                    if read is not None and read in done:
+                        task, read = read, None
                         try:
                             batch = task.result()
                         except StopAsyncIteration:
                             ended = True
                             self._upstream_ended()
+                        except ProxyError as exc:
+                            ended, self.error = True, exc
                         else:
                             ended = self._take(batch)
-                    for task in done:
-                        if task in self.checks:
-                            self._on_check_done(task)  # type: ignore[arg-type]
+                    for check in [t for t in done if t in self.checks]:
+                        self._on_check_done(check)
                 if self.stop is not None:
+                    if self.stop.action == "fail":
+                        raise stop_error(self.stop)
                     yield self._stopped()
                     return
                 released = []
@@ -299,14 +425,10 @@ class _Relay:
             if self.queue:  # every channel is done: the rest passed
                 yield Released([self._render(held) for held in self.queue])
                 self.queue.clear()
-            yield Ended(self.report)
+            yield Ended()
         finally:
-            if next_task is not None:
-                next_task.cancel()
-                await asyncio.gather(next_task, return_exceptions=True)
-            for task in self.checks:
-                task.cancel()
-            await _aclose(events)
+            await _cancel_and_wait(read, *self.checks)
+            self.checks.clear()
 
     # -- upstream data ---------------------------------------------------------------
 
@@ -320,11 +442,13 @@ class _Relay:
                     return True
         except ProxyError as exc:
             self.error = exc
+            return True
         return False
 
     def _on_data(self, data: bytes) -> bool:
         """Take one upstream event; True when it was the end of the stream."""
         if data.strip() == DONE:
+            self.done_marker = True
             self._upstream_ended()
             return True
         try:
@@ -332,9 +456,8 @@ class _Relay:
         except msgspec.DecodeError as exc:
             raise UpstreamError("The upstream sent a malformed stream chunk.") from exc
         if present(chunk.error):
-            raise UpstreamHTTPError(502, data, "application/json")
+            raise upstream_error_event(chunk.error)
         if not self.report.id:
-            self.ex.telemetry.first_chunk()
             self.report.id, self.report.model, self.report.created = chunk.id, chunk.model, chunk.created
         held = _Held(data, chunk, [], {})
         if present(chunk.usage):
@@ -361,6 +484,15 @@ class _Relay:
         return False
 
     def _upstream_ended(self) -> None:
+        """The stream ended. Every choice must have finished: an upstream that closes
+        mid-answer (no finish_reason) or sends no chunk at all failed, and is never
+        reported as a success."""
+        unfinished = sorted(i for i, c in self.choices.items() if c.report.finish_reason is None)
+        if not self.choices or unfinished:
+            what = "no chunk at all" if not self.choices else f"no finish_reason for choice {unfinished[0]}"
+            end = "[DONE]" if self.done_marker else "the connection closed without [DONE]"
+            self.error = UpstreamTruncated(f"The upstream's stream ended early: {what}; {end}.")
+            return
         for c in self.choices.values():
             c.finish()
             self._start_checks(c)
@@ -371,7 +503,7 @@ class _Relay:
         for stage, monitor in (("reasoning", c.reasoning), ("answer", c.answer)):
             task = monitor.maybe_start()
             if task is not None:
-                self.checks[task] = (c, stage, monitor)  # type: ignore[assignment]
+                self.checks[task] = (c, cast(Stage, stage), monitor)
                 self.ex.telemetry.check_started(stage, task, monitor.tokens)
 
     def _on_check_done(self, task: asyncio.Task[tuple[Verdict, ...]]) -> None:
@@ -384,8 +516,10 @@ class _Relay:
         if decision.stops:
             report.flagged_check_tokens = monitor.flagged_at()
             report.aborted_at_token = monitor.tokens
-            self.stop = decision
-            self.stop_choice = c.index
+            if self.stop is None:
+                self.stop = decision
+                self.stop_choice = c.index
+                self.report.stop, self.report.stop_choice = decision, c.index
             return
         monitor.passed()
         self._start_checks(c)
@@ -433,9 +567,20 @@ class _Relay:
 
     def _stopped(self) -> Stopped:
         assert self.stop is not None
-        self.report.stop, self.report.stop_choice = self.stop, self.stop_choice
         unfinished = tuple(i for i, c in self.report.choices.items() if c.finish_reason is None or i == self.stop_choice)
-        return Stopped(self.stop, unfinished or (self.stop_choice or 0,), self.report)
+        return Stopped(self.stop, unfinished or (self.stop_choice or 0,))
+
+
+def upstream_error_event(raw: msgspec.Raw) -> UpstreamError:
+    """An ``{"error": ...}`` event inside the upstream's stream, as the proxy's error
+    (its message kept, in the OpenAI shape whatever shape the upstream used)."""
+    try:
+        value = decode_json(raw)
+    except msgspec.DecodeError:
+        value = None
+    message = value.get("message") if isinstance(value, dict) else value
+    text = message if isinstance(message, str) else "unknown error"
+    return UpstreamError(f"The upstream failed mid-stream: {text[:1000]}")
 
 
 def _decision_of_done(task: asyncio.Task[tuple[Verdict, ...]], stage: Stage, policy: PolicyConfig) -> Decision:

@@ -3,8 +3,11 @@
 A verdict is flagged when its risk score reaches the threshold of the configured
 strictness. ReasoningShield's Judgment 0 / 0.5 / 1 arrives as risk 0 / 50 / 100; a named
 strictness applies to it by judgment level (strict flags 0.5 and 1, moderate and loose
-flag 1), a numeric strictness applies to the 0 / 50 / 100 scale as it stands. A guard error counts as a flag under ``on_guard_error = "block"``
-(fail-closed, the default) and as a pass under ``"allow"``; either way it is reported.
+flag 1), a numeric strictness applies to the 0 / 50 / 100 scale as it stands.
+
+A guard error is not a verdict: under ``on_guard_error = "block"`` (fail-closed, the
+default) the stage fails (HTTP 503 ``guard_unavailable``, or that error event
+mid-stream), under ``"allow"`` it passes; either way it is reported.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ __all__ = ["Decision", "decide", "decide_error", "flagged", "stage_action", "thr
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
     stage: Stage
     flagged: bool
-    # What happens: "pass" (not flagged), or the stage's action when flagged.
-    action: Literal["pass", "block", "rewrite", "flag"]
+    # What happens: "pass" (not flagged), the stage's action when flagged, or "fail"
+    # when a guard could not answer under on_guard_error = "block" (an outage: the
+    # request is refused as unavailable, never reported as a policy violation).
+    action: Literal["pass", "block", "rewrite", "flag", "fail"]
     threshold: int
     verdicts: tuple[Verdict, ...] = ()
     # A guard error's kind (the exception class name): never its text, which may
@@ -33,8 +38,8 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def stops(self) -> bool:
-        """The content must not reach the client (block or rewrite)."""
-        return self.action in ("block", "rewrite")
+        """The content must not reach the client (block, rewrite, or a failed check)."""
+        return self.action in ("block", "rewrite", "fail")
 
     @property
     def risk_score(self) -> int | None:
@@ -92,11 +97,14 @@ def decide(stage: Stage, verdicts: tuple[Verdict, ...], policy: PolicyConfig) ->
 
 
 def decide_error(stage: Stage, error: GuardError, policy: PolicyConfig) -> Decision:
+    """A check that gave no verdict: under fail-closed the stage fails whatever its
+    action (what could not be screened is never forwarded, and "flag" would forward it);
+    under "allow" it passes. Either way the error is reported, never as a flag."""
     fail_closed = policy.on_guard_error == "block"
     return Decision(
         stage=stage,
-        flagged=fail_closed,
-        action=stage_action(stage, policy) if fail_closed else "pass",
+        flagged=False,
+        action="fail" if fail_closed else "pass",
         threshold=threshold_for("reasoningshield" if stage == "reasoning" else "flexguard", policy),
         error=type(error).__name__,
     )

@@ -6,13 +6,23 @@ act on must reach the upstream unchanged; only the fields the proxy reads are ch
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Literal
 
 import msgspec
 
 from .exceptions import InvalidRequest
 
-__all__ = ["ChatRequest", "decode_body", "parse_chat_request", "upstream_body", "message_text"]
+__all__ = [
+    "ChatRequest",
+    "MAX_JSON_DEPTH",
+    "check_content",
+    "decode_body",
+    "message_text",
+    "parse_chat_request",
+    "part_text",
+    "upstream_body",
+]
 
 
 class ChatRequest(msgspec.Struct, kw_only=True):
@@ -42,20 +52,51 @@ class ChatRequest(msgspec.Struct, kw_only=True):
 
 _decoder = msgspec.json.Decoder()
 
+# The default depth bound, for callers without a config (tests, tools).
+MAX_JSON_DEPTH = 64
 
-def decode_body(raw: bytes) -> dict[str, Any]:
-    """The request body as a JSON object, or InvalidRequest."""
+
+def decode_body(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
+    """The request body as a JSON object, or InvalidRequest (never another exception).
+
+    msgspec decodes recursively: a body nested past Python's recursion limit raises
+    RecursionError inside it, and invalid UTF-8 raises UnicodeDecodeError; both are the
+    client's error, and so is any nesting past ``max_depth``, which bounds every later
+    walk over the body.
+    """
     try:
         body = _decoder.decode(raw)
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid UTF-8 (byte {exc.start}).") from exc
+    except RecursionError as exc:
+        raise InvalidRequest(f"The request body is nested more than {max_depth} levels deep.") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    if _depth_exceeds(body, max_depth):
+        raise InvalidRequest(f"The request body is nested more than {max_depth} levels deep.")
     return body
 
 
-def parse_chat_request(raw: bytes) -> ChatRequest:
-    body = decode_body(raw)
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    # Iterative: the check itself must not recurse on hostile input.
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node if isinstance(v, (dict, list)))
+    return False
+
+
+def parse_chat_request(
+    raw: bytes, unscreened_parts: Collection[str] = (), max_depth: int = MAX_JSON_DEPTH
+) -> ChatRequest:
+    body = decode_body(raw, max_depth)
 
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -76,7 +117,7 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("`messages` must be a non-empty array.", param="messages")
     for i, message in enumerate(messages):
-        _check_message(message, i)
+        _check_message(message, i, unscreened_parts)
 
     return ChatRequest(
         body=body,
@@ -88,40 +129,70 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
     )
 
 
-def _check_message(message: Any, i: int) -> None:
+def _check_message(message: Any, i: int, unscreened_parts: Collection[str]) -> None:
     param = f"messages[{i}]"
     if not isinstance(message, dict):
         raise InvalidRequest(f"`{param}` must be an object.", param=param)
     if not isinstance(message.get("role"), str):
         raise InvalidRequest(f"`{param}.role` is required and must be a string.", param=f"{param}.role")
-    content = message.get("content")
+    check_content(message.get("content"), f"{param}.content", unscreened_parts)
+
+
+def check_content(content: Any, param: str, unscreened_parts: Collection[str]) -> None:
+    """Refuse content the guards could not read but the upstream might render.
+
+    Content is a string, null, or an array of parts. A part is screened when it carries
+    its text in a string ``text`` (``text``, ``input_text``, ``output_text`` and any other
+    type that does) or is a ``refusal`` with a string ``refusal``; a part of a type in
+    ``unscreened_parts`` (images, audio, files) passes unscreened, as documented. Anything
+    else is refused: forwarding it would let text past the guards that the upstream may
+    render (an ``input_text`` part once did exactly that).
+    """
     if content is None or isinstance(content, str):
         return
     if not isinstance(content, list):
-        raise InvalidRequest(
-            f"`{param}.content` must be a string or an array of content parts.", param=f"{param}.content"
-        )
+        raise InvalidRequest(f"`{param}` must be a string or an array of content parts.", param=param)
     for j, part in enumerate(content):
+        where = f"{param}[{j}]"
         if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise InvalidRequest(f"`{where}` must be an object with a string `type`.", param=where)
+        if part_text(part) is not None:
+            continue
+        kind = part["type"]
+        if "text" in part or kind in _TEXT_PARTS:
+            raise InvalidRequest(f"`{where}.text` must be a string.", param=f"{where}.text")
+        if kind not in unscreened_parts:
             raise InvalidRequest(
-                f"`{param}.content[{j}]` must be an object with a `type`.", param=f"{param}.content[{j}]"
+                f"`{where}` has type {kind!r}, which the guards cannot read: send text parts "
+                f"(or one of the types forwarded unscreened: {', '.join(unscreened_parts) or 'none'}).",
+                param=where,
             )
-        if part["type"] == "text" and not isinstance(part.get("text"), str):
-            raise InvalidRequest(
-                f"`{param}.content[{j}].text` must be a string.", param=f"{param}.content[{j}].text"
-            )
+
+
+_TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
+
+
+def part_text(part: dict[str, Any]) -> str | None:
+    """The text a content part carries, or None if it carries none the guards can read."""
+    text = part.get("text")
+    if isinstance(text, str):
+        return text
+    if part.get("type") == "refusal" and isinstance(part.get("refusal"), str):
+        return str(part["refusal"])
+    return None
 
 
 def message_text(message: dict[str, Any]) -> str:
-    """The text of a message: its string content, or its text parts joined.
+    """The text of a message: its string content, or the text of every part that has one.
 
-    Non-text parts (images, audio, files) are not screened: the guards read text only.
+    Parts without text (images, audio, files) are not screened: the guards read text only;
+    ``check_content`` refused every other kind of part when the request was parsed.
     """
     content = message.get("content")
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "\n".join(p["text"] for p in content if p.get("type") == "text" and isinstance(p.get("text"), str))
+        return "\n".join(t for p in content if isinstance(p, dict) and (t := part_text(p)) is not None)
     return ""
 
 

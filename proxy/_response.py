@@ -1,30 +1,36 @@
 """The chat-completion response: an ASGI app that writes the pipeline's events.
 
-It chooses the status only once the prompt verdict is in (a blocked prompt is an HTTP
-400 for streaming clients too), watches for the client's disconnect from the first
-moment (so the upstream call and pending checks are cancelled even before the first
-byte), and always ends a started stream well-formed: ``data: [DONE]`` last.
+The writers only format: the pipeline decides (prompt verdict, stops, errors) and
+``request_outcome`` names the ending. The stream writer chooses the status once the
+pipeline has started (a blocked prompt is an HTTP 400 for streaming clients too), and
+always ends a started stream well-formed: ``data: [DONE]`` last. The writer and a
+watch for the client's disconnect run in one TaskGroup, so a disconnect (even before the
+first byte) cancels the pipeline, which closes the upstream call and waits for its
+pending checks before the response ends.
+
+``error_response`` is the one place where an error becomes an HTTP answer; the app's
+exception handlers use it too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from litestar.types import Receive, Scope, Send
 
 from ._annotations import decision_headers, filter_results
 from ._chunks import CompletionBuilder, ResponseIds, content_filter_chunks, guardproxy_summary, prompt_annotation_chunk
-from ._pipeline import Ended, Event, Exchange, Released, RequestReport, Started, Stopped, run_exchange
-from ._policy import Decision
-from ._protocol import error_body
+from ._pipeline import Ended, Exchange, Released, RequestReport, Started, Stopped, request_outcome, run_exchange, stop_error
+from ._protocol import decode_json, encode, error_body
 from ._shutdown import Drain
 from ._sse import DONE_EVENT, encode_data
-from .exceptions import ContentPolicyViolation, ProxyError, UpstreamHTTPError
+from .exceptions import ProxyError, UpstreamHTTPError
 
-__all__ = ["ChatResponse", "error_response", "policy_violation"]
+__all__ = ["ChatResponse", "error_response"]
 
 logger = logging.getLogger("guardproxy")
 
@@ -34,22 +40,40 @@ _SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 _JSON = [(b"content-type", b"application/json")]
+_MAX_UPSTREAM_MESSAGE = 1000
 
 
-def error_response(exc: ProxyError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """(status, headers, body) of an error; an upstream's own error passes through as is."""
+def error_response(exc: ProxyError, report: RequestReport | None = None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """(status, headers, body) of an error, always an OpenAI-shaped JSON body.
+
+    An upstream's own error keeps its status; its body passes unchanged when it already
+    has the OpenAI shape, otherwise its text becomes the message (an HTML 500 page, a
+    FastAPI ``detail``, vLLM's older top-level ``message``).
+    """
+    headers = list(_JSON)
+    if exc.retry_after_s is not None:
+        headers.append((b"retry-after", str(round(exc.retry_after_s)).encode()))
+    if report is not None:
+        headers += decision_headers({"prompt": report.prompt})
     if isinstance(exc, UpstreamHTTPError):
-        ctype = (exc.content_type or "application/json").encode()
-        return exc.status_code, [(b"content-type", ctype)], exc.body
-    return exc.status_code, list(_JSON), error_body(exc.message, exc.error_type, exc.code, exc.param)
+        return exc.status_code, headers, _upstream_error_body(exc)
+    return exc.status_code, headers, error_body(exc.message, exc.error_type, exc.code, exc.param)
 
 
-def policy_violation(decision: Decision) -> ContentPolicyViolation:
-    cats = ", ".join(decision.categories) or ("none (guard error)" if decision.error else "none")
-    what = {"prompt": "prompt", "reasoning": "model's reasoning", "answer": "model's answer"}[decision.stage]
-    score = decision.risk_score
-    detail = f"guard error: {decision.error}" if decision.error else f"risk score {score} >= threshold {decision.threshold}"
-    return ContentPolicyViolation(f"The {what} was blocked by the content policy ({detail}; categories: {cats}).")
+def _upstream_error_body(exc: UpstreamHTTPError) -> bytes:
+    try:
+        doc = decode_json(exc.body)
+    except Exception:  # not JSON (or not UTF-8): its text is the message
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("error"), dict) and isinstance(doc["error"].get("message"), str):
+        return exc.body
+    message: Any = None
+    if isinstance(doc, dict):
+        message = doc.get("message") or doc.get("detail") or doc.get("error")
+    if not isinstance(message, str):
+        message = exc.body.decode("utf-8", "replace").strip() if doc is None else encode(doc).decode()
+    text = f"The upstream answered HTTP {exc.status_code}: {message[:_MAX_UPSTREAM_MESSAGE] or '(empty body)'}"
+    return error_body(text, "upstream_error", "upstream_error")
 
 
 async def _send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
@@ -57,8 +81,41 @@ async def _send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+class _State:
+    """How one response is going: what the writers did, and why it ended."""
+
+    __slots__ = ("started", "closing", "shutdown", "disconnected", "error", "finished", "ids")
+
+    def __init__(self) -> None:
+        self.started = False  # the response's headers went out
+        self.closing = False  # its last bytes are being written: let it finish
+        self.shutdown = False  # stopped by the shutdown deadline
+        self.disconnected = False  # the client went away first
+        self.error: BaseException | None = None  # what ended it, if not the pipeline's end
+        self.finished: set[int] = set()  # choices whose finish chunk went out
+        self.ids: ResponseIds | None = None
+
+    def response_ids(self, ex: Exchange) -> ResponseIds:
+        """One id for every chunk: the upstream's once known, else the proxy's own."""
+        if self.ids is None:
+            report = ex.report
+            self.ids = ResponseIds(ex.request.model, report.id, report.created)
+        return self.ids
+
+    def outcome(self, report: RequestReport) -> str:
+        if self.shutdown:
+            return "shutdown"
+        if self.disconnected:
+            return "client_disconnected"
+        return request_outcome(report, self.error)
+
+
+Writer = Callable[[Exchange, Send, _State], Coroutine[Any, Any, None]]
+
+
 class ChatResponse:
-    """ASGI app for one chat completion; ``on_done(report, outcome)`` is told how it ended.
+    """ASGI app for one chat completion; ``on_done(report, outcome, error)`` is told how
+    it ended, once everything the request started has stopped.
 
     With a ``drain``, a shutdown past its deadline stops the response and ends it
     well-formed (see ``_shutdown``).
@@ -67,7 +124,7 @@ class ChatResponse:
     def __init__(
         self,
         exchange: Exchange,
-        on_done: Callable[[RequestReport | None, str], None] | None = None,
+        on_done: Callable[[RequestReport, str, BaseException | None], None] | None = None,
         drain: Drain | None = None,
     ) -> None:
         self.exchange = exchange
@@ -75,59 +132,50 @@ class ChatResponse:
         self.drain = drain
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        writer = _write_stream if self.exchange.request.stream else _write_json
-        state = _Outcome()
-        work = asyncio.ensure_future(writer(self.exchange, run_exchange(self.exchange), send, state))
-        watch = asyncio.ensure_future(_disconnected(receive))
-        if self.drain is not None:
-            self.drain.register(state, lambda: _stop_for_shutdown(state, work))
+        ex = self.exchange
+        writer: Writer = _write_stream if ex.request.stream else _write_json
+        state = _State()
         try:
-            await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
-            if not work.done():
-                state.outcome = "client_disconnected"
-                work.cancel()
-            await asyncio.gather(work, return_exceptions=True)
+            async with asyncio.TaskGroup() as tg:
+                work = tg.create_task(writer(ex, send, state), name="guardproxy-writer")
+                watch = tg.create_task(_watch_disconnect(receive, state, work), name="guardproxy-disconnect-watch")
+                work.add_done_callback(lambda _: watch.cancel())
+                if self.drain is not None:
+                    self.drain.register(state, lambda: _stop_for_shutdown(state, work))
             if state.shutdown:
-                await _end_for_shutdown(self.exchange, state, send)
-            elif work.done() and not work.cancelled() and work.exception() is not None:
-                raise work.exception()  # type: ignore[misc]
+                await _end_for_shutdown(ex, state, send)
         finally:
-            watch.cancel()
             if self.drain is not None:
                 self.drain.unregister(state)
             if self.on_done is not None:
-                self.on_done(state.report, state.outcome)
+                self.on_done(ex.report, state.outcome(ex.report), state.error)
 
 
-class _Outcome:
-    __slots__ = ("report", "outcome", "started", "closing", "shutdown", "finished")
-
-    def __init__(self) -> None:
-        self.report: RequestReport | None = None
-        self.outcome = "error"
-        self.started = False  # the response's headers went out
-        self.closing = False  # its last bytes are being written: let it finish
-        self.shutdown = False  # stopped by the shutdown deadline
-        self.finished: set[int] = set()  # choices whose finish chunk went out
+async def _watch_disconnect(receive: Receive, state: _State, work: asyncio.Task[None]) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if not work.done() and not state.closing:
+                state.disconnected = True
+                work.cancel()
+            return
 
 
-def _stop_for_shutdown(state: _Outcome, work: asyncio.Future[None]) -> None:
+def _stop_for_shutdown(state: _State, work: asyncio.Task[None]) -> None:
     if not state.closing and not work.done():
         state.shutdown = True
         work.cancel()
 
 
-async def _end_for_shutdown(ex: Exchange, state: _Outcome, send: Send) -> None:
+async def _end_for_shutdown(ex: Exchange, state: _State, send: Send) -> None:
     """End a response stopped by the shutdown deadline: well-formed, nothing unchecked."""
-    state.outcome = "shutdown"
     logger.warning("response ended by the shutdown deadline")
     if not state.started:
         body = error_body("The proxy is shutting down; retry the request.", "server_error", "shutting_down")
-        await _send_whole(send, 503, _JSON, body)
+        await _send_whole(send, 503, list(_JSON), body)
         return
-    report = state.report
-    ids = ResponseIds(ex.request.model, report.id, report.created) if report is not None else ResponseIds(ex.request.model)
-    indexes = set(range(ex.request.n)) | (set(report.choices) if report is not None else set())
+    ids = state.response_ids(ex)
+    indexes = set(range(ex.request.n)) | set(ex.report.choices)
     chunks = [
         ids.chunk([{"index": i, "delta": {}, "finish_reason": "length"}], guardproxy={"ended_by": "shutdown"})
         for i in sorted(indexes - state.finished)
@@ -135,89 +183,64 @@ async def _end_for_shutdown(ex: Exchange, state: _Outcome, send: Send) -> None:
     await _send_events(send, chunks)
 
 
-async def _disconnected(receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-def _outcome_of(report: RequestReport) -> str:
-    stop = report.stop or (report.prompt.decision if report.prompt.decision and report.prompt.decision.stops else None)
-    if stop is not None:
-        if stop.stage == "reasoning":
-            return "aborted"
-        return "blocked" if stop.action == "block" else "rewritten"
-    decisions = [report.prompt.decision] + [s.decision for c in report.choices.values() for s in (c.reasoning, c.answer)]
-    if any(d is not None and d.error for d in decisions):
-        return "guard_error"
-    if any(d is not None and d.flagged for d in decisions):
-        return "flagged"
-    return "passed"
-
-
-async def _write_stream(ex: Exchange, events: AsyncIterator[Event], send: Send, state: _Outcome) -> None:
-    started = False
+async def _write_stream(ex: Exchange, send: Send, state: _State) -> None:
     include_usage = ex.request.include_usage
-    ids = ResponseIds(ex.request.model)
+    report = ex.report
+    annotate = False  # the prompt's filter results go out with the first chunk, under its id
     try:
-        async for event in events:
-            if isinstance(event, Released):
-                body = b"".join(encode_data(o.data) for o in event.outputs if include_usage or not o.usage_only)
-                if body:
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
-                for output in event.outputs:
-                    for ch in output.chunk.choices:
-                        if ch.finish_reason is not None:
-                            state.finished.add(ch.index)
-            elif isinstance(event, Started):
-                state.report = report = event.report
-                prompt = report.prompt.decision
-                if prompt is not None and prompt.action == "block":
-                    status, headers, body = error_response(policy_violation(prompt))
-                    state.closing = True
-                    await _send_whole(send, status, headers + decision_headers({"prompt": report.prompt}), body)
-                    state.outcome = "blocked"
-                    return
-                headers = _SSE_HEADERS + decision_headers({"prompt": report.prompt})
-                await send({"type": "http.response.start", "status": 200, "headers": headers})
-                started = state.started = True
-                if prompt is not None:
-                    body = encode_data(prompt_annotation_chunk(ids, report.prompt))
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
-                if prompt is not None and prompt.action == "rewrite":
-                    report.stop = prompt
-                    chunks = content_filter_chunks(ids, prompt, {0: {}}, ex.policy.refusal_message)
+        async with contextlib.aclosing(run_exchange(ex)) as events:
+            async for event in events:
+                if isinstance(event, Released):
+                    parts = [encode_data(o.data) for o in event.outputs if include_usage or not o.usage_only]
+                    if annotate and parts:
+                        parts.insert(0, encode_data(prompt_annotation_chunk(state.response_ids(ex), report.prompt)))
+                        annotate = False
+                    if parts:
+                        await send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
+                    for output in event.outputs:
+                        for ch in output.chunk.choices:
+                            if ch.finish_reason is not None:
+                                state.finished.add(ch.index)
+                elif isinstance(event, Started):
+                    headers = _SSE_HEADERS + decision_headers({"prompt": report.prompt})
+                    await send({"type": "http.response.start", "status": 200, "headers": headers})
+                    state.started = True
+                    annotate = report.prompt.decision is not None
+                elif isinstance(event, Stopped):
+                    ids = state.response_ids(ex)
+                    message = ex.policy.refusal_message if event.decision.action == "rewrite" else None
+                    stages = {i: report.choices[i].stages() if i in report.choices else {} for i in event.choices}
+                    chunks = content_filter_chunks(ids, event.decision, stages, message)
+                    if annotate:
+                        chunks.insert(0, prompt_annotation_chunk(ids, report.prompt))
                     state.closing = True
                     await _send_events(send, chunks)
-                    state.outcome = "rewritten"
                     return
-            elif isinstance(event, Stopped):
-                ids = ResponseIds(ex.request.model, event.report.id, event.report.created)
-                message = ex.policy.refusal_message if event.decision.action == "rewrite" else None
-                stages = {i: event.report.choices[i].stages() for i in event.choices if i in event.report.choices}
-                state.closing = True
-                await _send_events(send, content_filter_chunks(ids, event.decision, stages or {0: {}}, message))
-                state.outcome = _outcome_of(event.report)
-                return
-            elif isinstance(event, Ended):
-                state.outcome = _outcome_of(event.report)
-                state.closing = True
-                await send({"type": "http.response.body", "body": DONE_EVENT, "more_body": False})
-                return
+                elif isinstance(event, Ended):
+                    state.closing = True
+                    body = (encode_data(prompt_annotation_chunk(state.response_ids(ex), report.prompt)) if annotate else b"")
+                    await send({"type": "http.response.body", "body": body + DONE_EVENT, "more_body": False})
+                    return
     except ProxyError as exc:
-        state.closing = True
-        state.outcome = "upstream_error" if not isinstance(exc, ContentPolicyViolation) else "blocked"
-        if not started:
-            await _send_whole(send, *error_response(exc))
-            return
-        # Mid-stream failure: one error event, then the end of the stream.
-        status, _, body = error_response(exc)
-        logger.warning("stream ended by an error after it started: %s", type(exc).__name__)
-        await send({"type": "http.response.body", "body": encode_data(body.replace(b"\n", b" ")), "more_body": True})
-        await send({"type": "http.response.body", "body": DONE_EVENT, "more_body": False})
-    finally:
-        await events.aclose()  # type: ignore[attr-defined]
+        await _write_error(ex, send, state, exc)
+    except Exception as exc:  # a bug: the client still gets an OpenAI-shaped ending
+        logger.exception("internal error in a streamed response")
+        await _write_error(ex, send, state, exc)
+
+
+async def _write_error(ex: Exchange, send: Send, state: _State, exc: Exception) -> None:
+    state.error = exc
+    state.closing = True
+    if not isinstance(exc, ProxyError):
+        exc = ProxyError("The proxy failed to handle the request.", code="internal_error")
+    logger.warning("request failed (%s): %s", exc.code, exc.message)
+    status, headers, body = error_response(exc, ex.report)
+    if not state.started:
+        await _send_whole(send, status, headers, body)
+        return
+    # Mid-stream: one error event (the SDKs raise APIError on it), then the end.
+    event = encode_data(body.replace(b"\n", b" "))
+    await send({"type": "http.response.body", "body": event + DONE_EVENT, "more_body": False})
 
 
 async def _send_events(send: Send, chunks: list[bytes]) -> None:
@@ -225,38 +248,27 @@ async def _send_events(send: Send, chunks: list[bytes]) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def _write_json(ex: Exchange, events: AsyncIterator[Event], send: Send, state: _Outcome) -> None:
+async def _write_json(ex: Exchange, send: Send, state: _State) -> None:
     builder = CompletionBuilder()
-    report: RequestReport | None = None
+    report = ex.report
     try:
-        async for event in events:
-            if isinstance(event, Released):
-                for output in event.outputs:
-                    builder.add(output.chunk)
-                continue
-            if isinstance(event, Started):
-                state.report = report = event.report
-                prompt = report.prompt.decision
-                if prompt is not None and prompt.action == "block":
-                    raise policy_violation(prompt)
-                if prompt is not None and prompt.action == "rewrite":
-                    report.stop = prompt
-                    builder.stop(0, ex.policy.refusal_message, {})
+        async with contextlib.aclosing(run_exchange(ex)) as events:
+            async for event in events:
+                if isinstance(event, Released):
+                    for output in event.outputs:
+                        builder.add(output.chunk)
+                elif isinstance(event, Stopped):
+                    if event.decision.action == "block":  # a JSON client gets no content_filter stream
+                        raise stop_error(event.decision)
+                    for i in event.choices:
+                        stages = report.choices[i].stages() if i in report.choices else {}
+                        builder.stop(i, ex.policy.refusal_message, filter_results(stages))
                     break
-                continue
-            assert report is not None
-            if isinstance(event, Stopped):
-                if event.decision.action == "block":
-                    raise policy_violation(event.decision)
-                for i in event.choices:
-                    stages = event.report.choices[i].stages() if i in event.report.choices else {}
-                    builder.stop(i, ex.policy.refusal_message, filter_results(stages))
-            break
-        assert report is not None
-        state.outcome = _outcome_of(report)
+                elif isinstance(event, Ended):
+                    break
         for i, c in report.choices.items():
             builder.set_filter_results(i, filter_results(c.stages()))
-        ids = ResponseIds(ex.request.model, report.id, report.created)
+        ids = state.response_ids(ex)
         extra: dict[str, Any] = {
             "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": filter_results({"prompt": report.prompt})}],
             "guardproxy": guardproxy_summary(report.prompt, {i: c.stages() for i, c in report.choices.items()}),
@@ -268,16 +280,7 @@ async def _write_json(ex: Exchange, events: AsyncIterator[Event], send: Send, st
         state.closing = True
         await _send_whole(send, 200, headers, body)
     except ProxyError as exc:
-        state.closing = True
-        if state.outcome == "error":
-            state.outcome = "blocked" if isinstance(exc, ContentPolicyViolation) else "upstream_error"
-        if isinstance(exc, ContentPolicyViolation) and report is not None:
-            stop = report.stop or report.prompt.decision
-            if stop is not None and stop.stage != "prompt":
-                state.outcome = "aborted" if stop.stage == "reasoning" else "blocked"
-        status, headers, body = error_response(exc)
-        if report is not None:
-            headers = headers + decision_headers({"prompt": report.prompt})
-        await _send_whole(send, status, headers, body)
-    finally:
-        await events.aclose()  # type: ignore[attr-defined]
+        await _write_error(ex, send, state, exc)
+    except Exception as exc:
+        logger.exception("internal error in a completion")
+        await _write_error(ex, send, state, exc)

@@ -6,25 +6,33 @@ import asyncio
 import logging
 from typing import Any
 
-from litestar import Request, Response, get, post
+from litestar import MediaType, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.types import ASGIApp
 
-from guards import GuardError
+from guards import GuardError, Verdict
 
 from ._auth import STRICTNESS_HEADER, Principal, bearer, request_policy
 from ._moderation import moderation_response, moderation_result, parse_moderation_inputs
+from ._guardset import GuardOverloadedError, GuardSet, gather_checks
 from ._pipeline import Exchange
 from ._request import parse_chat_request
 from ._response import ChatResponse
-from .exceptions import GuardUnavailable, InvalidRequest
+from .exceptions import (
+    GuardOverloaded,
+    GuardUnavailable,
+    InvalidRequest,
+    RequestTimeout,
+    UnsupportedMediaType,
+    UpstreamHTTPError,
+)
 
-__all__ = ["chat_completions", "moderations", "list_models", "healthz", "readyz", "ROUTES"]
+__all__ = ["chat_completions", "moderations", "list_models", "healthz", "readyz", "read_body", "ROUTES"]
 
 logger = logging.getLogger("guardproxy")
 
 
-def _authenticate(request: Request, state: State) -> tuple[Principal, str | None]:
+def _authenticate(request: Request[Any, Any, Any], state: State) -> tuple[Principal, str | None]:
     """The caller, and the Authorization header to send upstream (passthrough only)."""
     authorization = request.headers.get("authorization")
     if state.config.upstream.auth == "passthrough":
@@ -32,11 +40,40 @@ def _authenticate(request: Request, state: State) -> tuple[Principal, str | None
     return state.keyring.identify(bearer(authorization) or request.headers.get("x-guardproxy-key")), None
 
 
+async def read_body(request: Request[Any, Any, Any], state: State) -> bytes:
+    """The body, within the size limit and the read deadline; a JSON content type only.
+
+    Without a deadline a client sending a byte a second holds its connection and its
+    request open for ever; an unknown content type is refused rather than guessed at.
+    """
+    _check_content_type(request.headers.get("content-type"))
+    server = state.config.server
+    try:
+        async with asyncio.timeout(server.body_read_timeout_s):
+            return await request.body()
+    except TimeoutError:
+        raise RequestTimeout(f"The request body did not arrive within {server.body_read_timeout_s:g} s.") from None
+
+
+def _check_content_type(value: str | None) -> None:
+    if value is None:
+        return  # no content type: read as JSON, which the decoder checks
+    media, _, params = value.partition(";")
+    media = media.strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        raise UnsupportedMediaType(f"Content-Type {media or '(empty)'!r} is not supported: send application/json.")
+    for param in params.split(";"):
+        key, _, val = param.partition("=")
+        if key.strip().lower() == "charset" and val.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise UnsupportedMediaType("Only the UTF-8 charset is supported.")
+
+
 @post("/v1/chat/completions", status_code=200)
-async def chat_completions(request: Request, state: State) -> ASGIApp:
+async def chat_completions(request: Request[Any, Any, Any], state: State) -> ASGIApp:
     principal, authorization = _authenticate(request, state)
     policy = request_policy(principal, request.headers.get(STRICTNESS_HEADER))
-    chat = parse_chat_request(await request.body())
+    server = state.config.server
+    chat = parse_chat_request(await read_body(request, state), policy.prompt.unscreened_parts, server.max_json_depth)
     telemetry = state.telemetry.request(chat, request.headers)
     exchange = Exchange(
         request=chat,
@@ -49,30 +86,48 @@ async def chat_completions(request: Request, state: State) -> ASGIApp:
     return ChatResponse(exchange, on_done=telemetry.finish, drain=state.drain)
 
 
+# One moderation request checks at most this many inputs at once, so that a large batch
+# shares the guard with other requests instead of taking all of its slots.
+_MODERATION_CONCURRENCY = 8
+
+
 @post("/v1/moderations", status_code=200)
-async def moderations(request: Request, state: State) -> dict[str, Any]:
+async def moderations(request: Request[Any, Any, Any], state: State) -> dict[str, Any]:
     principal, _ = _authenticate(request, state)
     policy = request_policy(principal, request.headers.get(STRICTNESS_HEADER))
-    texts, model = parse_moderation_inputs(await request.body())
-    flexguard = state.guards.flexguard
-    if flexguard is None:
+    server = state.config.server
+    texts, model = parse_moderation_inputs(await read_body(request, state), server.max_moderation_inputs, server.max_json_depth)
+    guards: GuardSet = state.guards
+    if guards.flexguard is None:
         raise InvalidRequest("Moderations need FlexGuard, which is disabled in this proxy's config.")
+    lanes = asyncio.Semaphore(_MODERATION_CONCURRENCY)
+
+    async def one(text: str) -> Verdict:
+        async with lanes:
+            return (await guards.check_prompt(text))[0]
+
     try:
-        verdicts = await asyncio.gather(*(flexguard.check_prompt(text) for text in texts))
+        verdicts = await gather_checks([one(text) for text in texts])
     except GuardError as exc:
-        logger.warning("guard error in a moderation request: %s", type(exc).__name__)
-        raise GuardUnavailable(f"FlexGuard could not classify the input ({type(exc).__name__}).") from exc
+        logger.warning("guard error in a moderation request: %s: %s", type(exc).__name__, exc)
+        cls = GuardOverloaded if isinstance(exc, GuardOverloadedError) else GuardUnavailable
+        raise cls(f"FlexGuard could not classify the input ({type(exc).__name__}).") from exc
     return moderation_response(model, [moderation_result(v, policy) for v in verdicts])
 
 
 @get("/v1/models")
-async def list_models(request: Request, state: State) -> Response[bytes]:
+async def list_models(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
     _, authorization = _authenticate(request, state)
     upstream = await state.upstream.get("/models", authorization)
+    if upstream.status_code >= 400:
+        raise UpstreamHTTPError(upstream.status_code, upstream.content, upstream.headers.get("content-type"))
+    # The upstream's content type as sent: Litestar would append a second charset to a
+    # media_type that already names one.
     return Response(
         upstream.content,
         status_code=upstream.status_code,
-        media_type=upstream.headers.get("content-type", "application/json"),
+        media_type=MediaType.JSON,
+        headers={"content-type": upstream.headers.get("content-type", "application/json")},
     )
 
 

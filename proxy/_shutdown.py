@@ -20,6 +20,8 @@ from typing import Any
 
 import uvicorn
 
+from ._http11 import http_protocol
+
 __all__ = ["Drain", "ProxyServer", "server_for", "HARD_STOP_MARGIN_S"]
 
 # uvicorn cancels what is left this long after the drain deadline.
@@ -80,5 +82,6 @@ class ProxyServer(uvicorn.Server):
 
 def server_for(app: Any, *, grace_s: float, **uvicorn_options: Any) -> ProxyServer:
     """A ``ProxyServer`` for an app made by ``create_app`` (its drain is on ``app.state``)."""
+    uvicorn_options.setdefault("http", http_protocol())
     config = uvicorn.Config(app, timeout_graceful_shutdown=grace_s + HARD_STOP_MARGIN_S, **uvicorn_options)
     return ProxyServer(config, app.state.drain, grace_s)

@@ -120,7 +120,7 @@ class RequestObserver:
     def upstream_done(self, report: RequestReport) -> None:
         pass
 
-    def finish(self, report: RequestReport | None, outcome: str) -> None:
+    def finish(self, report: RequestReport | None, outcome: str, error: BaseException | None = None) -> None:
         pass
 
 
@@ -195,14 +195,14 @@ class RequestTelemetry(RequestObserver):
             span.set_attributes(_response_attributes(report, self.ttft_s))
             span.end()
 
-    def finish(self, report: RequestReport | None, outcome: str) -> None:
+    def finish(self, report: RequestReport | None, outcome: str, error: BaseException | None = None) -> None:
         """The request is over: end the spans, count it, log it (never raises)."""
         try:
-            self._finish(report, outcome)
+            self._finish(report, outcome, error)
         except Exception:  # telemetry must never fail a request that is already answered
             logger.exception("telemetry failed at the end of a request")
 
-    def _finish(self, report: RequestReport | None, outcome: str) -> None:
+    def _finish(self, report: RequestReport | None, outcome: str, error: BaseException | None) -> None:
         app = self._app
         seconds = time.perf_counter() - self.started
         trace_id: str | None = None
@@ -221,6 +221,7 @@ class RequestTelemetry(RequestObserver):
                 latency_s=seconds,
                 ttft_s=self.ttft_s,
                 trace_id=trace_id,
+                error=error,
             )
 
     # -- spans -----------------------------------------------------------------------

@@ -2,19 +2,25 @@
 
     ProxyError                          status, type, code: the OpenAI error body
     ├── InvalidRequest (400)            the client's body or headers are wrong
-    │   └── BodyTooLarge (413)
+    │   ├── BodyTooLarge (413)
+    │   └── UnsupportedMediaType (415)  a body that is not JSON
+    ├── RequestTimeout (408)            the body did not arrive within the read deadline
     ├── AuthenticationFailed (401)      missing or unknown proxy API key
     ├── PermissionDenied (403)          e.g. a header that loosens the policy without the right
+    ├── NotFound (404)                  a path the proxy neither guards nor forwards
     ├── ContentPolicyViolation (400)    a guard blocked the prompt or the answer
-    ├── GuardUnavailable (503)          a guard could not answer a moderation request
-    ├── UpstreamError                   the upstream failed
-    │   ├── UpstreamHTTPError           it answered with an error status: passed through as is
-    │   ├── UpstreamUnreachable (502)   no connection could be made
+    ├── GuardUnavailable (503)          a guard could not answer: never a policy decision
+    │   └── GuardOverloaded (503)       the guards' bounded queue is full
+    ├── UpstreamError (502)             the upstream failed
+    │   ├── UpstreamHTTPError           it answered with an error status: relayed with that status
+    │   ├── UpstreamUnreachable (502)   no connection could be made, or it broke
+    │   ├── UpstreamTruncated (502)     the stream ended before every output finished
     │   └── UpstreamTimeout (504)       no answer in time
-    └── ConfigError                     the config file is invalid (at start, never at request time)
+    └── ConfigError                     the config is invalid (at start, never at request time)
 
-``exception_to_response`` in ``_app`` turns each into ``{"error": {...}}``: the one place
-where errors become HTTP.
+A class with ``retry_after_s`` gets a ``Retry-After`` header: the OpenAI SDKs retry 408,
+429 and 5xx answers and honour it. ``error_response`` in ``_response`` turns each into
+``{"error": {...}}``: the one place where errors become HTTP.
 """
 
 from __future__ import annotations
@@ -23,13 +29,18 @@ __all__ = [
     "ProxyError",
     "InvalidRequest",
     "BodyTooLarge",
+    "UnsupportedMediaType",
+    "RequestTimeout",
     "AuthenticationFailed",
     "PermissionDenied",
+    "NotFound",
     "ContentPolicyViolation",
     "GuardUnavailable",
+    "GuardOverloaded",
     "UpstreamError",
     "UpstreamHTTPError",
     "UpstreamUnreachable",
+    "UpstreamTruncated",
     "UpstreamTimeout",
     "ConfigError",
 ]
@@ -39,6 +50,7 @@ class ProxyError(Exception):
     status_code: int = 500
     error_type: str = "server_error"
     code: str | None = None
+    retry_after_s: float | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -59,6 +71,17 @@ class BodyTooLarge(InvalidRequest):
     code = "request_too_large"
 
 
+class UnsupportedMediaType(InvalidRequest):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class RequestTimeout(ProxyError):
+    status_code = 408
+    error_type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class AuthenticationFailed(ProxyError):
     status_code = 401
     error_type = "authentication_error"
@@ -71,6 +94,12 @@ class PermissionDenied(ProxyError):
     code = "permission_denied"
 
 
+class NotFound(ProxyError):
+    status_code = 404
+    error_type = "not_found_error"
+    code = "not_found"
+
+
 class ContentPolicyViolation(ProxyError):
     status_code = 400
     error_type = "invalid_request_error"
@@ -81,6 +110,11 @@ class GuardUnavailable(ProxyError):
     status_code = 503
     error_type = "server_error"
     code = "guard_unavailable"
+    retry_after_s = 1.0
+
+
+class GuardOverloaded(GuardUnavailable):
+    code = "guard_overloaded"
 
 
 class UpstreamError(ProxyError):
@@ -90,7 +124,7 @@ class UpstreamError(ProxyError):
 
 
 class UpstreamHTTPError(UpstreamError):
-    """The upstream's own error response, relayed with its status and body."""
+    """The upstream's own error response: relayed with its status, in the OpenAI shape."""
 
     def __init__(self, status_code: int, body: bytes, content_type: str | None) -> None:
         super().__init__(f"upstream answered HTTP {status_code}")
@@ -100,8 +134,11 @@ class UpstreamHTTPError(UpstreamError):
 
 
 class UpstreamUnreachable(UpstreamError):
-    status_code = 502
     code = "upstream_unreachable"
+
+
+class UpstreamTruncated(UpstreamError):
+    code = "upstream_truncated"
 
 
 class UpstreamTimeout(UpstreamError):

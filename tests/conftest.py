@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from proxy import create_app, parse_config
+from proxy._http11 import http_protocol
 from tests.support.scripted import GuardServer, ScriptedUpstream
 from tests.support.serving import ServerThread
 
@@ -88,7 +89,7 @@ def make_proxy(
 
     def make(extra: str = "", upstream: str = "", flexguard: str = "", **app_kwargs: Any) -> Proxy:
         config = parse_config(config_toml(upstream_server[1].url, guard_server_thread[1].url, extra, upstream, flexguard))
-        server = stack.enter_context(ServerThread(create_app(config, **app_kwargs)))
+        server = stack.enter_context(ServerThread(create_app(config, **app_kwargs), http=http_protocol()))
         return Proxy(server, config)
 
     with stack:

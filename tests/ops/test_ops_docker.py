@@ -74,7 +74,8 @@ def test_the_image_command_starts_answers_healthz_and_stops_on_sigterm():
     port = _free_port()
     # The image's CMD, with the deploy config and loopback instead of 0.0.0.0.
     args = ["--config", str(ROOT / "deploy/config.toml"), "--host", "127.0.0.1", "--port", str(port)]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # deploy/config.toml names the proxy keys' variable: without it the start is refused.
+    env = dict(os.environ, PYTHONUNBUFFERED="1", GUARDPROXY_API_KEYS="sk-docker-test")
     command = [sys.executable, "-m", "proxy", "serve", *args]
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

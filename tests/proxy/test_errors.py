@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
@@ -12,14 +14,25 @@ BENIGN = [{"role": "user", "content": "Tell me about bread."}]
 
 
 @pytest.mark.parametrize("trigger", ["guard500", "garbled", "guardslow"])
-def test_guard_error_blocks_by_default(make_proxy, guard, trigger):
+def test_guard_error_is_an_outage_not_a_block(make_proxy, guard, trigger):
+    """Fail-closed: the request is refused as 503 guard_unavailable with Retry-After
+    (which the SDKs retry), never reported as a policy violation."""
     guard.slow_delay = 2.0
     proxy = make_proxy(flexguard="timeout_s = 0.5\nmax_retries = 1")
-    with pytest.raises(openai.BadRequestError) as info:
-        proxy.client.chat.completions.create(model="m", messages=[{"role": "user", "content": f"hello {trigger}"}])
-    assert info.value.code == "content_policy_violation"
-    assert "guard error" in info.value.body["message"]
-    assert info.value.response.headers["x-guardproxy-prompt-guard-error"] in {"GuardBackendError", "GuardTimeout", "VerdictParseError"}
+    for stream in (False, True):
+        with pytest.raises(openai.InternalServerError) as info:
+            result = proxy.client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": f"hello {trigger}"}], stream=stream
+            )
+            list(result) if stream else None
+        assert info.value.status_code == 503
+        assert info.value.code == "guard_unavailable"
+        assert info.value.body["type"] == "server_error"
+        assert "FlexGuard could not check the prompt" in info.value.body["message"]
+        headers = info.value.response.headers
+        assert headers["retry-after"] == "1"
+        assert headers["x-guardproxy-prompt"] == "fail"
+        assert headers["x-guardproxy-prompt-guard-error"] in {"GuardBackendError", "GuardTimeout", "VerdictParseError"}
 
 
 @pytest.mark.parametrize("trigger", ["guard500", "garbled"])
@@ -35,11 +48,20 @@ def test_guard_error_allowed_when_configured(make_proxy, trigger):
 
 def test_guard_error_in_an_answer_check_fails_closed(make_proxy):
     proxy = make_proxy()
-    completion = proxy.client.chat.completions.create(
-        model="m", messages=BENIGN, extra_body={"x_script": {"answer": ["this", " is", " garbled"]}}
-    )
-    assert completion.choices[0].finish_reason == "content_filter"
-    assert completion.choices[0].model_extra["content_filter_results"]["guardproxy"]["answer"]["guard_error"] == "VerdictParseError"
+    script = {"x_script": {"answer": ["this", " is", " garbled"]}}
+    with pytest.raises(openai.InternalServerError) as info:
+        proxy.client.chat.completions.create(model="m", messages=BENIGN, extra_body=script)
+    assert info.value.status_code == 503 and info.value.code == "guard_unavailable"
+    assert "the model's answer" in info.value.body["message"]
+    # Mid-stream: an error event with the same code, then [DONE]; no text the check did
+    # not pass, and no content_filter (it was not a policy decision).
+    wire = raw_stream(proxy.url, {"model": "m", "messages": BENIGN, **script})
+    wire.assert_well_formed()
+    error = json.loads(wire.events[-2])["error"]
+    assert error["code"] == "guard_unavailable" and error["type"] == "server_error"
+    chunks = [json.loads(e) for e in wire.events[:-2]]
+    assert all(ch.get("finish_reason") != "content_filter" for c in chunks for ch in c.get("choices", []))
+    assert "garbled" not in "".join(ch["delta"].get("content") or "" for c in chunks for ch in c.get("choices", []))
 
 
 def _post(url: str, content: bytes, headers: dict[str, str] | None = None) -> httpx.Response:

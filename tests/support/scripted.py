@@ -12,6 +12,9 @@ Upstream script: a request's body may carry ``x_script`` (the OpenAI SDK's
      "tool_calls": [{"name": ..., "arguments": [...]}], "status": 4xx/5xx to fail,
      "error_midstream": int (send an error event after that many tokens),
      "plain_json": true (answer with JSON although a stream was asked for),
+     "html_status": 5xx (an error page in HTML, as a reverse proxy in front of vLLM sends),
+     "truncate_after": int (close the connection after that many events: no finish_reason,
+     no [DONE]), "empty": true (HTTP 200, an event stream with no event at all),
      "set_cookie": "name=value" (a Set-Cookie header on the response)}
 
 Guard rules (on the text in the guard's slot, sanitised or not):
@@ -97,6 +100,11 @@ class ScriptedUpstream:
         if script.get("plain_json"):  # a server that ignores `stream: true`
             await _send_json(send, 200, {"object": "chat.completion", "choices": []})
             return
+        if "html_status" in script:
+            page = b"<html><body><h1>502 Bad Gateway</h1>nginx</body></html>"
+            await send({"type": "http.response.start", "status": script["html_status"], "headers": [(b"content-type", b"text/html")]})
+            await send({"type": "http.response.body", "body": page})
+            return
         if "status" in script:
             await _send_json(send, script["status"], {"error": {"message": "scripted upstream error", "type": "invalid_request_error", "code": "scripted"}})
             return
@@ -126,6 +134,12 @@ class ScriptedUpstream:
             reasoning = ["<think>"] + reasoning + ["</think>"]
         base = {"id": "chatcmpl-scripted", "object": "chat.completion.chunk", "created": 1700000000, "model": body.get("model")}
         error_at = script.get("error_midstream")
+        cut_at = script.get("truncate_after")
+        if script.get("empty"):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            call.completed = True
+            watcher.cancel()
+            return
 
         def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
             doc = dict(base, choices=[{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}])
@@ -155,6 +169,8 @@ class ScriptedUpstream:
             events.append(b"data: " + json.dumps(dict(base, choices=[], usage=usage)).encode() + b"\n\n")
             events.append(b"data: [DONE]\n\n")
             for k, event in enumerate(events):
+                if cut_at is not None and k == cut_at:
+                    break
                 if error_at is not None and k == error_at:
                     err = {"error": {"message": "scripted mid-stream failure", "type": "server_error", "code": 500}}
                     await send({"type": "http.response.body", "body": b"data: " + json.dumps(err).encode() + b"\n\n", "more_body": True})

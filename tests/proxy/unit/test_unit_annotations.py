@@ -125,8 +125,8 @@ def test_stage_summary_reports_guard_error() -> None:
     d = decide_error("prompt", GuardTimeout("x"), PolicyConfig())
     assert stage_summary(report(d, checks=1)) == {
         "checks": 1,
-        "action": "block",
-        "flagged": True,
+        "action": "fail",
+        "flagged": False,
         "risk_score": None,
         "categories": [],
         "threshold": 40,

@@ -115,12 +115,13 @@ def test_decision_stops(action: str, stops: bool) -> None:
 
 
 @pytest.mark.parametrize("error", [GuardTimeout("slow"), GuardBackendError("HTTP 500"), VerdictParseError("bad", "out")])
-def test_guard_error_blocks_when_fail_closed(error: Exception) -> None:
+def test_guard_error_fails_the_stage_when_fail_closed(error: Exception) -> None:
+    """Whatever the stage's action (flag would forward the text): an error is not a flag."""
     policy = _policy("block", "rewrite", "flag", on_guard_error="block", strictness="strict")
-    for stage, action in (("prompt", "block"), ("reasoning", "rewrite"), ("answer", "flag")):
+    for stage in ("prompt", "reasoning", "answer"):
         d = decide_error(stage, error, policy)
-        assert d.flagged
-        assert d.action == action
+        assert not d.flagged
+        assert d.action == "fail" and d.stops
         assert d.error == type(error).__name__
         assert d.threshold == threshold_for("reasoningshield" if stage == "reasoning" else "flexguard", policy)
         assert d.verdicts == ()
