@@ -11,9 +11,17 @@ Typical use (the proxy creates backends in its lifespan and closes them in ``fin
 
 from ._categories import FLEXGUARD_CATEGORIES
 from ._config import BackendKind, GuardModelConfig
-from ._guards import FLEXGUARD_MAX_TOKENS, REASONINGSHIELD_MAX_TOKENS, FlexGuard, ReasoningShield
+from ._guards import (
+    FLEXGUARD_MAX_TOKENS,
+    REASONINGSHIELD_DATE,
+    REASONINGSHIELD_MAX_TOKENS,
+    FlexGuard,
+    ReasoningShield,
+)
 from ._parse import judgment_to_risk_score, parse_flexguard, parse_reasoningshield
 from ._prompts import (
+    KNOWN_ADDED_TOKENS,
+    SlotSanitizer,
     flexguard_prompt_messages,
     flexguard_response_messages,
     reasoningshield_messages,
@@ -31,11 +39,19 @@ from .backends import (
     open_backend,
     render_chat,
 )
-from .exceptions import GuardBackendError, GuardError, GuardTimeout, VerdictParseError
+from .exceptions import (
+    GuardBackendError,
+    GuardError,
+    GuardTimeout,
+    VerdictParseError,
+    VerdictTruncated,
+)
 
 __all__ = [
     "FLEXGUARD_CATEGORIES",
     "FLEXGUARD_MAX_TOKENS",
+    "KNOWN_ADDED_TOKENS",
+    "REASONINGSHIELD_DATE",
     "REASONINGSHIELD_MAX_TOKENS",
     "BackendKind",
     "ChatMessage",
@@ -50,9 +66,11 @@ __all__ = [
     "GuardTimeout",
     "ReasoningShield",
     "ScriptedBackend",
+    "SlotSanitizer",
     "Stage",
     "Verdict",
     "VerdictParseError",
+    "VerdictTruncated",
     "flexguard_prompt_messages",
     "flexguard_regex",
     "flexguard_response_messages",

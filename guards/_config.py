@@ -6,7 +6,7 @@ from typing import Literal
 
 import msgspec
 
-__all__ = ["GuardModelConfig", "BackendKind"]
+__all__ = ["BackendKind", "GuardModelConfig"]
 
 BackendKind = Literal["openai", "vllm", "transformers"]
 

@@ -3,8 +3,12 @@
 ``FlexGuard`` screens prompts (prompt mode) and answers (response mode);
 ``ReasoningShield`` screens reasoning as it grows, and final answers. Each check is one
 backend call with ``config.timeout_s`` as its deadline (retries included); a backend
-failure becomes :class:`GuardBackendError`, a missed deadline :class:`GuardTimeout`, and
-an answer out of format :class:`VerdictParseError`.
+failure becomes :class:`GuardBackendError`, a missed deadline :class:`GuardTimeout`, an
+answer cut at ``max_tokens`` :class:`VerdictTruncated`, and an answer out of format
+:class:`VerdictParseError`.
+
+Each guard neutralises slot text with a :class:`SlotSanitizer` that knows its backend's
+added tokens (the tokenizer's, where the backend has one).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import time
 from ._config import GuardModelConfig
 from ._parse import judgment_to_risk_score, parse_flexguard, parse_reasoningshield
 from ._prompts import (
+    SlotSanitizer,
     flexguard_prompt_messages,
     flexguard_response_messages,
     reasoningshield_messages,
@@ -22,13 +27,27 @@ from ._prompts import (
 from ._structured import flexguard_regex, reasoningshield_regex
 from ._verdict import Stage, Verdict
 from .backends._base import ChatMessage, ChatPrompt, Generation, GuardBackend
-from .exceptions import GuardBackendError, GuardError, GuardTimeout
+from .exceptions import GuardBackendError, GuardError, GuardTimeout, VerdictTruncated
 
-__all__ = ["FlexGuard", "ReasoningShield", "FLEXGUARD_MAX_TOKENS", "REASONINGSHIELD_MAX_TOKENS"]
+__all__ = [
+    "FLEXGUARD_MAX_TOKENS",
+    "REASONINGSHIELD_DATE",
+    "REASONINGSHIELD_MAX_TOKENS",
+    "FlexGuard",
+    "ReasoningShield",
+]
 
 # The model cards' sampling.
 FLEXGUARD_MAX_TOKENS = 2048
 REASONINGSHIELD_MAX_TOKENS = 1024
+
+# The Llama-3.2 chat template writes "Today Date: <date_string>" into the system turn,
+# from the clock (strftime_now) unless the caller passes one: the prompt would change at
+# midnight, losing the prefix cache, and differ from backend to backend. The authors do
+# not publish the day of their evaluation runs; "26 Jul 2024" is the template's own
+# fallback, what it renders where no clock is available: the one date that does not
+# depend on when or where the prompt was rendered.
+REASONINGSHIELD_DATE = "26 Jul 2024"
 
 
 async def _run(
@@ -47,6 +66,11 @@ async def _run(
         # A backend that breaks its contract still must not crash the proxy's stream:
         # every failure to get a verdict is a GuardError, handled by on_guard_error.
         raise GuardBackendError(f"guard backend failed: {type(exc).__name__}") from exc
+    if generation.finish_reason == "length":
+        raise VerdictTruncated(
+            f"the guard stopped at max_tokens ({prompt.max_tokens}) before finishing",
+            generation.text,
+        )
     return generation, time.perf_counter() - start
 
 
@@ -58,6 +82,7 @@ class FlexGuard:
     def __init__(self, backend: GuardBackend, config: GuardModelConfig) -> None:
         self.backend = backend
         self.config = config
+        self.sanitize = SlotSanitizer(backend.added_tokens())
 
     def _prompt(self, messages: tuple[ChatMessage, ...]) -> ChatPrompt:
         cfg = self.config
@@ -70,11 +95,13 @@ class FlexGuard:
 
     def prompt_check(self, user_text: str) -> ChatPrompt:
         """Exactly what :meth:`check_prompt` sends to the backend."""
-        return self._prompt(flexguard_prompt_messages(user_text))
+        return self._prompt(flexguard_prompt_messages(user_text, sanitize=self.sanitize))
 
     def response_check(self, user_text: str, assistant_text: str) -> ChatPrompt:
         """Exactly what :meth:`check_response` sends to the backend."""
-        return self._prompt(flexguard_response_messages(user_text, assistant_text))
+        return self._prompt(
+            flexguard_response_messages(user_text, assistant_text, sanitize=self.sanitize)
+        )
 
     async def check_prompt(self, user_text: str) -> Verdict:
         return await self._check(self.prompt_check(user_text), "prompt")
@@ -105,13 +132,15 @@ class ReasoningShield:
     def __init__(self, backend: GuardBackend, config: GuardModelConfig) -> None:
         self.backend = backend
         self.config = config
+        self.sanitize = SlotSanitizer(backend.added_tokens())
 
     def reasoning_check(self, query: str, thought: str) -> ChatPrompt:
         """Exactly what :meth:`check_reasoning` (and :meth:`check_answer`) sends."""
         cfg = self.config
         return ChatPrompt(
-            messages=reasoningshield_messages(query, thought),
+            messages=reasoningshield_messages(query, thought, sanitize=self.sanitize),
             max_tokens=cfg.max_tokens or REASONINGSHIELD_MAX_TOKENS,
+            chat_template_kwargs={"date_string": REASONINGSHIELD_DATE},
             regex=reasoningshield_regex(cfg.max_thinking_tokens) if cfg.structured_output else None,
         )
 

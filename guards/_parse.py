@@ -10,8 +10,9 @@ FlexGuard (model card's ``parse_output``, made strict)::
     RISK_SCORE      the last 1-3 digit number in the lines after CATEGORY, clamped to 0..100
 
 The card takes whatever the first line is as the category and allows a missing score; here
-the category line must be SAFE or a list of the seven codes, the score must be present, and
-a ``<think>`` that is never closed (the model ran out of tokens while thinking) is an error.
+the category line must be SAFE or a list of the seven codes (in any case: ``safe``,
+``Vio, ilg``; read as the upper-case codes), the score must be present, and a ``<think>``
+that is never closed (the model ran out of tokens while thinking) is an error.
 A ``</think>`` without an opening tag counts everything before it as thinking: some
 servers put ``<think>`` in the generation prompt and return only what follows.
 
@@ -31,11 +32,12 @@ import re
 from ._categories import FLEXGUARD_CATEGORIES, SAFE
 from .exceptions import VerdictParseError
 
-__all__ = ["parse_flexguard", "parse_reasoningshield", "judgment_to_risk_score"]
+__all__ = ["judgment_to_risk_score", "parse_flexguard", "parse_reasoningshield"]
 
 _THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
 _CATEGORY_LINE = re.compile(
-    rf"(?:{'|'.join(FLEXGUARD_CATEGORIES)})(?:\s*,\s*(?:{'|'.join(FLEXGUARD_CATEGORIES)}))*"
+    rf"(?:{'|'.join(FLEXGUARD_CATEGORIES)})(?:\s*,\s*(?:{'|'.join(FLEXGUARD_CATEGORIES)}))*",
+    re.IGNORECASE,
 )
 _SCORE = re.compile(r"\b(\d{1,3})\b")
 # End-of-turn tokens a backend may leave in the text when special tokens are kept.
@@ -62,11 +64,11 @@ def parse_flexguard(output: str) -> tuple[tuple[str, ...], int]:
     if not lines:
         raise VerdictParseError("no CATEGORY line after the think block", output)
     category = lines[0]
-    if category == SAFE:
+    if category.upper() == SAFE:
         categories: tuple[str, ...] = ()
     elif _CATEGORY_LINE.fullmatch(category):
         # dict.fromkeys: drop repeats, keep the model's order.
-        categories = tuple(dict.fromkeys(c.strip() for c in category.split(",")))
+        categories = tuple(dict.fromkeys(c.strip().upper() for c in category.split(",")))
     else:
         raise VerdictParseError(f"not a CATEGORY line: {category[:80]!r}", output)
     scores = _SCORE.findall("\n".join(lines[1:]))

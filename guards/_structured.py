@@ -33,11 +33,16 @@ def _bounded_any(max_tokens: int | None) -> str:
 
 
 def flexguard_regex(max_thinking_tokens: int | None = None) -> str:
-    """Think block, then ``SAFE`` or a comma list of codes, then a score of 0-100."""
+    """Think block, then ``SAFE`` or a comma list of codes, then a score of 0-100.
+
+    After ``</think>`` one or two line breaks: Qwen3 writes ``"\\n\\n"`` there on its own,
+    as one token, and a grammar that allowed only ``"\\n"`` would force a token the model
+    does not pick. A comma may be followed by a space (``VIO, ILG``), as the parser reads.
+    """
     return (
         "<think>"
         + _bounded_any(max_thinking_tokens)
-        + rf"</think>\n(?:SAFE|{_CODE}(?:,{_CODE})*)\n(?:100|[1-9]?[0-9])"
+        + rf"</think>\n\n?(?:SAFE|{_CODE}(?:, ?{_CODE})*)\n(?:100|[1-9]?[0-9])"
     )
 
 

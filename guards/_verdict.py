@@ -6,7 +6,7 @@ from typing import Literal
 
 import msgspec
 
-__all__ = ["Verdict", "Stage", "GuardName"]
+__all__ = ["GuardName", "Stage", "Verdict"]
 
 Stage = Literal["prompt", "reasoning", "answer"]
 GuardName = Literal["flexguard", "reasoningshield"]

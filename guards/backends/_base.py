@@ -33,6 +33,9 @@ class Generation(msgspec.Struct, frozen=True, kw_only=True):
     text: str
     prompt_tokens: int | None = None
     cached_tokens: int | None = None
+    # Why generation ended, in OpenAI's words: "stop" (an end-of-turn or stop token),
+    # "length" (max_tokens reached: the verdict may be cut), None when unknown.
+    finish_reason: str | None = None
 
 
 @runtime_checkable
@@ -43,6 +46,11 @@ class GuardBackend(Protocol):
 
     async def ready(self) -> bool:
         """True when the model can serve a check now (for /readyz)."""
+        ...
+
+    def added_tokens(self) -> frozenset[str]:
+        """The added tokens of the model's tokenizer, special or not, which slot text
+        must not spell out; empty where the backend has no tokenizer."""
         ...
 
     async def aclose(self) -> None: ...

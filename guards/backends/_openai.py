@@ -98,7 +98,7 @@ class OpenAIBackend:
             reraise=True,
         )
         try:
-            data = await retrying(self._post, body)
+            data: Any = await retrying(self._post, body)
             return _generation(data)
         except (
             httpx.HTTPError,
@@ -130,6 +130,10 @@ class OpenAIBackend:
     def _scrub(self, text: str) -> str:
         return text.replace(self._api_key, "***") if self._api_key else text
 
+    def added_tokens(self) -> frozenset[str]:
+        # No tokenizer on this side of the wire: the guards' static list applies.
+        return frozenset()
+
     async def ready(self) -> bool:
         try:
             response = await self._client.get("models")
@@ -143,7 +147,8 @@ class OpenAIBackend:
 
 def _generation(data: Any) -> Generation:
     """The full guard output from a chat completion, reasoning included."""
-    message = data["choices"][0]["message"]
+    choice = data["choices"][0]
+    message = choice["message"]
     content = message.get("content") or ""
     # A server started with a reasoning parser returns the think block apart
     # (`reasoning` since late 2025, `reasoning_content` before); put it back so that the
@@ -158,4 +163,5 @@ def _generation(data: Any) -> Generation:
         text=text,
         prompt_tokens=usage.get("prompt_tokens"),
         cached_tokens=details.get("cached_tokens"),
+        finish_reason=choice.get("finish_reason"),
     )

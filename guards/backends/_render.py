@@ -13,17 +13,24 @@ from typing import Any
 
 from ._base import ChatPrompt
 
-__all__ = ["render_chat", "tokenize_rendered"]
+__all__ = ["added_tokens_of", "render_chat", "tokenize_rendered"]
 
 
 def render_chat(tokenizer: Any, prompt: ChatPrompt) -> str:
     """The prompt text as the model's chat template renders it."""
-    return tokenizer.apply_chat_template(
+    text: str = tokenizer.apply_chat_template(
         [{"role": m.role, "content": m.content} for m in prompt.messages],
         tokenize=False,
         add_generation_prompt=True,
         **(prompt.chat_template_kwargs or {}),
     )
+    return text
+
+
+def added_tokens_of(tokenizer: Any) -> frozenset[str]:
+    """Every added token of the tokenizer, special or not: the tokenizer matches each of
+    them whole in any text, a user's included."""
+    return frozenset(tokenizer.get_added_vocab())
 
 
 def tokenize_rendered(tokenizer: Any, text: str) -> list[int]:

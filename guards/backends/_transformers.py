@@ -21,7 +21,7 @@ from typing import Any
 from .._config import GuardModelConfig
 from ..exceptions import GuardBackendError
 from ._base import ChatPrompt, Generation
-from ._render import render_chat
+from ._render import added_tokens_of, render_chat
 
 __all__ = ["TransformersBackend", "load_transformers_backend"]
 
@@ -70,7 +70,7 @@ async def load_transformers_backend(config: GuardModelConfig) -> TransformersBac
 
 
 class _Pending:
-    __slots__ = ("text", "max_tokens", "future")
+    __slots__ = ("future", "max_tokens", "text")
 
     def __init__(self, text: str, max_tokens: int, future: asyncio.Future[Generation]) -> None:
         self.text = text
@@ -105,6 +105,9 @@ class TransformersBackend:
 
     def render(self, prompt: ChatPrompt) -> str:
         return render_chat(self.tokenizer, prompt)
+
+    def added_tokens(self) -> frozenset[str]:
+        return added_tokens_of(self.tokenizer)
 
     async def generate(self, prompt: ChatPrompt) -> Generation:
         if self._closed:
@@ -173,13 +176,20 @@ class TransformersBackend:
         for row, limit in enumerate(max_tokens):
             ids = out[row, prompt_len : prompt_len + limit].tolist()
             # Cut at the first end-of-turn or pad token: later ones are batch padding.
+            # A row without one ran out of tokens before it finished.
+            finish_reason = "length"
             for i, tok in enumerate(ids):
                 if tok in self._stop_ids:
                     ids = ids[:i]
+                    finish_reason = "stop"
                     break
             text = self.tokenizer.decode(ids, skip_special_tokens=False)
             results.append(
-                Generation(text=text, prompt_tokens=int(enc["attention_mask"][row].sum()))
+                Generation(
+                    text=text,
+                    prompt_tokens=int(enc["attention_mask"][row].sum()),
+                    finish_reason=finish_reason,
+                )
             )
         return results
 

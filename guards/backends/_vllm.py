@@ -14,7 +14,7 @@ from typing import Any
 from .._config import GuardModelConfig
 from ..exceptions import GuardBackendError
 from ._base import ChatPrompt, Generation
-from ._render import render_chat, tokenize_rendered
+from ._render import added_tokens_of, render_chat, tokenize_rendered
 
 __all__ = ["VLLMBackend", "load_vllm_backend", "sampling_params"]
 
@@ -77,6 +77,9 @@ class VLLMBackend:
     def render(self, prompt: ChatPrompt) -> str:
         return render_chat(self.tokenizer, prompt)
 
+    def added_tokens(self) -> frozenset[str]:
+        return added_tokens_of(self.tokenizer)
+
     async def generate(self, prompt: ChatPrompt) -> Generation:
         ids = tokenize_rendered(self.tokenizer, self.render(prompt))
         params = sampling_params(prompt)
@@ -91,16 +94,18 @@ class VLLMBackend:
             raise GuardBackendError(f"vLLM engine failed: {type(exc).__name__}: {exc}") from exc
         if final is None or not final.outputs:
             raise GuardBackendError("vLLM engine returned no output")
+        completion = final.outputs[0]
         return Generation(
-            text=final.outputs[0].text,
+            text=completion.text,
             prompt_tokens=len(ids),
             cached_tokens=getattr(final, "num_cached_tokens", None),
+            finish_reason=completion.finish_reason,
         )
 
     async def ready(self) -> bool:
         try:
             await self.engine.check_health()
-        except Exception:
+        except Exception:  # noqa: BLE001 - whatever the engine's failure, it cannot serve
             return False
         return True
 

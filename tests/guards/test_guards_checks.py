@@ -13,6 +13,7 @@ from guards import (
     ReasoningShield,
     ScriptedBackend,
     VerdictParseError,
+    VerdictTruncated,
 )
 
 CFG = GuardModelConfig(model="m", timeout_s=0.3)
@@ -99,6 +100,23 @@ def test_unparsable_output_is_an_error_not_safe():
                 "q", "t"
             )
         )
+
+
+@pytest.mark.parametrize(
+    ("text", "check"),
+    [
+        # Parsable, yet cut: the score may have been 15, or 0.5 a 0 not yet finished.
+        ("<think>x</think>\nSAFE\n1", lambda g: FlexGuard(g, CFG).check_prompt("x")),
+        ("<think>x</think>\nVIO,ILG\n8", lambda g: FlexGuard(g, CFG).check_response("q", "a")),
+        ('"Analysis": x\n"Judgment": 0', lambda g: ReasoningShield(g, CFG).check_reasoning("q", "t")),
+    ],
+)
+def test_generation_cut_at_max_tokens_is_a_guard_error(text, check):
+    cut = ScriptedBackend(lambda p: Generation(text=text, finish_reason="length"))
+    with pytest.raises(VerdictTruncated) as info:
+        run(check(cut))
+    assert isinstance(info.value, VerdictParseError) and info.value.output == text
+    assert run(check(ScriptedBackend(lambda p: Generation(text=text, finish_reason="stop"))))
 
 
 def test_structured_output_regex_passed():

@@ -16,6 +16,7 @@ from guards import (
     GuardBackendError,
     GuardModelConfig,
     GuardTimeout,
+    VerdictTruncated,
     open_backend,
 )
 from guards.backends._openai import OpenAIBackend
@@ -72,12 +73,12 @@ class ScriptedServer:
         await send({"type": "http.response.body", "body": data})
 
 
-def completion(content, reasoning_key=None, reasoning=None):
+def completion(content, reasoning_key=None, reasoning=None, finish_reason="stop"):
     message = {"role": "assistant", "content": content}
     if reasoning_key:
         message[reasoning_key] = reasoning
     return {
-        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
         "usage": {
             "prompt_tokens": 700,
             "completion_tokens": 9,
@@ -132,10 +133,11 @@ def test_request_body_and_usage(app, monkeypatch):
         regex="SAFE",
     )
     gen = asyncio.run(generate(make(app, api_key_env="GUARD_KEY"), prompt))
-    assert (gen.text, gen.prompt_tokens, gen.cached_tokens) == (
+    assert (gen.text, gen.prompt_tokens, gen.cached_tokens, gen.finish_reason) == (
         "<think>x</think>\nSAFE\n5",
         700,
         640,
+        "stop",
     )
     (req,) = app.requests
     assert req["path"] == "/v1/chat/completions"
@@ -212,6 +214,25 @@ def test_reasoning_field_rebuilt(app, key):
     app.replies.append((200, completion("VIO\n77", key, "step1\nstep8"), 0))
     gen = asyncio.run(generate(make(app)))
     assert gen.text == "<think>step1\nstep8</think>\nVIO\n77"
+
+
+def test_cut_generation_is_a_guard_error(app):
+    app.replies.append((200, completion("<think>x</think>\nSAFE\n1", finish_reason="length"), 0))
+    backend = make(app)
+
+    async def check():
+        try:
+            return await FlexGuard(backend, backend.config).check_prompt("x")
+        finally:
+            await backend.aclose()
+
+    with pytest.raises(VerdictTruncated, match="max_tokens"):
+        asyncio.run(check())
+
+
+def test_no_tokenizer_so_no_added_tokens(app):
+    # The guards then fall back on their static list (test_guards_prompts).
+    assert make(app).added_tokens() == frozenset()
 
 
 def test_api_key_never_in_error(app, monkeypatch):

@@ -2,7 +2,12 @@
 
 import pytest
 
-from guards import VerdictParseError, judgment_to_risk_score, parse_flexguard, parse_reasoningshield
+from guards import (
+    VerdictParseError,
+    judgment_to_risk_score,
+    parse_flexguard,
+    parse_reasoningshield,
+)
 
 THINK = "<think>\n" + "".join(f"step{i}...\n" for i in range(1, 9)) + "</think>\n"
 
@@ -22,6 +27,10 @@ THINK = "<think>\n" + "".join(f"step{i}...\n" for i in range(1, 9)) + "</think>\
         ("SAFE\n7", ((), 7)),  # no think block (e.g. thinking disabled)
         ("step1 ... step8\n</think>\n\nINF\n66", (("INF",), 66)),  # <think> was in the prompt
         ("<think></think>\nDIS\n1\n2", (("DIS",), 2)),  # card: the last number wins
+        (THINK + "safe\n5", ((), 5)),  # any case, read as the codes
+        (THINK + "Safe\n5", ((), 5)),
+        (THINK + "Vio, ilg\n61", (("VIO", "ILG"), 61)),
+        (THINK + "jail,JAIL\n70", (("JAIL",), 70)),
     ],
 )
 def test_flexguard_good(output, expected):
@@ -39,8 +48,10 @@ def test_flexguard_good(output, expected):
         THINK + "Category: SAFE\n5",
         THINK + "VIO ILG\n5",
         THINK + "SAFE,VIO\n5",
-        THINK + "safe\n5",
+        THINK + "safe,vio\n5",
         THINK + "HATE\n80",
+        THINK + "hate\n80",  # unknown codes stay an error, in any case
+        THINK + "Vio, ilgx\n80",
         "<think>\nstep1 ... and the budget ran out",  # unterminated
         "<think>a</think>\n<think>b\nSAFE\n5",
         "I cannot help with that.",

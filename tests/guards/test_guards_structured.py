@@ -4,11 +4,23 @@ import re
 
 import pytest
 
-from guards import flexguard_regex, parse_flexguard, parse_reasoningshield, reasoningshield_regex
+from guards import (
+    flexguard_regex,
+    parse_flexguard,
+    parse_reasoningshield,
+    reasoningshield_regex,
+)
 
 
 @pytest.mark.parametrize(
-    "text", ["<think>\nok\n</think>\nSAFE\n5", "<think></think>\nVIO,ILG,JAIL\n100"]
+    "text",
+    [
+        "<think>\nok\n</think>\nSAFE\n5",
+        "<think></think>\nVIO,ILG,JAIL\n100",
+        # Qwen3's own "\n\n" after </think> (one token), and a space after a comma.
+        "<think>\nok\n</think>\n\nSAFE\n5",
+        "<think>\nok\n</think>\n\nVIO, ILG,JAIL\n88",
+    ],
 )
 def test_flexguard_regex_matches_parsable(text):
     assert re.fullmatch(flexguard_regex(), text)
@@ -16,7 +28,15 @@ def test_flexguard_regex_matches_parsable(text):
 
 
 @pytest.mark.parametrize(
-    "text", ["<think></think>\nSAFE\n101", "<think></think>\nHATE\n5", "SAFE\n5"]
+    "text",
+    [
+        "<think></think>\nSAFE\n101",
+        "<think></think>\nHATE\n5",
+        "SAFE\n5",
+        "<think></think>\n\n\nSAFE\n5",
+        "<think></think>\nVIO,  ILG\n5",
+        "<think></think>\nVIO ,ILG\n5",
+    ],
 )
 def test_flexguard_regex_rejects(text):
     assert not re.fullmatch(flexguard_regex(), text)

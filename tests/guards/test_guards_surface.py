@@ -44,6 +44,9 @@ def test_exception_tree():
     assert issubclass(guards.GuardTimeout, guards.GuardBackendError)
     assert issubclass(guards.GuardBackendError, guards.GuardError)
     assert issubclass(guards.VerdictParseError, guards.GuardError)
+    # A cut answer is a guard error of the parse kind (the guard answered), not an outage.
+    assert issubclass(guards.VerdictTruncated, guards.VerdictParseError)
+    assert not issubclass(guards.VerdictTruncated, guards.GuardBackendError)
 
 
 def test_import_is_light():

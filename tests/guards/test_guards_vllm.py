@@ -29,12 +29,16 @@ class FakeTokenizer:
         assert add_special_tokens is False
         return {"input_ids": [ord(c) for c in text]}
 
+    def get_added_vocab(self):
+        return {"<tool_call>": 7, "[INST]": 8}
+
 
 class FakeEngine:
-    def __init__(self, fail=False):
+    def __init__(self, fail=False, finish_reason="stop"):
         self.requests = []
         self.fail = fail
         self.shut = False
+        self.finish_reason = finish_reason
 
     def get_tokenizer(self):
         return FakeTokenizer()
@@ -43,8 +47,11 @@ class FakeEngine:
         self.requests.append((prompt, params, request_id))
         if self.fail:
             raise RuntimeError("engine dead")
-        for text in ("SA", "SAFE\n1"):
-            yield SimpleNamespace(outputs=[SimpleNamespace(text=text)], num_cached_tokens=4)
+        for text, finish_reason in (("SA", None), ("SAFE\n1", self.finish_reason)):
+            yield SimpleNamespace(
+                outputs=[SimpleNamespace(text=text, finish_reason=finish_reason)],
+                num_cached_tokens=4,
+            )
 
     async def check_health(self):
         if self.fail:
@@ -71,9 +78,17 @@ def test_generate_sends_rendered_token_ids():
     assert p1 == {"prompt_token_ids": [ord(c) for c in text]}
     assert params == ("params", 9, "SAFE") and rid1 != rid2
     assert (gen.text, gen.prompt_tokens, gen.cached_tokens) == ("SAFE\n1", len(text), 4)
+    assert gen.finish_reason == "stop"
+    assert backend.added_tokens() == {"<tool_call>", "[INST]"}
     assert asyncio.run(backend.ready())
     asyncio.run(backend.aclose())
     assert engine.shut
+
+
+def test_finish_reason_of_a_cut_generation():
+    engine = FakeEngine(finish_reason="length")
+    backend = _vllm.VLLMBackend(GuardModelConfig(backend="vllm", model="m"), engine)
+    assert asyncio.run(backend.generate(PROMPT)).finish_reason == "length"
 
 
 def test_engine_failure_is_backend_error():
