@@ -105,7 +105,7 @@ class VLLMBackend:
     async def ready(self) -> bool:
         try:
             await self.engine.check_health()
-        except Exception:  # noqa: BLE001 - whatever the engine's failure, it cannot serve
+        except Exception:  # whatever the engine's failure, it cannot serve now
             return False
         return True
 
