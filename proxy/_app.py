@@ -16,7 +16,7 @@ from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 
-from guards import FlexGuard, GuardBackend, ReasoningShield, open_backend
+from guards import FlexGuard, GuardBackend, ReasoningShield
 
 from ._auth import KeyRing, check_secrets
 from ._config import ProxyConfig
@@ -26,6 +26,7 @@ from ._protocol import error_body
 from ._response import error_response
 from ._routes import ROUTES
 from ._shutdown import Drain
+from ._startup import Readiness, open_guard
 from ._telemetry import Telemetry
 from ._upstream import UpstreamClient, create_transport
 from .exceptions import ProxyError
@@ -111,13 +112,16 @@ def create_app(
                 if name in given:
                     backends[name] = given[name]
                 else:
-                    backends[name] = opened[name] = await open_backend(getattr(config.guards, name))
+                    backends[name] = opened[name] = await open_guard(name, getattr(config.guards, name))
             flex = backends.get("flexguard")
             shield = backends.get("reasoningshield")
             app.state.config = config
             app.state.upstream = upstream
             app.state.keyring = KeyRing.from_config(config)
             app.state.guard_backends = backends
+            app.state.readiness = Readiness(
+                upstream, config.upstream, {n: (b, getattr(config.guards, n)) for n, b in backends.items()}
+            )
             app.state.guards = GuardSet(
                 FlexGuard(flex, config.guards.flexguard) if flex is not None else None,
                 ReasoningShield(shield, config.guards.reasoningshield) if shield is not None else None,

@@ -175,7 +175,7 @@ def _plot(curves: dict[str, list[ThresholdPoint]], path: Path, out: TextIO) -> N
         print("no plot written: matplotlib is missing (pip install 'guardproxy[calibrate]')", file=out)
         return
     fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4), squeeze=False)
-    for ax, (column, points) in zip(axes[0], curves.items()):
+    for ax, (column, points) in zip(axes[0], curves.items(), strict=True):
         ts = [p.threshold for p in points]
         ax.plot(ts, [p.precision for p in points], label="precision")
         ax.plot(ts, [p.recall for p in points], label="recall")

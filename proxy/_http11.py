@@ -32,12 +32,17 @@ def _response_bytes(default_headers: list[tuple[bytes, bytes]]) -> bytes:
 def http_protocol() -> type[Any]:
     """The protocol class uvicorn's "auto" would pick (httptools if installed, else
     h11), with an OpenAI-shaped 400."""
+    base: type[Any]
     try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
-    except ImportError:
-        from uvicorn.protocols.http.h11_impl import H11Protocol as Base
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    class OpenAIShaped400(Base):  # type: ignore[misc, valid-type]
+        base = HttpToolsProtocol
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        base = H11Protocol
+
+    class OpenAIShaped400(base):  # type: ignore[misc]
         def send_400_response(self, msg: str) -> None:
             self.transport.write(_response_bytes(list(self.server_state.default_headers)))
             self.transport.close()

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from guards import Verdict
 
 __all__ = ["ChannelMonitor", "CheckFn"]
 
-CheckFn = Callable[[str], Awaitable[tuple[Verdict, ...]]]
+CheckFn = Callable[[str], Coroutine[Any, Any, tuple[Verdict, ...]]]
 
 
 class ChannelMonitor:

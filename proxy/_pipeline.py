@@ -22,8 +22,8 @@ import contextlib
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import Any, Union, cast
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, cast
 
 import msgspec
 
@@ -146,10 +146,10 @@ class Ended(msgspec.Struct):
     """Every choice finished and passed its checks."""
 
 
-Event = Union[Started, Released, Stopped, Ended]
+Event = Started | Released | Stopped | Ended
 
 
-async def run_exchange(ex: Exchange) -> AsyncIterator[Event]:
+async def run_exchange(ex: Exchange) -> AsyncGenerator[Event, None]:
     """The request's events, or a ProxyError: ContentPolicyViolation for a blocked
     prompt, GuardUnavailable for a check that could not run under fail-closed,
     UpstreamError for an upstream that failed or stopped short."""
@@ -362,7 +362,7 @@ class _Relay:
             c = self.choices[index] = _Choice(self.ex, index, self.report.choices.setdefault(index, ChoiceReport()))
         return c
 
-    async def run(self) -> AsyncIterator[Event]:
+    async def run(self) -> AsyncGenerator[Event, None]:
         events = self.opened.events
         read: asyncio.Task[list[bytes]] | None = None
         try:
@@ -390,7 +390,7 @@ class _Relay:
                     waits: set[asyncio.Future[Any]] = set(self.checks)
                     if not ended:
                         if read is None:
-                            read = asyncio.ensure_future(anext(events))  # type: ignore[arg-type]
+                            read = asyncio.ensure_future(anext(events))
                         waits.add(read)
                     if not waits:
                         break

@@ -54,7 +54,9 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def stage_action(stage: Stage, policy: PolicyConfig) -> Action:
-    return {"prompt": policy.prompt, "reasoning": policy.reasoning, "answer": policy.answer}[stage].action
+    if stage == "prompt":
+        return policy.prompt.action
+    return policy.reasoning.action if stage == "reasoning" else policy.answer.action
 
 
 # Named strictness -> the lowest ReasoningShield risk (judgment x 100) that is flagged.

@@ -14,6 +14,7 @@ these endings are written before it cancels anything.
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -83,5 +84,5 @@ class ProxyServer(uvicorn.Server):
 def server_for(app: Any, *, grace_s: float, **uvicorn_options: Any) -> ProxyServer:
     """A ``ProxyServer`` for an app made by ``create_app`` (its drain is on ``app.state``)."""
     uvicorn_options.setdefault("http", http_protocol())
-    config = uvicorn.Config(app, timeout_graceful_shutdown=grace_s + HARD_STOP_MARGIN_S, **uvicorn_options)
+    config = uvicorn.Config(app, timeout_graceful_shutdown=math.ceil(grace_s + HARD_STOP_MARGIN_S), **uvicorn_options)
     return ProxyServer(config, app.state.drain, grace_s)

@@ -30,7 +30,7 @@ def sweep(scores: Sequence[int], labels: Sequence[bool]) -> list[ThresholdPoint]
     points = []
     for t in range(101):
         tp = fp = fn = tn = 0
-        for score, label in zip(scores, labels):
+        for score, label in zip(scores, labels, strict=True):
             predicted = score >= t
             if predicted and label:
                 tp += 1

@@ -248,9 +248,9 @@ class RequestTelemetry(RequestObserver):
         self._ctx = set_span_in_context(self.span)
 
     def _end_spans(self, report: RequestReport | None, outcome: str) -> None:
-        for span in self._checks.values():  # still in flight: cancelled by a stop or a disconnect
-            span.set_attribute("guardproxy.cancelled", True)
-            span.end()
+        for check_span in self._checks.values():  # still in flight: cancelled by a stop or a disconnect
+            check_span.set_attribute("guardproxy.cancelled", True)
+            check_span.end()
         self._checks.clear()
         if self._upstream is not None and report is not None:
             self.upstream_done(report)

@@ -1,0 +1,206 @@
+"""Whether the proxy's dependencies can serve: the upstream and each guard it uses.
+
+One probe per dependency, shared by the start of ``guardproxy serve`` (one log line per
+dependency; ``--wait`` keeps probing until all are ready) and by ``GET /readyz`` (503
+while one is not; a log line when a dependency's state changes, not at every probe).
+
+- The upstream: ``GET {base_url}/models`` answers with a model list. The proxy forwards
+  whatever model a client names, so no one name is required of it.
+- A guard on a server (backend ``openai``): the server answers and serves the configured
+  model name (a server that serves another name would answer every check with a 404,
+  and fail-closed would block every request).
+- A guard in process (``vllm``, ``transformers``): its model loaded (``open_guard`` logs
+  how long it took, or why it failed) and its engine still answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from guards import GuardBackend, GuardModelConfig, open_backend
+
+from ._config import UpstreamConfig
+from ._upstream import UpstreamClient, create_transport
+from .exceptions import UpstreamError
+
+__all__ = ["Probe", "Readiness", "check_at_startup", "guard_location", "open_guard", "probe_guard", "probe_upstream"]
+
+logger = logging.getLogger("guardproxy.startup")
+
+_LISTED = 5  # model names quoted in a log line; a server may serve many
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """One dependency's state: ``problem`` is None when it is ready."""
+
+    name: str
+    where: str
+    problem: str | None = None
+    note: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.problem is None
+
+    def line(self) -> str:
+        if self.problem is not None:
+            return f"{self.name} ({self.where}): NOT READY: {self.problem}"
+        return f"{self.name} ({self.where}): ready" + (f", {self.note}" if self.note else "")
+
+
+def guard_location(config: GuardModelConfig) -> str:
+    if config.backend == "openai":
+        return f"{config.base_url}, model {config.model}"
+    return f"in-process {config.backend}, model {config.model}"
+
+
+def _root_cause(exc: BaseException) -> str:
+    # The upstream client's own messages leave out the error's text (it may reach
+    # clients); the operator's log wants it: "Connect call failed ('127.0.0.1', 8000)".
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    text = str(root).strip()
+    return f"{type(root).__name__}: {text}"[:300] if text else type(root).__name__
+
+
+def _model_ids(payload: Any) -> list[str] | None:
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, list):
+        return None
+    return [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+
+
+async def probe_upstream(upstream: UpstreamClient, config: UpstreamConfig) -> Probe:
+    where = config.base_url
+    try:
+        response = await upstream.get("/models")
+    except UpstreamError as exc:
+        return Probe("upstream", where, f"unreachable ({_root_cause(exc)})")
+    status = response.status_code
+    if status in (401, 403) and config.auth == "passthrough":
+        # Its /models wants a client's key, which the proxy only has inside a request.
+        return Probe("upstream", where, note=f"answers (HTTP {status} to GET /models without a client's key)")
+    if status >= 400:
+        hint = " (check upstream.api_key_env)" if status in (401, 403) else ""
+        return Probe("upstream", where, f"GET /models answered HTTP {status}{hint}")
+    try:
+        ids = _model_ids(response.json())
+    except ValueError:
+        ids = None
+    if ids is None:
+        return Probe("upstream", where, note="answers GET /models")
+    if not ids:
+        return Probe("upstream", where, "serves no model (GET /models lists none)")
+    more = f" and {len(ids) - _LISTED} more" if len(ids) > _LISTED else ""
+    return Probe("upstream", where, note=f"serves {', '.join(ids[:_LISTED])}{more}")
+
+
+async def probe_guard(name: str, backend: GuardBackend, config: GuardModelConfig) -> Probe:
+    """Backends that can say why they are not ready offer ``why_not_ready()`` (the
+    server backend does); for the others ``ready()`` is all there is to know."""
+    where = guard_location(config)
+    explain = getattr(backend, "why_not_ready", None)
+    try:
+        if explain is not None:
+            problem = await explain()
+        else:
+            problem = None if await backend.ready() else f"the in-process {config.backend} engine is not healthy"
+    except Exception as exc:  # a probe reports, it does not raise
+        problem = f"the readiness check failed ({_root_cause(exc)})"
+    return Probe(name, where, problem, note="serves it" if config.backend == "openai" else "loaded")
+
+
+class Readiness:
+    """Probes every dependency of one proxy; logs only what changed since the last probe.
+
+    A load balancer asks /readyz every few seconds: a line per probe would bury the log,
+    a line per change says when a dependency went away and came back.
+    """
+
+    def __init__(
+        self,
+        upstream: UpstreamClient,
+        upstream_config: UpstreamConfig,
+        guards: Mapping[str, tuple[GuardBackend, GuardModelConfig]],
+    ) -> None:
+        self._upstream = upstream
+        self._upstream_config = upstream_config
+        self._guards = dict(guards)
+        # The last problem logged per dependency; a dependency not seen yet counts as ready
+        # (the start has logged its state already).
+        self._logged: dict[str, str | None] = {}
+
+    async def check(self, *, log_all: bool = False) -> list[Probe]:
+        probes = await asyncio.gather(
+            probe_upstream(self._upstream, self._upstream_config),
+            *(probe_guard(name, backend, config) for name, (backend, config) in self._guards.items()),
+        )
+        for probe in probes:
+            if log_all or probe.problem != self._logged.get(probe.name):
+                logger.log(logging.INFO if probe.ready else logging.WARNING, "%s", probe.line())
+            self._logged[probe.name] = probe.problem
+        return list(probes)
+
+
+async def check_at_startup(
+    upstream_config: UpstreamConfig,
+    guards: Mapping[str, GuardModelConfig],
+    *,
+    wait_s: float = 0.0,
+    poll_s: float = 1.0,
+) -> bool:
+    """Probe the upstream and the guard servers, one log line each; True when all are ready.
+
+    With ``wait_s`` > 0, probe again every ``poll_s`` until all are ready or ``wait_s``
+    has passed (containers start in any order), logging each change. Guards run in
+    process are not probed here: ``open_guard`` reports them as they load.
+    """
+    upstream = UpstreamClient(upstream_config, create_transport(upstream_config))
+    served = {name: config for name, config in guards.items() if config.backend == "openai"}
+    backends: dict[str, GuardBackend] = {}
+    try:
+        for name, config in served.items():
+            backends[name] = await open_backend(config)
+        readiness = Readiness(upstream, upstream_config, {n: (backends[n], served[n]) for n in served})
+        start = time.monotonic()
+        probes = await readiness.check(log_all=True)
+        waiting = [p.name for p in probes if not p.ready]
+        if waiting and wait_s > 0:
+            logger.info("waiting up to %g s for %s", wait_s, ", ".join(waiting))
+        while waiting and time.monotonic() - start < wait_s:
+            await asyncio.sleep(min(poll_s, max(0.0, wait_s - (time.monotonic() - start))))
+            probes = await readiness.check()
+            waiting = [p.name for p in probes if not p.ready]
+        if wait_s > 0:
+            if waiting:
+                logger.error("not ready after %g s: %s", wait_s, ", ".join(waiting))
+            else:
+                logger.info("all dependencies ready after %.1f s", time.monotonic() - start)
+        return not waiting
+    finally:
+        await upstream.aclose()
+        for backend in backends.values():
+            await backend.aclose()
+
+
+async def open_guard(name: str, config: GuardModelConfig) -> GuardBackend:
+    """Open a guard's backend; an in-process one loads its model here, and says so."""
+    if config.backend == "openai":
+        return await open_backend(config)  # a client only: check_at_startup probes the server
+    where = guard_location(config)
+    logger.info("%s (%s): loading", name, where)
+    start = time.monotonic()
+    try:
+        backend = await open_backend(config)
+    except Exception as exc:
+        logger.error("%s (%s): NOT READY: the model failed to load: %s: %s", name, where, type(exc).__name__, exc)
+        raise
+    logger.info("%s (%s): loaded in %.1f s", name, where, time.monotonic() - start)
+    return backend
