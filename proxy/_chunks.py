@@ -28,8 +28,8 @@ class ResponseIds:
 
     __slots__ = ("id", "created", "model")
 
-    def __init__(self, model: str, id: str = "", created: int = 0) -> None:
-        self.id = id or f"chatcmpl-guardproxy-{uuid.uuid4().hex}"
+    def __init__(self, model: str, id: str = "", created: int = 0, prefix: str = "chatcmpl-guardproxy-") -> None:
+        self.id = id or f"{prefix}{uuid.uuid4().hex}"
         self.created = created or int(time.time())
         self.model = model
 

@@ -29,14 +29,12 @@ import msgspec
 
 from guards import GuardError, Stage, Verdict
 
-from ._annotations import StageReport, filter_results
-from ._channels import ThinkSplitter, split_delta
+from ._annotations import StageReport
+from ._channels import ThinkSplitter
 from ._config import PolicyConfig
 from ._guardset import GuardSet
 from ._monitor import ChannelMonitor
 from ._policy import Decision, decide, decide_error
-from ._protocol import Chunk, decode_chunk, decode_json, encode, present
-from ._request import ChatRequest, upstream_body
 from ._sse import DONE
 from ._telemetry import NO_TELEMETRY, RequestObserver
 from ._upstream import UpstreamClient, UpstreamStream
@@ -48,6 +46,8 @@ from .exceptions import (
     UpstreamError,
     UpstreamTruncated,
 )
+from .protocols._base import Adapter, ApiRequest, UpstreamEvent
+from .protocols.chat import ChatAdapter
 
 __all__ = [
     "ChoiceReport",
@@ -105,10 +105,11 @@ class Exchange(msgspec.Struct, kw_only=True):
     """One request: everything it needs, resolved before the pipeline starts, and its
     report, which the pipeline fills in and the writers and telemetry read."""
 
-    request: ChatRequest
+    request: ApiRequest
     policy: PolicyConfig
     guards: GuardSet
     upstream: UpstreamClient
+    adapter: Adapter = msgspec.field(default_factory=ChatAdapter)
     authorization: str | None = None
     # Spans, metrics and the request log; the default observes nothing.
     telemetry: RequestObserver = NO_TELEMETRY
@@ -121,11 +122,11 @@ class Started(msgspec.Struct):
 
 
 class Output(msgspec.Struct):
-    """A chunk for the client: raw bytes, and its parsed form."""
+    """An upstream event for the client: the bytes to send (its own unless the adapter
+    re-rendered it; empty: nothing to send), and the event as the client sees it."""
 
     data: bytes
-    chunk: Chunk
-    usage_only: bool = False
+    event: UpstreamEvent
 
 
 class Released(msgspec.Struct):
@@ -155,7 +156,7 @@ async def run_exchange(ex: Exchange) -> AsyncGenerator[Event, None]:
     UpstreamError for an upstream that failed or stopped short."""
     report = ex.report
     policy = ex.policy
-    body = upstream_body(ex.request)
+    body = ex.request.upstream_body()
     prompt_task: asyncio.Task[tuple[Verdict, ...]] | None = None
     open_task: asyncio.Task[_Opened] | None = None
     opened: _Opened | None = None
@@ -214,11 +215,11 @@ class _Opened:
 
 async def _open(ex: Exchange, body: bytes) -> _Opened:
     ex.telemetry.upstream_started()
-    stream = await ex.upstream.open_chat_stream(body, ex.authorization)
+    stream = await ex.upstream.open_stream(ex.adapter.path, body, ex.authorization)
     events = stream.events()
     try:
         first: list[bytes] | None = await anext(events, None)
-        if first is None or all(data.strip() == DONE for data in first):
+        if first is None or all(data.strip() in (DONE, b"") for data in first):
             # Found here, before the response starts, so that the client gets a 502.
             raise UpstreamTruncated("The upstream's stream ended early: no chunk at all.")
     except BaseException:
@@ -310,7 +311,7 @@ class _Choice:
     def __init__(self, ex: Exchange, index: int, report: ChoiceReport) -> None:
         self.index = index
         p = ex.policy
-        query = ex.request.query()
+        query = ex.request.query(index)
         self.splitter = ThinkSplitter()
         self.reasoning = ChannelMonitor(
             ex.guards.reasoning_check(query) if p.reasoning.enabled else None,
@@ -333,9 +334,8 @@ class _Choice:
 
 
 class _Held(msgspec.Struct):
-    data: bytes
-    chunk: Chunk
-    # (choice, reasoning chars needed, answer chars needed, is its finish chunk)
+    event: UpstreamEvent
+    # (choice, reasoning chars needed, answer chars needed, is its finish)
     needs: list[tuple[_Choice, float, float, bool]]
     answer_pieces: dict[int, str]
 
@@ -447,24 +447,24 @@ class _Relay:
 
     def _on_data(self, data: bytes) -> bool:
         """Take one upstream event; True when it was the end of the stream."""
-        if data.strip() == DONE:
+        event = self.ex.adapter.read(data)
+        if event.done:
             self.done_marker = True
             self._upstream_ended()
             return True
-        try:
-            chunk = decode_chunk(data)
-        except msgspec.DecodeError as exc:
-            raise UpstreamError("The upstream sent a malformed stream chunk.") from exc
-        if present(chunk.error):
-            raise upstream_error_event(chunk.error)
-        if not self.report.id:
-            self.report.id, self.report.model, self.report.created = chunk.id, chunk.model, chunk.created
-        held = _Held(data, chunk, [], {})
-        if present(chunk.usage):
-            self.report.usage = decode_json(chunk.usage)
-        for ch in chunk.choices:
-            c = self._choice(ch.index)
-            reasoning, answer = split_delta(ch.delta, c.splitter)
+        report = self.report
+        if not report.id and event.id:
+            report.id, report.model, report.created = event.id, event.model, event.created
+        if event.usage is not None:
+            report.usage = event.usage
+        held = _Held(event, [], {})
+        for out in event.outputs:
+            c = self._choice(out.index)
+            reasoning, answer = out.reasoning, out.tools
+            if out.content:
+                r, a = c.splitter.feed(out.content)
+                reasoning += r
+                answer = a + answer
             if reasoning:
                 c.reasoning.add(reasoning)
                 c.report.reasoning.tokens = c.reasoning.tokens
@@ -472,11 +472,11 @@ class _Relay:
                 c.reasoning.finish()
                 c.answer.add(answer)
                 c.report.answer.tokens = c.answer.tokens
-            finish = ch.finish_reason is not None
+            finish = out.finish is not None
             if finish:
-                c.report.finish_reason = ch.finish_reason
+                c.report.finish_reason = out.finish
                 c.finish()
-            held.answer_pieces[ch.index] = answer
+            held.answer_pieces[out.index] = held.answer_pieces.get(out.index, "") + answer
             r_end = c.reasoning.length + (c.splitter.held if c.splitter.in_reasoning else 0)
             held.needs.append((c, r_end, c.answer.length, finish))
             self._start_checks(c)
@@ -542,45 +542,17 @@ class _Relay:
         return True
 
     def _render(self, held: _Held) -> Output:
-        chunk = held.chunk
-        if not chunk.choices:
-            return Output(held.data, chunk, usage_only=present(chunk.usage))
-        hide = self.policy.reasoning.release == "hidden" and any(
-            ch.delta.reasoning is not None or ch.delta.reasoning_content is not None or ch.delta.content
-            for ch in chunk.choices
-        )
-        finishing = [c for c, _, _, finish in held.needs if finish]
-        if not hide and not finishing:
-            return Output(held.data, chunk)
-        doc = decode_json(held.data)
-        for ch in doc.get("choices", []):
-            delta = ch.get("delta") or {}
-            if hide:
-                delta.pop("reasoning", None)
-                delta.pop("reasoning_content", None)
-                if isinstance(delta.get("content"), str):
-                    delta["content"] = held.answer_pieces.get(ch.get("index", 0), "")
-            if ch.get("finish_reason") is not None:
-                ch["content_filter_results"] = filter_results(self.report.choices[ch.get("index", 0)].stages())
-        data = encode(doc)
-        return Output(data, decode_chunk(data))
+        event = held.event
+        hide = held.answer_pieces if self.policy.reasoning.release == "hidden" and held.needs else None
+        finished = {c.index: c.report.stages() for c, _, _, finish in held.needs if finish}
+        adapter = self.ex.adapter
+        data = adapter.render(event, hide, finished)
+        return Output(data, adapter.decode_rendered(event, data))
 
     def _stopped(self) -> Stopped:
         assert self.stop is not None
         unfinished = tuple(i for i, c in self.report.choices.items() if c.finish_reason is None or i == self.stop_choice)
         return Stopped(self.stop, unfinished or (self.stop_choice or 0,))
-
-
-def upstream_error_event(raw: msgspec.Raw) -> UpstreamError:
-    """An ``{"error": ...}`` event inside the upstream's stream, as the proxy's error
-    (its message kept, in the OpenAI shape whatever shape the upstream used)."""
-    try:
-        value = decode_json(raw)
-    except msgspec.DecodeError:
-        value = None
-    message = value.get("message") if isinstance(value, dict) else value
-    text = message if isinstance(message, str) else "unknown error"
-    return UpstreamError(f"The upstream failed mid-stream: {text[:1000]}")
 
 
 def _decision_of_done(task: asyncio.Task[tuple[Verdict, ...]], stage: Stage, policy: PolicyConfig) -> Decision:

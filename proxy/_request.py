@@ -7,7 +7,7 @@ act on must reach the upstream unchanged; only the fields the proxy reads are ch
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
@@ -33,14 +33,18 @@ class ChatRequest(msgspec.Struct, kw_only=True):
     n: int
     messages: list[dict[str, Any]]
 
-    def query(self) -> str:
-        """The last user message: the question the guards judge answers against."""
+    def query(self, index: int = 0) -> str:
+        """The last user message: the question the guards judge answers against (every
+        choice answers the same one)."""
         for message in reversed(self.messages):
             if message.get("role") == "user":
                 return message_text(message)
         return message_text(self.messages[-1])
 
-    def screened_prompt(self, scope: Literal["last_user", "conversation"]) -> str:
+    def upstream_body(self) -> bytes:
+        return upstream_body(self)
+
+    def screened_prompt(self, scope: str) -> str:
         if scope == "last_user":
             return self.query()
         # The whole conversation, each turn labelled, so that a harmful earlier turn

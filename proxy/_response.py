@@ -1,4 +1,4 @@
-"""The chat-completion response: an ASGI app that writes the pipeline's events.
+"""The response to a guarded generation request: an ASGI app that writes the pipeline's events.
 
 The writers only format: the pipeline decides (prompt verdict, stops, errors) and
 ``request_outcome`` names the ending. The stream writer chooses the status once the
@@ -23,14 +23,13 @@ from typing import Any
 from litestar.types import Receive, Scope, Send
 
 from ._annotations import decision_headers, filter_results
-from ._chunks import CompletionBuilder, ResponseIds, content_filter_chunks, guardproxy_summary, prompt_annotation_chunk
+from ._chunks import ResponseIds, guardproxy_summary
 from ._pipeline import Ended, Exchange, Released, RequestReport, Started, Stopped, request_outcome, run_exchange, stop_error
 from ._protocol import decode_json, encode, error_body
 from ._shutdown import Drain
-from ._sse import DONE_EVENT, encode_data
 from .exceptions import ProxyError, UpstreamHTTPError
 
-__all__ = ["ChatResponse", "error_response"]
+__all__ = ["GuardedResponse", "error_response"]
 
 logger = logging.getLogger("guardproxy")
 
@@ -99,7 +98,7 @@ class _State:
         """One id for every chunk: the upstream's once known, else the proxy's own."""
         if self.ids is None:
             report = ex.report
-            self.ids = ResponseIds(ex.request.model, report.id, report.created)
+            self.ids = ResponseIds(ex.request.model, report.id, report.created, ex.adapter.id_prefix)
         return self.ids
 
     def outcome(self, report: RequestReport) -> str:
@@ -113,8 +112,9 @@ class _State:
 Writer = Callable[[Exchange, Send, _State], Coroutine[Any, Any, None]]
 
 
-class ChatResponse:
-    """ASGI app for one chat completion; ``on_done(report, outcome, error)`` is told how
+class GuardedResponse:
+    """ASGI app for one guarded generation request, whatever its API (the exchange's
+    adapter formats it); ``on_done(report, outcome, error)`` is told how
     it ended, once everything the request started has stopped.
 
     With a ``drain``, a shutdown past its deadline stops the response and ends it
@@ -174,52 +174,50 @@ async def _end_for_shutdown(ex: Exchange, state: _State, send: Send) -> None:
         body = error_body("The proxy is shutting down; retry the request.", "server_error", "shutting_down")
         await _send_whole(send, 503, list(_JSON), body)
         return
-    ids = state.response_ids(ex)
     indexes = set(range(ex.request.n)) | set(ex.report.choices)
-    chunks = [
-        ids.chunk([{"index": i, "delta": {}, "finish_reason": "length"}], guardproxy={"ended_by": "shutdown"})
-        for i in sorted(indexes - state.finished)
-    ]
-    await _send_events(send, chunks)
+    events = ex.adapter.shutdown_ending(state.response_ids(ex), sorted(indexes - state.finished))
+    await _send_last(send, ex, events)
 
 
 async def _write_stream(ex: Exchange, send: Send, state: _State) -> None:
     include_usage = ex.request.include_usage
     report = ex.report
-    annotate = False  # the prompt's filter results go out with the first chunk, under its id
+    adapter = ex.adapter
+    opening = False  # what the adapter sends first goes out with the first event, under its id
     try:
         async with contextlib.aclosing(run_exchange(ex)) as events:
             async for event in events:
                 if isinstance(event, Released):
-                    parts = [encode_data(o.data) for o in event.outputs if include_usage or not o.usage_only]
-                    if annotate and parts:
-                        parts.insert(0, encode_data(prompt_annotation_chunk(state.response_ids(ex), report.prompt)))
-                        annotate = False
+                    parts = [
+                        adapter.frame(o.data, o.event)
+                        for o in event.outputs
+                        if o.data and (include_usage or not o.event.usage_only)
+                    ]
+                    if opening and parts:
+                        parts[:0] = adapter.opening(state.response_ids(ex), report.prompt)
+                        opening = False
                     if parts:
                         await send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
                     for output in event.outputs:
-                        for ch in output.chunk.choices:
-                            if ch.finish_reason is not None:
-                                state.finished.add(ch.index)
+                        state.finished.update(o.index for o in output.event.outputs if o.finish is not None)
                 elif isinstance(event, Started):
                     headers = _SSE_HEADERS + decision_headers({"prompt": report.prompt})
                     await send({"type": "http.response.start", "status": 200, "headers": headers})
                     state.started = True
-                    annotate = report.prompt.decision is not None
+                    opening = True
                 elif isinstance(event, Stopped):
                     ids = state.response_ids(ex)
-                    message = ex.policy.refusal_message if event.decision.action == "rewrite" else None
+                    refusal = ex.policy.refusal_message if event.decision.action == "rewrite" else None
                     stages = {i: report.choices[i].stages() if i in report.choices else {} for i in event.choices}
-                    chunks = content_filter_chunks(ids, event.decision, stages, message)
-                    if annotate:
-                        chunks.insert(0, prompt_annotation_chunk(ids, report.prompt))
+                    out = adapter.opening(ids, report.prompt) if opening else []
+                    out += adapter.stopped(ids, event.decision, stages, refusal, report.prompt)
+                    await _send_last(send, ex, out)
                     state.closing = True
-                    await _send_events(send, chunks)
                     return
                 elif isinstance(event, Ended):
                     state.closing = True
-                    body = (encode_data(prompt_annotation_chunk(state.response_ids(ex), report.prompt)) if annotate else b"")
-                    await send({"type": "http.response.body", "body": body + DONE_EVENT, "more_body": False})
+                    out = adapter.opening(state.response_ids(ex), report.prompt) if opening else []
+                    await _send_last(send, ex, out)
                     return
     except ProxyError as exc:
         await _write_error(ex, send, state, exc)
@@ -238,25 +236,25 @@ async def _write_error(ex: Exchange, send: Send, state: _State, exc: Exception) 
     if not state.started:
         await _send_whole(send, status, headers, body)
         return
-    # Mid-stream: one error event (the SDKs raise APIError on it), then the end.
-    event = encode_data(body.replace(b"\n", b" "))
-    await send({"type": "http.response.body", "body": event + DONE_EVENT, "more_body": False})
+    # Mid-stream: one error event in the API's shape (the SDKs raise on it), then the end.
+    error = decode_json(body)["error"]
+    await _send_last(send, ex, [ex.adapter.error_event(state.response_ids(ex), error)])
 
 
-async def _send_events(send: Send, chunks: list[bytes]) -> None:
-    body = b"".join(encode_data(c) for c in chunks) + DONE_EVENT
+async def _send_last(send: Send, ex: Exchange, events: list[bytes]) -> None:
+    body = b"".join(events) + ex.adapter.end_of_stream
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 async def _write_json(ex: Exchange, send: Send, state: _State) -> None:
-    builder = CompletionBuilder()
+    builder = ex.adapter.builder()
     report = ex.report
     try:
         async with contextlib.aclosing(run_exchange(ex)) as events:
             async for event in events:
                 if isinstance(event, Released):
                     for output in event.outputs:
-                        builder.add(output.chunk)
+                        builder.add(output.event)
                 elif isinstance(event, Stopped):
                     if event.decision.action == "block":  # a JSON client gets no content_filter stream
                         raise stop_error(event.decision)
@@ -266,14 +264,12 @@ async def _write_json(ex: Exchange, send: Send, state: _State) -> None:
                     break
                 elif isinstance(event, Ended):
                     break
-        for i, c in report.choices.items():
-            builder.set_filter_results(i, filter_results(c.stages()))
-        ids = state.response_ids(ex)
+        results = {i: filter_results(c.stages()) for i, c in report.choices.items()}
         extra: dict[str, Any] = {
             "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": filter_results({"prompt": report.prompt})}],
             "guardproxy": guardproxy_summary(report.prompt, {i: c.stages() for i, c in report.choices.items()}),
         }
-        body = builder.build(ids, report.usage, extra)
+        body = builder.build(state.response_ids(ex), report.usage, extra, results)
         headers = _JSON + decision_headers(
             {"prompt": report.prompt, "reasoning": report.worst("reasoning"), "answer": report.worst("answer")}
         )

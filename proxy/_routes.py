@@ -17,7 +17,7 @@ from ._guardset import GuardOverloadedError, GuardSet, gather_checks
 from ._moderation import moderation_response, moderation_result, parse_moderation_inputs
 from ._pipeline import Exchange
 from ._request import parse_chat_request
-from ._response import ChatResponse
+from ._response import GuardedResponse
 from .exceptions import (
     GuardOverloaded,
     GuardUnavailable,
@@ -83,7 +83,7 @@ async def chat_completions(request: Request[Any, Any, Any], state: State) -> ASG
         authorization=authorization,
         telemetry=telemetry,
     )
-    return ChatResponse(exchange, on_done=telemetry.finish, drain=state.drain)
+    return GuardedResponse(exchange, on_done=telemetry.finish, drain=state.drain)
 
 
 # One moderation request checks at most this many inputs at once, so that a large batch

@@ -90,8 +90,8 @@ class UpstreamClient:
         self._transport = transport
         t = config.timeouts
         self._timeout = httpx.Timeout(connect=t.connect_s, read=t.read_s or None, write=t.write_s, pool=t.pool_s).as_dict()
-        # Parsed once: httpx's URL parsing is a visible part of each request's cost.
-        self._chat_url = httpx.URL(f"{config.base_url}/chat/completions")
+        # Parsed once per path: httpx's URL parsing is a visible part of each request's cost.
+        self._urls: dict[str, httpx.URL] = {}
         self._base_headers = {"user-agent": _user_agent(), "accept": "text/event-stream"}
         key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
         if config.auth != "passthrough" and key:
@@ -105,8 +105,15 @@ class UpstreamClient:
             headers["authorization"] = client_authorization
         return httpx.Request(method, url, headers=headers, content=body, extensions={"timeout": self._timeout})
 
-    async def open_chat_stream(self, body: bytes, client_authorization: str | None = None) -> UpstreamStream:
-        response = await self._send(self._request("POST", self._chat_url, client_authorization, body))
+    def _url(self, path: str) -> httpx.URL:
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = httpx.URL(f"{self._config.base_url}{path}")
+        return url
+
+    async def open_stream(self, path: str, body: bytes, client_authorization: str | None = None) -> UpstreamStream:
+        """POST ``body`` to ``path`` (below base_url) and open its event stream."""
+        response = await self._send(self._request("POST", self._url(path), client_authorization, body))
         if response.status_code >= 400:
             try:
                 raw = await _read_limited(response)
@@ -120,12 +127,21 @@ class UpstreamClient:
             await response.aclose()
             raise UpstreamError(
                 f"The upstream answered with {ctype or 'no content type'} instead of an event stream; "
-                "guardproxy needs an upstream that streams chat completions."
+                "guardproxy needs an upstream that streams its answers."
             )
         return UpstreamStream(response)
 
     async def get(self, path: str, client_authorization: str | None = None) -> httpx.Response:
-        response = await self._send(self._request("GET", f"{self._config.base_url}{path}", client_authorization))
+        return await self.forward("GET", path, None, client_authorization)
+
+    async def forward(
+        self, method: str, path: str, body: bytes | None, client_authorization: str | None = None, query: bytes = b""
+    ) -> httpx.Response:
+        """One request as it is (the pass-through paths), its whole answer read."""
+        url = self._url(path)
+        if query:
+            url = url.copy_with(query=query)
+        response = await self._send(self._request(method, url, client_authorization, body))
         try:
             await response.aread()
         except httpx.HTTPError as exc:

@@ -1,0 +1,149 @@
+"""What the pipeline needs from an API: the adapter interface, and the parsed upstream event.
+
+One pipeline serves every generation API (chat completions, the Responses API, legacy
+completions); an adapter per API does three things and decides nothing:
+
+1. ``parse`` turns the client's body into an ``ApiRequest``: the texts to screen, the
+   query the answer is judged against, and the body sent upstream (always streamed).
+2. ``read`` turns one upstream SSE event into an ``UpstreamEvent``: per output (a chat
+   choice, a completion choice, the one Response), its new reasoning, content and tool
+   text, and whether it finished; with the event's raw bytes, which go out unchanged
+   unless ``render`` must change them (hidden reasoning, the verdict on a finish).
+3. The writing methods format the pipeline's released, stopped and ended events, and
+   errors, in the API's own shape, streamed (``frame``) or as one JSON body (``builder``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
+
+if TYPE_CHECKING:
+    from .._annotations import StageReport
+    from .._chunks import ResponseIds
+    from .._config import PolicyConfig, ServerConfig
+    from .._policy import Decision
+
+__all__ = ["Adapter", "ApiRequest", "OutputDelta", "UpstreamEvent", "JsonBuilder", "ReportView"]
+
+
+class OutputDelta(msgspec.Struct, array_like=True):
+    """What one event adds to one output."""
+
+    index: int
+    reasoning: str = ""
+    content: str = ""  # may hold inline <think>…</think>: the pipeline splits it
+    tools: str = ""  # tool-call names and arguments, screened with the answer
+    finish: str | None = None  # the output's finish reason, when it ended here
+
+
+class UpstreamEvent(msgspec.Struct):
+    """One upstream SSE event, parsed."""
+
+    data: bytes
+    kind: str = ""  # the SSE event type (the Responses API names each event)
+    doc: Any = None  # the decoded JSON where the adapter needed it
+    outputs: list[OutputDelta] = msgspec.field(default_factory=list)
+    done: bool = False  # the stream's own end marker ([DONE])
+    usage: Any = None
+    id: str = ""
+    model: str = ""
+    created: int = 0
+    usage_only: bool = False  # carries usage and nothing else (hidden unless asked for)
+
+
+class ApiRequest(Protocol):
+    """A parsed client request, whatever its API."""
+
+    body: dict[str, Any]
+    model: str
+    stream: bool
+    n: int  # outputs the client expects
+    include_usage: bool
+
+    def screened_prompt(self, scope: str) -> str:
+        """What FlexGuard screens in prompt mode under ``[policy.prompt] screen``."""
+        ...
+
+    def query(self, index: int = 0) -> str:
+        """The user's question that output ``index`` answers (the guards' query)."""
+        ...
+
+    def upstream_body(self) -> bytes:
+        """The body sent upstream: the client's, always streamed, usage reported."""
+        ...
+
+
+ReportView = dict[int, dict[str, "StageReport"]]
+
+
+class JsonBuilder(ABC):
+    """Accumulates released events into the API's single JSON answer."""
+
+    @abstractmethod
+    def add(self, event: UpstreamEvent) -> None: ...
+
+    @abstractmethod
+    def stop(self, index: int, refusal: str | None, results: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def build(self, ids: ResponseIds, usage: Any, extra: dict[str, Any], results: dict[int, dict[str, Any]]) -> bytes: ...
+
+
+class Adapter(ABC):
+    """One API's parsing, reading and writing."""
+
+    name: str  # "chat", "responses", "completions": labels logs and spans
+    path: str  # the upstream path, below base_url
+    id_prefix: str  # of ids the proxy makes itself
+
+    @abstractmethod
+    def parse(self, raw: bytes, policy: PolicyConfig, server: ServerConfig) -> ApiRequest: ...
+
+    @abstractmethod
+    def read(self, data: bytes) -> UpstreamEvent: ...
+
+    def render(self, event: UpstreamEvent, hide: dict[int, str] | None, finished: ReportView) -> bytes:
+        """The bytes released for ``event`` (empty: nothing to send): its own, unless
+        reasoning is hidden (``hide``: each output's answer text in this event) or an
+        output finishes in it (``finished``: its stages, whose verdict it carries)."""
+        return event.data
+
+    def decode_rendered(self, event: UpstreamEvent, data: bytes) -> UpstreamEvent:
+        """The event as ``render`` changed it, for the JSON builder."""
+        return event
+
+    # -- streaming ------------------------------------------------------------------
+
+    @abstractmethod
+    def frame(self, data: bytes, event: UpstreamEvent | None = None) -> bytes:
+        """One SSE event carrying ``data``."""
+
+    end_of_stream: bytes = b""
+
+    @abstractmethod
+    def opening(self, ids: ResponseIds, prompt: StageReport) -> list[bytes]:
+        """What goes out before the first upstream event (framed)."""
+
+    @abstractmethod
+    def stopped(
+        self, ids: ResponseIds, decision: Decision, choices: ReportView, refusal: str | None, prompt: StageReport
+    ) -> list[bytes]:
+        """The framed events that end a stream a guard stopped."""
+
+    @abstractmethod
+    def error_event(self, ids: ResponseIds, error: dict[str, Any]) -> bytes:
+        """The framed event that ends a stream an error stopped (``error``: the OpenAI
+        error object)."""
+
+    @abstractmethod
+    def shutdown_ending(self, ids: ResponseIds, unfinished: list[int]) -> list[bytes]:
+        """The framed events that end a stream cut by the shutdown deadline."""
+
+    # -- JSON -----------------------------------------------------------------------
+
+    @abstractmethod
+    def builder(self) -> JsonBuilder: ...
+

@@ -1,0 +1,143 @@
+"""Chat completions (``POST /v1/chat/completions``): the adapter.
+
+Chunks pass as the upstream's bytes; the proxy re-encodes one only to hide reasoning or
+to add the verdict (``content_filter_results``) to a choice's finish chunk. Streams end
+with ``data: [DONE]``; a stop ends each unfinished choice with ``finish_reason:
+"content_filter"`` (Azure's and OpenAI's signal), after the refusal for ``rewrite``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .._annotations import StageReport, filter_results
+from .._channels import tool_call_text
+from .._chunks import CompletionBuilder, ResponseIds, content_filter_chunks, prompt_annotation_chunk
+from .._config import PolicyConfig, ServerConfig
+from .._policy import Decision
+from .._protocol import decode_chunk, decode_json, encode, present
+from .._request import ChatRequest, parse_chat_request
+from .._sse import DONE, DONE_EVENT, encode_data
+from ..exceptions import UpstreamError
+from ._base import Adapter, JsonBuilder, OutputDelta, ReportView, UpstreamEvent
+
+__all__ = ["ChatAdapter", "upstream_error_event"]
+
+
+def upstream_error_event(raw: Any) -> UpstreamError:
+    """An ``{"error": ...}`` event inside the upstream's stream, as the proxy's error
+    (its message kept, in the OpenAI shape whatever shape the upstream used)."""
+    try:
+        value = decode_json(raw)
+    except msgspec.DecodeError:
+        value = None
+    if isinstance(value, dict) and "error" in value and not isinstance(value.get("message"), str):
+        value = value["error"]
+    message = value.get("message") if isinstance(value, dict) else value
+    text = message if isinstance(message, str) else "unknown error"
+    return UpstreamError(f"The upstream failed mid-stream: {text[:1000]}")
+
+
+class _ChatBuilder(JsonBuilder):
+    def __init__(self) -> None:
+        self.completion = CompletionBuilder()
+
+    def add(self, event: UpstreamEvent) -> None:
+        if event.doc is not None:
+            self.completion.add(event.doc)
+
+    def stop(self, index: int, refusal: str | None, results: dict[str, Any]) -> None:
+        self.completion.stop(index, refusal, results)
+
+    def build(self, ids: ResponseIds, usage: Any, extra: dict[str, Any], results: dict[int, dict[str, Any]]) -> bytes:
+        for i, r in results.items():
+            self.completion.set_filter_results(i, r)
+        return self.completion.build(ids, usage, extra)
+
+
+class ChatAdapter(Adapter):
+    name = "chat"
+    path = "/chat/completions"
+    id_prefix = "chatcmpl-guardproxy-"
+    end_of_stream = DONE_EVENT
+
+    def parse(self, raw: bytes, policy: PolicyConfig, server: ServerConfig) -> ChatRequest:
+        return parse_chat_request(raw, policy.prompt.unscreened_parts, server.max_json_depth)
+
+    def read(self, data: bytes) -> UpstreamEvent:
+        if data.strip() == DONE:
+            return UpstreamEvent(data, done=True)
+        try:
+            chunk = decode_chunk(data)
+        except msgspec.DecodeError as exc:
+            raise UpstreamError("The upstream sent a malformed stream chunk.") from exc
+        if present(chunk.error):
+            raise upstream_error_event(chunk.error)
+        outputs = [
+            OutputDelta(
+                ch.index,
+                ch.delta.reasoning or ch.delta.reasoning_content or "",
+                ch.delta.content or "",
+                tool_call_text(ch.delta),
+                ch.finish_reason,
+            )
+            for ch in chunk.choices
+        ]
+        usage = decode_json(chunk.usage) if present(chunk.usage) else None
+        return UpstreamEvent(
+            data,
+            doc=chunk,
+            outputs=outputs,
+            usage=usage,
+            id=chunk.id,
+            model=chunk.model,
+            created=chunk.created,
+            usage_only=not chunk.choices and usage is not None,
+        )
+
+    def render(self, event: UpstreamEvent, hide: dict[int, str] | None, finished: ReportView) -> bytes:
+        if hide is None and not finished:
+            return event.data
+        doc = decode_json(event.data)
+        for ch in doc.get("choices", []):
+            index = ch.get("index", 0)
+            delta = ch.get("delta") or {}
+            if hide is not None:
+                delta.pop("reasoning", None)
+                delta.pop("reasoning_content", None)
+                if isinstance(delta.get("content"), str):
+                    delta["content"] = hide.get(index, "")
+            if index in finished:
+                ch["content_filter_results"] = filter_results(finished[index])
+        return encode(doc)
+
+    def decode_rendered(self, event: UpstreamEvent, data: bytes) -> UpstreamEvent:
+        """The event as the client sees it, for the JSON builder."""
+        if data is event.data:
+            return event
+        return msgspec.structs.replace(event, data=data, doc=decode_chunk(data))
+
+    def frame(self, data: bytes, event: UpstreamEvent | None = None) -> bytes:
+        return encode_data(data)
+
+    def opening(self, ids: ResponseIds, prompt: StageReport) -> list[bytes]:
+        return [encode_data(prompt_annotation_chunk(ids, prompt))] if prompt.decision is not None else []
+
+    def stopped(
+        self, ids: ResponseIds, decision: Decision, choices: ReportView, refusal: str | None, prompt: StageReport
+    ) -> list[bytes]:
+        return [encode_data(c) for c in content_filter_chunks(ids, decision, choices, refusal)]
+
+    def error_event(self, ids: ResponseIds, error: dict[str, Any]) -> bytes:
+        return encode_data(encode({"error": error}))
+
+    def shutdown_ending(self, ids: ResponseIds, unfinished: list[int]) -> list[bytes]:
+        return [
+            encode_data(ids.chunk([{"index": i, "delta": {}, "finish_reason": "length"}], guardproxy={"ended_by": "shutdown"}))
+            for i in unfinished
+        ]
+
+    def builder(self) -> JsonBuilder:
+        return _ChatBuilder()
