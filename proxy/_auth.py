@@ -111,7 +111,13 @@ def request_policy(principal: Principal, strictness_header: str | None) -> Polic
             f"`X-Guard-Strictness: {strictness_header.strip()}` would loosen this key's policy "
             f"(threshold {policy.threshold}); this key may only make it stricter."
         )
-    return msgspec.structs.replace(policy, strictness=value)
+    requested_policy = msgspec.structs.replace(policy, strictness=value)
+    if requested_policy.reasoning_flag_at > policy.reasoning_flag_at and not principal.allow_loosen:
+        # A name stricter for FlexGuard may still be looser for ReasoningShield (a key at
+        # strictness 70 asking for "loose"): its cut stays where the key has it.
+        reasoning = msgspec.structs.replace(policy.reasoning, flag_at=policy.reasoning_flag_at)
+        requested_policy = msgspec.structs.replace(requested_policy, reasoning=reasoning)
+    return requested_policy
 
 
 def check_secrets(config: ProxyConfig, environ: Mapping[str, str] = os.environ) -> None:

@@ -34,6 +34,7 @@ __all__ = [
     "load_config",
     "parse_config",
     "STRICTNESS_THRESHOLDS",
+    "REASONING_FLAG_AT",
 ]
 
 Action = Literal["block", "rewrite", "flag"]
@@ -41,6 +42,11 @@ Strictness = int | str
 
 # FlexGuard card, Option A: flagged when risk_score >= threshold.
 STRICTNESS_THRESHOLDS: dict[str, int] = {"strict": 20, "moderate": 40, "loose": 60}
+# ReasoningShield's Judgment at and above which a named strictness flags, when
+# [policy.reasoning] flag_at is unset. Its authors count 0.5 as harmful (the card's F1 is
+# measured so): strict and moderate flag 0.5, loose only 1. A numeric strictness is on
+# FlexGuard's scale alone and leaves ReasoningShield at the authors' 0.5.
+REASONING_FLAG_AT: dict[str, float] = {"strict": 0.5, "moderate": 0.5, "loose": 1.0}
 
 
 class _Struct(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -145,10 +151,15 @@ class ReasoningStage(_Struct):
     check_every_tokens: int = 32
     # Also screen the final answer with ReasoningShield (its card: it moderates answers too).
     screen_answer: bool = False
+    # The lowest ReasoningShield Judgment that flags (0.5 or 1), for reasoning and for
+    # answers it screens. None: from the named strictness (REASONING_FLAG_AT).
+    flag_at: float | None = None
 
     def __post_init__(self) -> None:
         if self.check_every_tokens < 1:
             raise ValueError("`check_every_tokens` must be >= 1")
+        if self.flag_at is not None and self.flag_at not in (0.5, 1.0):
+            raise ValueError("`flag_at` must be 0.5 or 1")
 
 
 class AnswerStage(_Struct):
@@ -204,6 +215,15 @@ class PolicyConfig(_Struct):
     @property
     def threshold(self) -> int:
         return threshold_of(self.strictness)
+
+    @property
+    def reasoning_flag_at(self) -> float:
+        """The lowest ReasoningShield Judgment that flags under this policy."""
+        if self.reasoning.flag_at is not None:
+            return self.reasoning.flag_at
+        if isinstance(self.strictness, str):
+            return REASONING_FLAG_AT[self.strictness]
+        return 0.5  # a number is FlexGuard's threshold: ReasoningShield keeps the authors' cut
 
 
 def threshold_of(strictness: Strictness) -> int:

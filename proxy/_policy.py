@@ -1,9 +1,10 @@
 """The one place where a guard's verdict becomes an action.
 
-A verdict is flagged when its risk score reaches the threshold of the configured
-strictness. ReasoningShield's Judgment 0 / 0.5 / 1 arrives as risk 0 / 50 / 100; a named
-strictness applies to it by judgment level (strict flags 0.5 and 1, moderate and loose
-flag 1), a numeric strictness applies to the 0 / 50 / 100 scale as it stands.
+A FlexGuard verdict is flagged when its risk score reaches the threshold of the configured
+strictness. ReasoningShield has its own cut, ``[policy.reasoning] flag_at``: its Judgment
+0 / 0.5 / 1 arrives as risk 0 / 50 / 100 and flags from ``flag_at`` (0.5 or 1) up. Unset,
+the named strictness decides it (strict and moderate 0.5, as the authors count it; loose
+1); a numeric or calibrated strictness is FlexGuard's and leaves ReasoningShield at 0.5.
 
 A guard error is not a verdict: under ``on_guard_error = "block"`` (fail-closed, the
 default) the stage fails (HTTP 503 ``guard_unavailable``, or that error event
@@ -16,7 +17,7 @@ from typing import Literal
 
 import msgspec
 
-from guards import GuardError, Stage, Verdict
+from guards import GuardError, Stage, Verdict, judgment_to_risk_score
 
 from ._config import Action, PolicyConfig
 
@@ -59,13 +60,11 @@ def stage_action(stage: Stage, policy: PolicyConfig) -> Action:
     return policy.reasoning.action if stage == "reasoning" else policy.answer.action
 
 
-# Named strictness -> the lowest ReasoningShield risk (judgment x 100) that is flagged.
-_REASONINGSHIELD_THRESHOLDS = {"strict": 50, "moderate": 100, "loose": 100}
-
-
 def threshold_for(guard: str, policy: PolicyConfig) -> int:
-    if guard == "reasoningshield" and isinstance(policy.strictness, str):
-        return _REASONINGSHIELD_THRESHOLDS[policy.strictness]
+    """The lowest risk score that flags this guard's verdicts (ReasoningShield's judgment
+    cut on the 0-100 scale of its verdicts)."""
+    if guard == "reasoningshield":
+        return judgment_to_risk_score(policy.reasoning_flag_at)
     return policy.threshold
 
 

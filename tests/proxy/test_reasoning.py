@@ -153,10 +153,26 @@ def test_at_most_one_reasoning_check_in_flight(make_proxy, guard):
     assert 2 <= len(guard.requests) < 20
 
 
-@pytest.mark.parametrize(("strictness", "flagged"), [('"strict"', True), ('"moderate"', False), ('"loose"', False), ("50", True), ("51", False)])
-def test_potentially_harmful_reasoning_by_strictness(make_proxy, strictness, flagged):
+@pytest.mark.parametrize(
+    ("policy", "flagged"),
+    [
+        # The authors count 0.5 as harmful: strict and moderate flag it, loose does not.
+        ('strictness = "strict"', True),
+        ('strictness = "moderate"', True),
+        ('strictness = "loose"', False),
+        # A number is FlexGuard's threshold: ReasoningShield stays at 0.5, wherever it is.
+        ("strictness = 10", True),
+        ("strictness = 90", True),
+        # Its own setting decides, whatever the strictness.
+        ('strictness = "strict"\n[policy.reasoning]\nflag_at = 1', False),
+        ('strictness = "loose"\n[policy.reasoning]\nflag_at = 0.5', True),
+    ],
+)
+def test_potentially_harmful_reasoning_by_strictness(make_proxy, policy, flagged):
     # The scripted ReasoningShield judges "MAYBE" 0.5 (risk 50).
-    proxy = make_proxy(f"[policy]\nstrictness = {strictness}\n[policy.reasoning]\ncheck_every_tokens = 1")
+    config = f"[policy]\n{policy}\n"
+    config += "check_every_tokens = 1" if "[policy.reasoning]" in policy else "[policy.reasoning]\ncheck_every_tokens = 1"
+    proxy = make_proxy(config)
     completion = proxy.client.chat.completions.create(
         model="m", messages=BENIGN, extra_body={"x_script": _script("reasoning", [" a", " MAYBE", " b"])}
     )

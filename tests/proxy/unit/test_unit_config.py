@@ -47,6 +47,9 @@ EXAMPLE = Path(__file__).resolve().parents[3] / "config.example.toml"
         ("[guards.flexguard]\nenabled = false", ["`guards.flexguard`"]),
         ("[guards.reasoningshield]\nenabled = false", ["`guards.reasoningshield`"]),
         ("[server]\nport = [", ["not valid TOML"]),
+        ("[policy.reasoning]\nflag_at = 0.7", ["`flag_at`", "0.5 or 1", "`policy.reasoning`"]),
+        ("[policy.reasoning]\nflag_at = 0", ["`flag_at`", "`policy.reasoning`"]),
+        ('[policy.reasoning]\nflag_at = "1"', ["`policy.reasoning.flag_at`"]),
     ],
 )
 def test_parse_config_error_names_the_key(toml: str, names: list[str]) -> None:
@@ -64,6 +67,36 @@ def test_disabled_guard_without_model_is_fine_when_its_stages_are_off() -> None:
         "[policy.reasoning]\nenabled = false\n[guards.reasoningshield]\nenabled = false\nmodel = ''\n"
     )
     assert not config.guards.reasoningshield.enabled
+
+
+@pytest.mark.parametrize(
+    ("toml", "flag_at"),
+    [
+        ("", 0.5),  # moderate
+        ('[policy]\nstrictness = "strict"', 0.5),
+        ('[policy]\nstrictness = "loose"', 1.0),
+        ("[policy]\nstrictness = 73", 0.5),  # a number is FlexGuard's: the authors' 0.5
+        ("[policy]\nstrictness = 5", 0.5),
+        ('[policy]\nstrictness = "loose"\n[policy.reasoning]\nflag_at = 0.5', 0.5),
+        ("[policy]\nstrictness = 10\n[policy.reasoning]\nflag_at = 1", 1.0),
+    ],
+)
+def test_reasoning_flag_at_is_read_or_derived(toml: str, flag_at: float) -> None:
+    assert parse_config(toml).policy.reasoning_flag_at == flag_at
+
+
+def test_reasoning_flag_at_per_tenant() -> None:
+    config = parse_config(
+        '[policy]\nstrictness = 55\n'
+        '[[tenants]]\nname = "a"\nkey_sha256 = "' + "a" * 64 + '"\n'
+        "[tenants.policy.reasoning]\nflag_at = 1\n"
+        '[[tenants]]\nname = "b"\nkey_sha256 = "' + "b" * 64 + '"\n'
+        '[tenants.policy]\nstrictness = "loose"\n'
+    )
+    a, b = config.tenants
+    assert config.policy.reasoning_flag_at == 0.5
+    assert (a.policy.threshold, a.policy.reasoning_flag_at) == (55, 1.0)
+    assert (b.policy.threshold, b.policy.reasoning_flag_at) == (60, 1.0)
 
 
 def test_empty_config_is_the_default() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from guards import GuardBackendError, GuardTimeout, Verdict, VerdictParseError
+from proxy._auth import Principal, request_policy
 from proxy._config import AnswerStage, PolicyConfig, PromptStage, ReasoningStage
 from proxy._policy import Decision, decide, decide_error, stage_action, threshold_for
 
@@ -38,25 +39,46 @@ def test_flagged_when_score_reaches_threshold(strictness: str | int, score: int,
     assert d.threshold == policy.threshold
 
 
+def _judgments_flagged(policy: PolicyConfig, stage: str = "reasoning") -> list[float]:
+    return [
+        judgment
+        for judgment, risk in ((0, 0), (0.5, 50), (1, 100))
+        if decide(stage, (v(risk, guard="reasoningshield", stage=stage),), policy).flagged
+    ]
+
+
 @pytest.mark.parametrize(
     ("strictness", "judgments_flagged"),
-    [("strict", [50, 100]), ("moderate", [100]), ("loose", [100]), (40, [50, 100]), (60, [100]), (0, [0, 50, 100])],
+    [
+        # The authors count 0.5 as harmful: strict and moderate flag it, loose only 1.
+        ("strict", [0.5, 1]),
+        ("moderate", [0.5, 1]),
+        ("loose", [1]),
+        # A number (calibrated, say) is FlexGuard's threshold: ReasoningShield stays at 0.5.
+        (0, [0.5, 1]),
+        (40, [0.5, 1]),
+        (60, [0.5, 1]),
+        (100, [0.5, 1]),
+    ],
 )
-def test_reasoningshield_judgment_levels(strictness: str | int, judgments_flagged: list[int]) -> None:
-    # config.example.toml: Judgment 0 / 0.5 / 1 counts as risk 0 / 50 / 100; strict flags
-    # 0.5 and 1, moderate and loose flag 1; a number applies to the 0 / 50 / 100 scale.
-    policy = PolicyConfig(strictness=strictness)
-    flagged = [
-        risk
-        for risk in (0, 50, 100)
-        if decide("reasoning", (v(risk, guard="reasoningshield", stage="reasoning"),), policy).flagged
-    ]
-    assert flagged == judgments_flagged
+def test_reasoningshield_judgment_levels(strictness: str | int, judgments_flagged: list[float]) -> None:
+    assert _judgments_flagged(PolicyConfig(strictness=strictness)) == judgments_flagged
+
+
+@pytest.mark.parametrize("strictness", ["strict", "moderate", "loose", 0, 35, 100])
+@pytest.mark.parametrize(("flag_at", "judgments_flagged"), [(0.5, [0.5, 1]), (1.0, [1])])
+def test_reasoningshield_flag_at_overrides_the_strictness(
+    strictness: str | int, flag_at: float, judgments_flagged: list[float]
+) -> None:
+    policy = PolicyConfig(strictness=strictness, reasoning=ReasoningStage(flag_at=flag_at))
+    assert _judgments_flagged(policy) == judgments_flagged
+    assert _judgments_flagged(policy, stage="answer") == judgments_flagged  # screen_answer
+    assert threshold_for("flexguard", policy) == policy.threshold  # FlexGuard unmoved
 
 
 @pytest.mark.parametrize(
     ("strictness", "flexguard", "reasoningshield"),
-    [("strict", 20, 50), ("moderate", 40, 100), ("loose", 60, 100), (35, 35, 35)],
+    [("strict", 20, 50), ("moderate", 40, 50), ("loose", 60, 100), (35, 35, 50), (80, 80, 50)],
 )
 def test_threshold_for_each_guard(strictness: str | int, flexguard: int, reasoningshield: int) -> None:
     policy = PolicyConfig(strictness=strictness)
@@ -69,11 +91,34 @@ def test_threshold_for_each_guard(strictness: str | int, flexguard: int, reasoni
 
 def test_answer_stage_applies_each_guards_threshold() -> None:
     # With reasoning.screen_answer, the answer has FlexGuard and ReasoningShield verdicts.
-    policy = PolicyConfig(strictness="moderate")
+    policy = PolicyConfig(strictness="loose")
     rs_half = v(50, guard="reasoningshield")
-    assert not decide("answer", (v(39), rs_half), policy).flagged
-    assert decide("answer", (v(40), rs_half), policy).flagged
+    assert not decide("answer", (v(59), rs_half), policy).flagged
+    assert decide("answer", (v(60), rs_half), policy).flagged
     assert decide("answer", (v(0), v(100, guard="reasoningshield")), policy).flagged
+    assert decide("answer", (v(0), rs_half), PolicyConfig(strictness="moderate")).flagged
+
+
+@pytest.mark.parametrize(
+    ("key", "header", "allow_loosen", "flag_at"),
+    [
+        (70, "loose", False, 0.5),  # stricter for FlexGuard (60), not looser for ReasoningShield
+        (70, "loose", True, 1.0),  # the key may loosen
+        ("loose", "strict", False, 0.5),  # stricter on both scales
+        ("loose", "30", False, 0.5),  # a number means the authors' 0.5, as in the config
+        ("moderate", "strict", False, 0.5),
+    ],
+)
+def test_strictness_header_never_loosens_reasoningshield(
+    key: str | int, header: str, allow_loosen: bool, flag_at: float
+) -> None:
+    policy = request_policy(Principal("t", PolicyConfig(strictness=key), allow_loosen), header)
+    assert policy.reasoning_flag_at == flag_at
+
+
+def test_strictness_header_leaves_an_explicit_flag_at() -> None:
+    key = PolicyConfig(strictness="loose", reasoning=ReasoningStage(flag_at=1))
+    assert request_policy(Principal("t", key), "strict").reasoning_flag_at == 1
 
 
 def test_any_verdict_over_threshold_flags() -> None:
