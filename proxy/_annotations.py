@@ -2,8 +2,24 @@
 
 Azure OpenAI annotates ``prompt_filter_results`` and ``choices[].content_filter_results``;
 clients that know Azure read them, and the OpenAI SDK keeps them as extra fields. Each
-FlexGuard category appears under an Azure-like key, and a ``guardproxy`` entry carries
-the full decision per stage. The README documents the shape.
+FlexGuard category appears under the key ``/v1/moderations`` uses for it (``_categories``:
+VIO violence, ILG illicit, SEX sexual, INF privacy, DIS hate and harassment, MIS
+misinformation, JAIL jailbreak), ReasoningShield's verdict under ``harmful_reasoning``,
+and a flag that names no category under ``unsafe``; each entry is
+``{"filtered", "detected", "severity"}``. A ``guardproxy`` entry carries the full decision
+per stage. The README documents the shape.
+
+Severity, Azure's safe / low / medium / high, comes from the risk score, cut where the
+named strictnesses cut:
+
+    risk score   0-19    20-39   40-59    60-100
+    severity     safe    low     medium   high
+
+so a severity says which strictnesses flag the text (low: strict only; medium: strict
+and moderate; high: all three), as Azure's says which filter levels block it (a filter
+set to "low" blocks low and above). ReasoningShield's Judgment 0.5 and 1 (risk 50 and
+100) read medium and high. An entry's severity is the highest among the verdicts that
+named its key.
 """
 
 from __future__ import annotations
@@ -12,19 +28,18 @@ from typing import Any
 
 import msgspec
 
+from ._categories import UNCATEGORISED_KEY, keys_of
+from ._config import STRICTNESS_THRESHOLDS
 from ._policy import Decision
 
-__all__ = ["StageReport", "filter_results", "stage_summary", "decision_headers", "CATEGORY_KEYS"]
+__all__ = ["StageReport", "filter_results", "stage_summary", "decision_headers", "severity"]
 
-CATEGORY_KEYS: dict[str, str] = {
-    "VIO": "violence",
-    "ILG": "illegal",
-    "SEX": "sexual",
-    "INF": "privacy",
-    "DIS": "hate",
-    "MIS": "misinformation",
-    "JAIL": "jailbreak",
-}
+_SEVERITIES = ("safe", "low", "medium", "high")
+_SEVERITY_FLOORS = (
+    (STRICTNESS_THRESHOLDS["loose"], "high"),
+    (STRICTNESS_THRESHOLDS["moderate"], "medium"),
+    (STRICTNESS_THRESHOLDS["strict"], "low"),
+)
 
 
 class StageReport(msgspec.Struct, kw_only=True):
@@ -68,20 +83,34 @@ def stage_summary(report: StageReport) -> dict[str, Any]:
     return out
 
 
+def severity(risk_score: int) -> str:
+    """Azure's severity for a 0-100 risk score (bands in the module docstring)."""
+    return next((name for floor, name in _SEVERITY_FLOORS if risk_score >= floor), "safe")
+
+
 def filter_results(stages: dict[str, StageReport]) -> dict[str, Any]:
     """``content_filter_results`` for the given stages (prompt, or reasoning and answer)."""
     results: dict[str, Any] = {}
+
+    def detected(key: str, d: Decision, risk_score: int) -> None:
+        entry = results.setdefault(key, {"filtered": False, "detected": True, "severity": "safe"})
+        entry["filtered"] = entry["filtered"] or d.stops
+        entry["severity"] = max(entry["severity"], severity(risk_score), key=_SEVERITIES.index)
+
     for report in stages.values():
         d = report.decision
         if d is None:
             continue
-        for code in d.categories:
-            key = CATEGORY_KEYS.get(code, code.lower())
-            entry = results.setdefault(key, {"filtered": False, "detected": True})
-            entry["filtered"] = entry["filtered"] or d.stops
-        if any(v.guard == "reasoningshield" and v.risk_score > 0 for v in d.verdicts):
-            entry = results.setdefault("harmful_reasoning", {"filtered": False, "detected": True})
-            entry["filtered"] = entry["filtered"] or d.stops
+        for v in d.verdicts:
+            if v.guard == "reasoningshield":
+                if v.risk_score > 0:
+                    detected("harmful_reasoning", d, v.risk_score)
+            elif v.categories:
+                for key in dict.fromkeys(k for code in v.categories for k in keys_of(code)):
+                    detected(key, d, v.risk_score)
+            elif d.flagged and v.risk_score >= d.threshold:
+                # SAFE, but scored at or over the threshold: the flag still needs a key.
+                detected(UNCATEGORISED_KEY, d, v.risk_score)
     results["guardproxy"] = {stage: stage_summary(r) for stage, r in stages.items()}
     return results
 

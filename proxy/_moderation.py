@@ -1,10 +1,10 @@
 """OpenAI moderations backed by FlexGuard: request parsing and the result mapping.
 
-FlexGuard's categories map onto OpenAI's keys where one fits (VIO -> violence,
-ILG -> illicit, SEX -> sexual, DIS -> hate and harassment); INF, MIS and JAIL have no
-OpenAI counterpart and appear under their own keys (privacy, misinformation,
-jailbreak). A named category scores risk_score / 100, the others 0. ``flagged`` follows
-the caller's policy, per-category rules included.
+FlexGuard's categories appear under the keys of ``_categories`` (the annotations use the
+same): OpenAI's where one fits, INF, MIS and JAIL under their own (privacy,
+misinformation, jailbreak). A named category scores risk_score / 100, the others 0; a
+verdict that names none puts its score under ``unsafe``, which is what a flag without a
+category sets. ``flagged`` follows the caller's policy, per-category rules included.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ import msgspec
 
 from guards import Verdict
 
+from ._categories import CATEGORY_KEYS, UNCATEGORISED_KEY, keys_of
 from ._config import PolicyConfig
 from ._policy import flagged
 from ._request import MAX_JSON_DEPTH, decode_body, part_text
 from .exceptions import InvalidRequest
 
-__all__ = ["parse_moderation_inputs", "moderation_result", "moderation_response", "OPENAI_KEYS", "KEYS_OF"]
+__all__ = ["parse_moderation_inputs", "moderation_result", "moderation_response", "OPENAI_KEYS"]
 
 OPENAI_KEYS = (
     "harassment",
@@ -38,16 +39,9 @@ OPENAI_KEYS = (
     "violence",
     "violence/graphic",
 )
-KEYS_OF: dict[str, tuple[str, ...]] = {
-    "VIO": ("violence",),
-    "ILG": ("illicit",),
-    "SEX": ("sexual",),
-    "DIS": ("hate", "harassment"),
-    "INF": ("privacy",),
-    "MIS": ("misinformation",),
-    "JAIL": ("jailbreak",),
-}
-_ALL_KEYS = OPENAI_KEYS + ("privacy", "misinformation", "jailbreak")
+_ALL_KEYS = tuple(
+    dict.fromkeys([*OPENAI_KEYS, *(k for keys in CATEGORY_KEYS.values() for k in keys), UNCATEGORISED_KEY])
+)
 
 def parse_moderation_inputs(raw: bytes, max_inputs: int = 64, max_depth: int = MAX_JSON_DEPTH) -> tuple[list[str], str]:
     """The texts to classify and the model name to report; at most ``max_inputs``."""
@@ -81,11 +75,15 @@ def moderation_result(verdict: Verdict, policy: PolicyConfig) -> dict[str, Any]:
     scores = dict.fromkeys(_ALL_KEYS, 0.0)
     for code in verdict.categories:
         alone = msgspec.structs.replace(verdict, categories=(code,))
-        for key in KEYS_OF.get(code, (code.lower(),)):
+        for key in keys_of(code):
             categories[key] = categories.get(key, False) or flagged(alone, policy)
             scores[key] = max(scores.get(key, 0.0), verdict.risk_score / 100)
+    is_flagged = flagged(verdict, policy)
+    if not verdict.categories:
+        categories[UNCATEGORISED_KEY] = is_flagged
+        scores[UNCATEGORISED_KEY] = verdict.risk_score / 100
     return {
-        "flagged": flagged(verdict, policy),
+        "flagged": is_flagged,
         "categories": categories,
         "category_scores": scores,
         "category_applied_input_types": {key: ["text"] for key in categories},

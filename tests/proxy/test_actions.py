@@ -45,8 +45,8 @@ def test_prompt_flag_passes_with_annotations(make_proxy):
     assert raw.headers["x-guardproxy-prompt"] == "flag"
     assert raw.headers["x-guardproxy-prompt-categories"] == "VIO,ILG"
     results = completion.model_extra["prompt_filter_results"][0]["content_filter_results"]
-    assert results["violence"] == {"filtered": False, "detected": True}
-    assert results["illegal"] == {"filtered": False, "detected": True}
+    assert results["violence"] == {"filtered": False, "detected": True, "severity": "high"}
+    assert results["illicit"] == {"filtered": False, "detected": True, "severity": "high"}
     summary = results["guardproxy"]["prompt"]
     assert (summary["action"], summary["flagged"], summary["risk_score"], summary["threshold"]) == ("flag", True, 90, 40)
     assert summary["categories"] == ["VIO", "ILG"]

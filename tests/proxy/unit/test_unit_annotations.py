@@ -9,7 +9,8 @@ import msgspec
 import pytest
 
 from guards import GuardTimeout, Verdict
-from proxy._annotations import CATEGORY_KEYS, StageReport, decision_headers, filter_results, stage_summary
+from proxy._annotations import StageReport, decision_headers, filter_results, severity, stage_summary
+from proxy._categories import CATEGORY_KEYS
 from proxy._chunks import CompletionBuilder, ResponseIds, content_filter_chunks, guardproxy_summary, prompt_annotation_chunk
 from proxy._config import PolicyConfig
 from proxy._policy import Decision, decide, decide_error
@@ -31,38 +32,96 @@ def report(d: Decision | None, **kw: Any) -> StageReport:
 # --- filter_results ---
 
 
+HIT = {"filtered": True, "detected": True, "severity": "high"}
+
+
 @pytest.mark.parametrize(
-    ("code", "key"),
+    ("code", "keys"),
     [
-        ("VIO", "violence"),
-        ("ILG", "illegal"),
-        ("SEX", "sexual"),
-        ("INF", "privacy"),
-        ("DIS", "hate"),
-        ("MIS", "misinformation"),
-        ("JAIL", "jailbreak"),
+        ("VIO", ("violence",)),
+        ("ILG", ("illicit",)),  # OpenAI's key, as /v1/moderations says it
+        ("SEX", ("sexual",)),
+        ("INF", ("privacy",)),
+        ("DIS", ("hate", "harassment")),
+        ("MIS", ("misinformation",)),
+        ("JAIL", ("jailbreak",)),
     ],
 )
-def test_flexguard_codes_map_to_documented_keys(code: str, key: str) -> None:
-    assert CATEGORY_KEYS[code] == key
+def test_flexguard_codes_map_to_documented_keys(code: str, keys: tuple[str, ...]) -> None:
+    assert CATEGORY_KEYS[code] == keys
     results = filter_results({"answer": report(decision("rewrite", v(90, code)))})
-    assert results[key] == {"filtered": True, "detected": True}
+    assert set(results) == {*keys, "guardproxy"}
+    for key in keys:
+        assert results[key] == HIT
 
 
 def test_category_keys_are_exactly_the_documented_ones() -> None:
     assert set(CATEGORY_KEYS) == {"VIO", "ILG", "SEX", "INF", "DIS", "MIS", "JAIL"}
 
 
+def test_one_naming_for_annotations_and_moderations() -> None:
+    from proxy._moderation import moderation_result
+
+    for code, keys in CATEGORY_KEYS.items():
+        verdict = v(90, code, stage="prompt")
+        moderation = moderation_result(verdict, PolicyConfig())["categories"]
+        annotated = filter_results({"prompt": report(decision("block", verdict, stage="prompt"))})
+        assert {k for k, on in moderation.items() if on} == set(keys) == set(annotated) - {"guardproxy"}
+
+
 def test_unknown_code_is_lowercased() -> None:
     results = filter_results({"answer": report(decision("block", v(90, "XYZ")))})
-    assert results["xyz"] == {"filtered": True, "detected": True}
+    assert results["xyz"] == HIT
+
+
+@pytest.mark.parametrize(
+    ("risk", "expected"),
+    [(0, "safe"), (19, "safe"), (20, "low"), (39, "low"), (40, "medium"), (59, "medium"), (60, "high"), (100, "high")],
+)
+def test_severity_bands_follow_the_strictness_thresholds(risk: int, expected: str) -> None:
+    assert severity(risk) == expected
+    results = filter_results({"answer": report(decision("flag", v(risk, "VIO")))})
+    assert results["violence"]["severity"] == expected
+
+
+def test_severity_is_the_highest_that_named_the_key() -> None:
+    stages = {
+        "reasoning": report(decision("pass", v(25, "VIO", stage="reasoning"), stage="reasoning")),
+        "answer": report(decision("rewrite", v(45, "VIO", "SEX"), v(70, "SEX"))),
+    }
+    results = filter_results(stages)
+    assert (results["violence"]["severity"], results["sexual"]["severity"]) == ("medium", "high")
+
+
+@pytest.mark.parametrize(("judgment_risk", "expected"), [(50, "medium"), (100, "high")])
+def test_reasoningshield_severity(judgment_risk: int, expected: str) -> None:
+    rs = v(judgment_risk, guard="reasoningshield", stage="reasoning")
+    results = filter_results({"reasoning": report(decision("rewrite", rs, stage="reasoning", threshold=50))})
+    assert results["harmful_reasoning"]["severity"] == expected
+
+
+@pytest.mark.parametrize("action", ["block", "rewrite", "flag"])
+def test_flag_without_a_category_sets_unsafe(action: str) -> None:
+    # FlexGuard said SAFE, but its score reached the threshold.
+    results = filter_results({"answer": report(decision(action, v(45), threshold=40))})
+    assert results["unsafe"] == {"filtered": action != "flag", "detected": True, "severity": "medium"}
+    assert set(results) == {"unsafe", "guardproxy"}
+    # Below the threshold (not flagged), nothing is set.
+    assert set(filter_results({"answer": report(decision("pass", v(39), threshold=40))})) == {"guardproxy"}
+
+
+def test_a_flag_with_a_category_sets_no_unsafe() -> None:
+    results = filter_results({"answer": report(decision("rewrite", v(45, "MIS"), threshold=40))})
+    assert set(results) == {"misinformation", "guardproxy"}
 
 
 @pytest.mark.parametrize(("action", "filtered"), [("block", True), ("rewrite", True), ("flag", False), ("pass", False)])
 def test_filtered_only_when_the_decision_stops_content(action: str, filtered: bool) -> None:
-    results = filter_results({"answer": report(decision(action, v(90 if action != "pass" else 10, "VIO", "ILG")))})
-    assert results["violence"] == {"filtered": filtered, "detected": True}
-    assert results["illegal"] == {"filtered": filtered, "detected": True}
+    risk = 90 if action != "pass" else 10
+    results = filter_results({"answer": report(decision(action, v(risk, "VIO", "ILG")))})
+    expected = {"filtered": filtered, "detected": True, "severity": severity(risk)}
+    assert results["violence"] == expected
+    assert results["illicit"] == expected
 
 
 def test_filtered_if_any_stage_stopped_the_category() -> None:
@@ -71,8 +130,8 @@ def test_filtered_if_any_stage_stopped_the_category() -> None:
         "answer": report(decision("rewrite", v(90, "VIO", "SEX"))),
     }
     results = filter_results(stages)
-    assert results["violence"] == {"filtered": True, "detected": True}
-    assert results["sexual"] == {"filtered": True, "detected": True}
+    assert results["violence"] == HIT
+    assert results["sexual"] == HIT
 
 
 def test_filtered_stays_true_when_a_later_stage_only_flags() -> None:
@@ -86,7 +145,7 @@ def test_filtered_stays_true_when_a_later_stage_only_flags() -> None:
 def test_reasoningshield_risk_is_reported_as_harmful_reasoning() -> None:
     rs = v(100, guard="reasoningshield", stage="reasoning")
     results = filter_results({"reasoning": report(decision("rewrite", rs, stage="reasoning"))})
-    assert results["harmful_reasoning"] == {"filtered": True, "detected": True}
+    assert results["harmful_reasoning"] == HIT
     safe = v(0, guard="reasoningshield", stage="reasoning")
     assert "harmful_reasoning" not in filter_results({"reasoning": report(decision("pass", safe, stage="reasoning"))})
 
@@ -354,7 +413,7 @@ def test_content_filter_chunks_rewrite_adds_refusal_per_choice() -> None:
         (1, {"content": "No."}, None),
         (1, {}, "content_filter"),
     ]
-    assert out[1]["choices"][0]["content_filter_results"]["violence"] == {"filtered": True, "detected": True}
+    assert out[1]["choices"][0]["content_filter_results"]["violence"] == HIT
     assert all(c["id"] == "chatcmpl-1" and c["object"] == "chat.completion.chunk" for c in out)
 
 
@@ -371,7 +430,7 @@ def test_prompt_annotation_chunk() -> None:
     assert doc["choices"] == []
     [entry] = doc["prompt_filter_results"]
     assert entry["prompt_index"] == 0
-    assert entry["content_filter_results"]["jailbreak"] == {"filtered": False, "detected": True}
+    assert entry["content_filter_results"]["jailbreak"] == {"filtered": False, "detected": True, "severity": "medium"}
     assert entry["content_filter_results"]["guardproxy"]["prompt"]["action"] == "flag"
 
 
