@@ -15,9 +15,10 @@ GuardName = Literal["flexguard", "reasoningshield"]
 class Verdict(msgspec.Struct, frozen=True, kw_only=True):
     """One guard's judgment on one text.
 
-    ``risk_score`` is on FlexGuard's 0-100 scale for both guards, so that one strictness
-    threshold applies to all stages: ReasoningShield's Judgment 0 / 0.5 / 1 becomes
-    0 / 50 / 100 (``judgment`` keeps the original).
+    ``risk_score`` is on FlexGuard's 0-100 scale for both guards, so that decisions,
+    reports and severities read one scale: ReasoningShield's Judgment 0 / 0.5 / 1 becomes
+    0 / 50 / 100 (``judgment`` keeps the original). Each guard still has its own cut
+    (the proxy's policy: a threshold for FlexGuard, a judgment level for ReasoningShield).
     """
 
     guard: GuardName
