@@ -1,4 +1,4 @@
-"""One structured JSON log line per chat completion, with its decision.
+"""One structured JSON log line per generation request, with its decision.
 
 The line goes to the ``guardproxy.requests`` logger at INFO; ``guardproxy serve`` logs
 messages bare, so each line is one JSON object. What it holds is built here from the
@@ -26,10 +26,12 @@ from ._protocol import encode
 
 if TYPE_CHECKING:
     from ._pipeline import RequestReport
-    from ._request import ChatRequest
+    from .protocols._base import ApiRequest
 
 __all__ = ["RequestLog", "request_record"]
 
+# The event name per API: "chat_completion" as before the other APIs were guarded.
+_EVENTS = {"chat": "chat_completion", "responses": "response", "completions": "completion"}
 _USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
@@ -42,17 +44,18 @@ class RequestLog:
         self,
         *,
         request_id: str,
-        request: ChatRequest,
+        request: ApiRequest,
         report: RequestReport | None,
         outcome: str,
         latency_s: float,
         ttft_s: float | None,
         trace_id: str | None = None,
         error: BaseException | None = None,
+        api: str = "chat",
     ) -> None:
         if not self.logger.isEnabledFor(logging.INFO):
             return
-        record = request_record(request_id, request, report, outcome, latency_s, ttft_s, trace_id, error)
+        record = request_record(request_id, request, report, outcome, latency_s, ttft_s, trace_id, error, api)
         if self.message_text:
             record["prompt_text"] = request.query()
         self.logger.info(encode(record).decode())
@@ -60,16 +63,17 @@ class RequestLog:
 
 def request_record(
     request_id: str,
-    request: ChatRequest,
+    request: ApiRequest,
     report: RequestReport | None,
     outcome: str,
     latency_s: float,
     ttft_s: float | None,
     trace_id: str | None = None,
     error: BaseException | None = None,
+    api: str = "chat",
 ) -> dict[str, Any]:
     record: dict[str, Any] = {
-        "event": "chat_completion",
+        "event": _EVENTS.get(api, api),
         "request_id": request_id,
         "model": request.model,
         "stream": request.stream,

@@ -16,7 +16,6 @@ from ._auth import STRICTNESS_HEADER, Principal, bearer, request_policy
 from ._guardset import GuardOverloadedError, GuardSet, gather_checks
 from ._moderation import moderation_response, moderation_result, parse_moderation_inputs
 from ._pipeline import Exchange
-from ._request import parse_chat_request
 from ._response import GuardedResponse
 from .exceptions import (
     GuardOverloaded,
@@ -26,8 +25,11 @@ from .exceptions import (
     UnsupportedMediaType,
     UpstreamHTTPError,
 )
+from .protocols._base import Adapter
+from .protocols.chat import ChatAdapter
+from .protocols.completions import CompletionsAdapter
 
-__all__ = ["chat_completions", "moderations", "list_models", "healthz", "readyz", "read_body", "ROUTES"]
+__all__ = ["chat_completions", "completions", "moderations", "list_models", "healthz", "readyz", "read_body", "ROUTES"]
 
 logger = logging.getLogger("guardproxy")
 
@@ -68,22 +70,32 @@ def _check_content_type(value: str | None) -> None:
             raise UnsupportedMediaType("Only the UTF-8 charset is supported.")
 
 
-@post("/v1/chat/completions", status_code=200)
-async def chat_completions(request: Request[Any, Any, Any], state: State) -> ASGIApp:
+async def _guarded(request: Request[Any, Any, Any], state: State, adapter: Adapter) -> ASGIApp:
+    """Every generation API: parse with its adapter, then the one pipeline."""
     principal, authorization = _authenticate(request, state)
     policy = request_policy(principal, request.headers.get(STRICTNESS_HEADER))
-    server = state.config.server
-    chat = parse_chat_request(await read_body(request, state), policy.prompt.unscreened_parts, server.max_json_depth)
-    telemetry = state.telemetry.request(chat, request.headers)
+    parsed = adapter.parse(await read_body(request, state), policy, state.config.server)
+    telemetry = state.telemetry.request(parsed, request.headers, adapter.name)
     exchange = Exchange(
-        request=chat,
+        request=parsed,
         policy=policy,
         guards=state.guards,
         upstream=state.upstream,
+        adapter=adapter,
         authorization=authorization,
         telemetry=telemetry,
     )
     return GuardedResponse(exchange, on_done=telemetry.finish, drain=state.drain)
+
+
+@post("/v1/chat/completions", status_code=200)
+async def chat_completions(request: Request[Any, Any, Any], state: State) -> ASGIApp:
+    return await _guarded(request, state, ChatAdapter())
+
+
+@post("/v1/completions", status_code=200)
+async def completions(request: Request[Any, Any, Any], state: State) -> ASGIApp:
+    return await _guarded(request, state, CompletionsAdapter())
 
 
 # One moderation request checks at most this many inputs at once, so that a large batch
@@ -146,4 +158,4 @@ async def readyz(state: State) -> Response[dict[str, object]]:
     return Response({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
 
-ROUTES = [chat_completions, moderations, list_models, healthz, readyz]
+ROUTES = [chat_completions, completions, moderations, list_models, healthz, readyz]

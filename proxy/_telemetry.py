@@ -34,7 +34,7 @@ from ._config import TelemetryConfig
 from ._logging import RequestLog
 from ._metrics import ProxyMetrics
 from ._protocol import encode
-from ._request import ChatRequest, message_text
+from ._request import message_text
 from .exceptions import ConfigError
 
 if TYPE_CHECKING:
@@ -44,11 +44,14 @@ if TYPE_CHECKING:
 
     from ._pipeline import RequestReport
     from ._policy import Decision
+    from .protocols._base import ApiRequest
 
 __all__ = ["Telemetry", "RequestObserver", "RequestTelemetry", "NO_TELEMETRY"]
 
 logger = logging.getLogger("guardproxy")
 
+# gen_ai.operation.name per API (OpenTelemetry GenAI conventions).
+_OPERATIONS = {"chat": "chat", "completions": "text_completion", "responses": "chat"}
 _SPAN_NAMES = {stage: f"guardproxy.{stage}_check" for stage in ("prompt", "reasoning", "answer")}
 _ERROR_OUTCOMES = frozenset({"upstream_error", "error"})
 
@@ -70,11 +73,12 @@ class Telemetry:
     def enabled(self) -> bool:
         return self.tracer is not None or self.metrics is not None or self.log is not None
 
-    def request(self, chat: ChatRequest, headers: Mapping[str, str]) -> RequestObserver:
-        """The observer of one chat request (a shared no-op one when all is off)."""
+    def request(self, chat: ApiRequest, headers: Mapping[str, str], api: str = "chat") -> RequestObserver:
+        """The observer of one generation request (a shared no-op one when all is off);
+        ``api`` names it: "chat", "responses" or "completions"."""
         if not self.enabled:
             return NO_TELEMETRY
-        return RequestTelemetry(self, chat, headers)
+        return RequestTelemetry(self, chat, headers, api)
 
     def shutdown(self) -> None:
         if self.provider is not None:
@@ -128,11 +132,12 @@ NO_TELEMETRY = RequestObserver()
 
 
 class RequestTelemetry(RequestObserver):
-    __slots__ = ("_app", "chat", "request_id", "started", "upstream_at", "ttft_s", "span", "_ctx", "_checks", "_upstream")
+    __slots__ = ("_app", "chat", "api", "request_id", "started", "upstream_at", "ttft_s", "span", "_ctx", "_checks", "_upstream")
 
-    def __init__(self, app: Telemetry, chat: ChatRequest, headers: Mapping[str, str]) -> None:
+    def __init__(self, app: Telemetry, chat: ApiRequest, headers: Mapping[str, str], api: str = "chat") -> None:
         self._app = app
         self.chat = chat
+        self.api = api
         self.request_id = _request_id(headers.get("x-request-id"))
         self.started = time.perf_counter()
         self.upstream_at: float | None = None
@@ -175,11 +180,11 @@ class RequestTelemetry(RequestObserver):
             from opentelemetry.trace import SpanKind
 
             self._upstream = tracer.start_span(
-                f"chat {self.chat.model}",
+                f"{_OPERATIONS[self.api]} {self.chat.model}",
                 context=self._ctx,
                 kind=SpanKind.CLIENT,
                 attributes={
-                    "gen_ai.operation.name": "chat",
+                    "gen_ai.operation.name": _OPERATIONS[self.api],
                     "gen_ai.request.model": self.chat.model,
                     "gen_ai.request.stream": True,  # the proxy always streams from the upstream
                 },
@@ -222,6 +227,7 @@ class RequestTelemetry(RequestObserver):
                 ttft_s=self.ttft_s,
                 trace_id=trace_id,
                 error=error,
+                api=self.api,
             )
 
     # -- spans -----------------------------------------------------------------------
@@ -235,7 +241,8 @@ class RequestTelemetry(RequestObserver):
         parent = TraceContextTextMapPropagator().extract({"traceparent": traceparent}) if traceparent else None
         chat = self.chat
         attributes: dict[str, Any] = {
-            "gen_ai.operation.name": "chat",
+            "gen_ai.operation.name": _OPERATIONS[self.api],
+            "guardproxy.api": self.api,
             "gen_ai.request.model": chat.model,
             "gen_ai.request.stream": chat.stream,
             "guardproxy.request_id": self.request_id,
@@ -327,10 +334,13 @@ def _response_attributes(report: RequestReport, ttft_s: float | None) -> dict[st
     return attributes
 
 
-def _input_messages(chat: ChatRequest) -> str:
+def _input_messages(chat: ApiRequest) -> str:
     """``gen_ai.input.messages`` (only with log_message_text): roles and text parts."""
+    messages = getattr(chat, "messages", None)
+    if not isinstance(messages, list):  # the Responses API and completions: what is screened
+        messages = [{"role": "user", "content": chat.screened_prompt("conversation")}]
     return encode(
-        [{"role": m.get("role"), "parts": [{"type": "text", "content": message_text(m)}]} for m in chat.messages]
+        [{"role": m.get("role"), "parts": [{"type": "text", "content": message_text(m)}]} for m in messages]
     ).decode()
 
 

@@ -67,6 +67,7 @@ async def _send_json(send: Any, status: int, doc: Any) -> None:
 class UpstreamCall:
     body: dict[str, Any]
     headers: dict[str, str]
+    path: str = "/v1/chat/completions"
     sent_tokens: int = 0
     completed: bool = False
     disconnected: bool = False
@@ -88,13 +89,13 @@ class ScriptedUpstream:
         if scope["method"] == "GET" and path.endswith("/models"):
             await _send_json(send, 200, {"object": "list", "data": [{"id": "scripted-model", "object": "model", "owned_by": "tests"}]})
             return
-        if not path.endswith("/chat/completions"):
+        if not path.endswith(("/chat/completions", "/v1/completions")):
             await _send_json(send, 404, {"error": {"message": "not found", "type": "not_found", "code": None}})
             return
         raw = await _read_body(receive)
         body = json.loads(raw)
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
-        call = UpstreamCall(body=body, headers=headers)
+        call = UpstreamCall(body=body, headers=headers, path=path)
         self.calls.append(call)
         script = body.get("x_script") or {}
         if script.get("plain_json"):  # a server that ignores `stream: true`
@@ -141,8 +142,21 @@ class ScriptedUpstream:
             watcher.cancel()
             return
 
+        legacy = not call.path.endswith("/chat/completions")  # POST /v1/completions: text chunks
+        if legacy:
+            base["object"] = "text_completion"
+            base["id"] = "cmpl-scripted"
+            n *= len(body["prompt"]) if isinstance(body.get("prompt"), list) else 1
+            fmt = "think" if reasoning else fmt
+            if reasoning and reasoning[0] != "<think>":
+                reasoning = ["<think>"] + reasoning + ["</think>"]
+
         def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
-            doc = dict(base, choices=[{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}])
+            if legacy:
+                text = delta.get("content") or ""
+                doc = dict(base, choices=[{"index": index, "text": text, "logprobs": None, "finish_reason": finish}])
+            else:
+                doc = dict(base, choices=[{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}])
             return b"data: " + json.dumps(doc).encode() + b"\n\n"
 
         try:
@@ -206,13 +220,15 @@ class GuardServer:
     requests: list[dict[str, Any]] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
+    # What GET /models lists: the model names tests/conftest.py configures.
+    models: tuple[str, ...] = ("flexguard-test", "reasoningshield-test")
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
         if scope["method"] == "GET":
-            await _send_json(send, 200, {"object": "list", "data": [{"id": "guard", "object": "model"}]})
+            await _send_json(send, 200, {"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]})
             return
         body = json.loads(await _read_body(receive))
         self.requests.append(body)

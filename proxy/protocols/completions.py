@@ -1,0 +1,243 @@
+"""Legacy completions (``POST /v1/completions``): the adapter.
+
+The prompt (a string, or a list of strings: one generation each) is screened in prompt
+mode; each choice's ``text`` is its answer, judged against the prompt it continues
+(choice ``i`` of ``n`` per prompt continues prompt ``i // n``). A ``<think>`` block at
+the start of the text is reasoning, as in chat. Prompts given as token ids are refused:
+the guards read text. Streams end with ``data: [DONE]``; a stop ends each unfinished
+choice with ``finish_reason: "content_filter"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .._annotations import StageReport, filter_results
+from .._chunks import ResponseIds
+from .._config import PolicyConfig, ServerConfig
+from .._policy import Decision
+from .._protocol import decode_json, encode
+from .._request import decode_body
+from .._sse import DONE, DONE_EVENT, encode_data
+from ..exceptions import InvalidRequest, UpstreamError
+from ._base import Adapter, JsonBuilder, OutputDelta, ReportView, UpstreamEvent
+from .chat import upstream_error_event
+
+__all__ = ["CompletionsAdapter", "CompletionsRequest"]
+
+
+class _Choice(msgspec.Struct):
+    index: int = 0
+    text: str | None = None
+    finish_reason: str | None = None
+
+
+class _Chunk(msgspec.Struct):
+    id: str = ""
+    created: int = 0
+    model: str = ""
+    choices: list[_Choice] = msgspec.field(default_factory=list)
+    usage: msgspec.Raw = msgspec.Raw()
+    error: msgspec.Raw = msgspec.Raw()
+
+
+_decode = msgspec.json.Decoder(_Chunk).decode
+
+
+def _present(raw: msgspec.Raw) -> bool:
+    return len(raw) > 0 and bytes(raw) != b"null"
+
+
+class CompletionsRequest(msgspec.Struct, kw_only=True):
+    body: dict[str, Any]
+    model: str
+    stream: bool
+    n: int
+    include_usage: bool
+    prompts: list[str]
+    per_prompt: int
+
+    def screened_prompt(self, scope: str) -> str:
+        return "\n\n".join(self.prompts)
+
+    def query(self, index: int = 0) -> str:
+        return self.prompts[min(index // self.per_prompt, len(self.prompts) - 1)]
+
+    def upstream_body(self) -> bytes:
+        body = dict(self.body)
+        body["stream"] = True
+        options = dict(body.get("stream_options") or {})
+        options["include_usage"] = True
+        body["stream_options"] = options
+        return msgspec.json.encode(body)
+
+
+def parse_completions_request(raw: bytes, max_depth: int) -> CompletionsRequest:
+    body = decode_body(raw, max_depth)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("`model` is required and must be a string.", param="model")
+    stream = body.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequest("`stream` must be a boolean.", param="stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise InvalidRequest("`stream_options` must be an object.", param="stream_options")
+    n = body.get("n", 1)
+    n = 1 if n is None else n
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InvalidRequest("`n` must be an integer >= 1.", param="n")
+    prompt = body.get("prompt")
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise InvalidRequest(
+            "`prompt` must be a string or a non-empty array of strings (prompts given as token ids cannot be screened).",
+            param="prompt",
+        )
+    suffix = body.get("suffix")
+    if suffix is not None and not isinstance(suffix, str):
+        raise InvalidRequest("`suffix` must be a string.", param="suffix")
+    if suffix:  # the upstream renders it into the prompt: screen it too
+        prompts = [p + "\n" + suffix for p in prompts]
+    return CompletionsRequest(
+        body=body,
+        model=model,
+        stream=bool(stream),
+        n=n * len(prompts),
+        include_usage=bool(options and options.get("include_usage")),
+        prompts=prompts,
+        per_prompt=n,
+    )
+
+
+class _Builder(JsonBuilder):
+    def __init__(self) -> None:
+        self.texts: dict[int, list[str]] = {}
+        self.finish: dict[int, str | None] = {}
+        self.stopped: dict[int, dict[str, Any]] = {}
+
+    def add(self, event: UpstreamEvent) -> None:
+        if event.doc is None:
+            return
+        for ch in event.doc.choices:
+            self.texts.setdefault(ch.index, [])
+            if ch.text:
+                self.texts[ch.index].append(ch.text)
+            if ch.finish_reason is not None:
+                self.finish[ch.index] = ch.finish_reason
+
+    def stop(self, index: int, refusal: str | None, results: dict[str, Any]) -> None:
+        self.texts.setdefault(index, [])
+        if refusal is not None:
+            self.texts[index].append(refusal)
+        self.finish[index] = "content_filter"
+        self.stopped[index] = results
+
+    def build(self, ids: ResponseIds, usage: Any, extra: dict[str, Any], results: dict[int, dict[str, Any]]) -> bytes:
+        choices = [
+            {
+                "index": i,
+                "text": "".join(self.texts[i]),
+                "logprobs": None,
+                "finish_reason": self.finish.get(i),
+                "content_filter_results": self.stopped.get(i) or results.get(i, {}),
+            }
+            for i in sorted(self.texts)
+        ]
+        doc = {"id": ids.id, "object": "text_completion", "created": ids.created, "model": ids.model, "choices": choices}
+        doc["usage"] = usage
+        doc.update(extra)
+        return encode(doc)
+
+
+class CompletionsAdapter(Adapter):
+    name = "completions"
+    path = "/completions"
+    id_prefix = "cmpl-guardproxy-"
+    end_of_stream = DONE_EVENT
+
+    def parse(self, raw: bytes, policy: PolicyConfig, server: ServerConfig) -> CompletionsRequest:
+        return parse_completions_request(raw, server.max_json_depth)
+
+    def read(self, data: bytes) -> UpstreamEvent:
+        if data.strip() == DONE:
+            return UpstreamEvent(data, done=True)
+        try:
+            chunk = _decode(data)
+        except msgspec.DecodeError as exc:
+            raise UpstreamError("The upstream sent a malformed stream chunk.") from exc
+        if _present(chunk.error):
+            raise upstream_error_event(chunk.error)
+        usage = decode_json(chunk.usage) if _present(chunk.usage) else None
+        return UpstreamEvent(
+            data,
+            doc=chunk,
+            outputs=[OutputDelta(ch.index, "", ch.text or "", "", ch.finish_reason) for ch in chunk.choices],
+            usage=usage,
+            id=chunk.id,
+            model=chunk.model,
+            created=chunk.created,
+            usage_only=not chunk.choices and usage is not None,
+        )
+
+    def render(self, event: UpstreamEvent, hide: dict[int, str] | None, finished: ReportView) -> bytes:
+        if hide is None and not finished:
+            return event.data
+        doc = decode_json(event.data)
+        for ch in doc.get("choices", []):
+            index = ch.get("index", 0)
+            if hide is not None and isinstance(ch.get("text"), str):
+                ch["text"] = hide.get(index, "")
+            if index in finished:
+                ch["content_filter_results"] = filter_results(finished[index])
+        return encode(doc)
+
+    def decode_rendered(self, event: UpstreamEvent, data: bytes) -> UpstreamEvent:
+        if data is event.data:
+            return event
+        return msgspec.structs.replace(event, data=data, doc=_decode(data))
+
+    def _chunk(self, ids: ResponseIds, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        doc = {"id": ids.id, "object": "text_completion", "created": ids.created, "model": ids.model, "choices": choices}
+        doc.update(extra)
+        return encode_data(encode(doc))
+
+    def frame(self, data: bytes, event: UpstreamEvent | None = None) -> bytes:
+        return encode_data(data)
+
+    def opening(self, ids: ResponseIds, prompt: StageReport) -> list[bytes]:
+        if prompt.decision is None:
+            return []
+        results = [{"prompt_index": 0, "content_filter_results": filter_results({"prompt": prompt})}]
+        return [self._chunk(ids, [], prompt_filter_results=results)]
+
+    def stopped(
+        self, ids: ResponseIds, decision: Decision, choices: ReportView, refusal: str | None, prompt: StageReport
+    ) -> list[bytes]:
+        out = []
+        for index, stages in sorted(choices.items()):
+            if refusal is not None:
+                out.append(self._chunk(ids, [{"index": index, "text": refusal, "logprobs": None, "finish_reason": None}]))
+            finish = {
+                "index": index,
+                "text": "",
+                "logprobs": None,
+                "finish_reason": "content_filter",
+                "content_filter_results": filter_results(stages),
+            }
+            out.append(self._chunk(ids, [finish]))
+        return out
+
+    def error_event(self, ids: ResponseIds, error: dict[str, Any]) -> bytes:
+        return encode_data(encode({"error": error}))
+
+    def shutdown_ending(self, ids: ResponseIds, unfinished: list[int]) -> list[bytes]:
+        return [
+            self._chunk(ids, [{"index": i, "text": "", "logprobs": None, "finish_reason": "length"}], guardproxy={"ended_by": "shutdown"})
+            for i in unfinished
+        ]
+
+    def builder(self) -> JsonBuilder:
+        return _Builder()
