@@ -27,6 +27,7 @@ __all__ = [
     "AnswerStage",
     "GuardsConfig",
     "TelemetryConfig",
+    "EndpointsConfig",
     "TenantConfig",
     "CategoryPolicy",
     "threshold_of",
@@ -254,6 +255,29 @@ class GuardsConfig(_Struct):
     reasoningshield: GuardModelConfig = msgspec.field(default_factory=_default_reasoningshield)
 
 
+_PASSTHROUGH_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+class EndpointsConfig(_Struct):
+    """What the proxy serves besides the guarded generation APIs."""
+
+    # Forwarded to the upstream unchanged and NOT screened: "METHOD /v1/path", where a
+    # path segment `{name}` matches any one segment. Batches and files stay off by
+    # default: a batch would run generations past the guards.
+    passthrough: list[str] = msgspec.field(default_factory=lambda: ["POST /v1/embeddings", "GET /v1/models/{id}"])
+    # POST /v1/responses with `background: true`: refused unless allowed, because a
+    # background response runs on after its stream is closed (the proxy cannot stop it).
+    allow_background_responses: bool = False
+
+    def __post_init__(self) -> None:
+        for entry in self.passthrough:
+            method, _, path = entry.partition(" ")
+            if method not in _PASSTHROUGH_METHODS or not path.startswith("/v1/"):
+                raise ValueError(f"`passthrough`: {entry!r} is not \"METHOD /v1/path\" (METHOD one of {', '.join(_PASSTHROUGH_METHODS)})")
+            if path.rstrip("/") in ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/moderations"):
+                raise ValueError(f"`passthrough`: {path} is guarded and cannot be forwarded unscreened")
+
+
 class TelemetryConfig(_Struct):
     # Traces: "none" (the default, no cost), "console" (spans printed as JSON) or "otlp"
     # (OTLP over HTTP to otlp_endpoint; needs `pip install 'guardproxy[otlp]'`).
@@ -293,6 +317,7 @@ class TenantConfig(_Struct):
 class ProxyConfig(_Struct):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     upstream: UpstreamConfig = msgspec.field(default_factory=UpstreamConfig)
+    endpoints: EndpointsConfig = msgspec.field(default_factory=EndpointsConfig)
     policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
     guards: GuardsConfig = msgspec.field(default_factory=GuardsConfig)
     telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)

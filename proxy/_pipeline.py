@@ -543,7 +543,7 @@ class _Relay:
 
     def _render(self, held: _Held) -> Output:
         event = held.event
-        hide = held.answer_pieces if self.policy.reasoning.release == "hidden" and held.needs else None
+        hide = held.answer_pieces if self.policy.reasoning.release == "hidden" else None
         finished = {c.index: c.report.stages() for c, _, _, finish in held.needs if finish}
         adapter = self.ex.adapter
         data = adapter.render(event, hide, finished)

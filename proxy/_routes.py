@@ -6,8 +6,9 @@ import asyncio
 import logging
 from typing import Any
 
-from litestar import MediaType, Request, Response, get, post
+from litestar import MediaType, Request, Response, get, post, route
 from litestar.datastructures import State
+from litestar.params import FromPath
 from litestar.types import ASGIApp
 
 from guards import GuardError, Verdict
@@ -21,6 +22,7 @@ from .exceptions import (
     GuardOverloaded,
     GuardUnavailable,
     InvalidRequest,
+    NotFound,
     RequestTimeout,
     UnsupportedMediaType,
     UpstreamHTTPError,
@@ -28,8 +30,9 @@ from .exceptions import (
 from .protocols._base import Adapter
 from .protocols.chat import ChatAdapter
 from .protocols.completions import CompletionsAdapter
+from .protocols.responses import ResponsesAdapter
 
-__all__ = ["chat_completions", "completions", "moderations", "list_models", "healthz", "readyz", "read_body", "ROUTES"]
+__all__ = ["chat_completions", "completions", "responses", "passthrough", "moderations", "list_models", "healthz", "readyz", "read_body", "ROUTES"]
 
 logger = logging.getLogger("guardproxy")
 
@@ -98,6 +101,50 @@ async def completions(request: Request[Any, Any, Any], state: State) -> ASGIApp:
     return await _guarded(request, state, CompletionsAdapter())
 
 
+@post("/v1/responses", status_code=200)
+async def responses(request: Request[Any, Any, Any], state: State) -> ASGIApp:
+    return await _guarded(request, state, ResponsesAdapter(state.config.endpoints.allow_background_responses))
+
+
+GUARDED = "POST /v1/chat/completions, /v1/responses, /v1/completions and /v1/moderations"
+
+
+@route("/v1/{path:path}", http_method=["GET", "POST", "PUT", "PATCH", "DELETE"])
+async def passthrough(request: Request[Any, Any, Any], state: State, path: FromPath[str]) -> Response[bytes]:
+    """A path the operator listed in ``[endpoints] passthrough``: forwarded unchanged,
+    NOT screened (``x-guardproxy-screened: false`` says so). Anything else is a 404."""
+    full = f"/v1{path}" if path.startswith("/") else f"/v1/{path}"
+    if not _listed(request.method, full, state.config.endpoints.passthrough):
+        listed = ", ".join(state.config.endpoints.passthrough) or "none"
+        raise NotFound(
+            f"{request.method} {full} is not served. Guarded: {GUARDED}; also GET /v1/models. "
+            f"Forwarded unscreened (config [endpoints] passthrough): {listed}."
+        )
+    _, authorization = _authenticate(request, state)
+    body = await read_body(request, state) if request.method in ("POST", "PUT", "PATCH") else None
+    upstream = await state.upstream.forward(
+        request.method, full[3:], body, authorization, request.scope.get("query_string", b"")
+    )
+    if upstream.status_code >= 400:
+        raise UpstreamHTTPError(upstream.status_code, upstream.content, upstream.headers.get("content-type"))
+    return Response(
+        upstream.content,
+        status_code=upstream.status_code,
+        media_type=MediaType.JSON,
+        headers={"content-type": upstream.headers.get("content-type", "application/json"), "x-guardproxy-screened": "false"},
+    )
+
+
+def _listed(method: str, path: str, entries: list[str]) -> bool:
+    parts = path.rstrip("/").split("/")
+    for entry in entries:
+        m, _, pattern = entry.partition(" ")
+        want = pattern.rstrip("/").split("/")
+        if m == method and len(want) == len(parts) and all(w == p or (w.startswith("{") and w.endswith("}") and p) for w, p in zip(want, parts, strict=True)):
+            return True
+    return False
+
+
 # One moderation request checks at most this many inputs at once, so that a large batch
 # shares the guard with other requests instead of taking all of its slots.
 _MODERATION_CONCURRENCY = 8
@@ -158,4 +205,4 @@ async def readyz(state: State) -> Response[dict[str, object]]:
     return Response({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
 
-ROUTES = [chat_completions, completions, moderations, list_models, healthz, readyz]
+ROUTES = [chat_completions, completions, responses, moderations, list_models, healthz, readyz, passthrough]

@@ -183,7 +183,7 @@ class CompletionsAdapter(Adapter):
         )
 
     def render(self, event: UpstreamEvent, hide: dict[int, str] | None, finished: ReportView) -> bytes:
-        if hide is None and not finished:
+        if (hide is None or not event.outputs) and not finished:
             return event.data
         doc = decode_json(event.data)
         for ch in doc.get("choices", []):

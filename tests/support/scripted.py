@@ -86,10 +86,19 @@ class ScriptedUpstream:
             await _lifespan(receive, send)
             return
         path = scope["path"]
+        if scope["method"] == "GET" and "/models/" in path:
+            await _send_json(send, 200, {"id": path.rsplit("/", 1)[1], "object": "model", "owned_by": "tests"})
+            return
+        if path.endswith("/v1/embeddings"):
+            raw = await _read_body(receive)
+            self.calls.append(UpstreamCall(body=json.loads(raw), headers={k.decode(): v.decode() for k, v in scope["headers"]}, path=path))
+            data = [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5, 1.0]}]
+            await _send_json(send, 200, {"object": "list", "data": data, "model": "scripted-embedder", "usage": {"prompt_tokens": 3, "total_tokens": 3}})
+            return
         if scope["method"] == "GET" and path.endswith("/models"):
             await _send_json(send, 200, {"object": "list", "data": [{"id": "scripted-model", "object": "model", "owned_by": "tests"}]})
             return
-        if not path.endswith(("/chat/completions", "/v1/completions")):
+        if not path.endswith(("/chat/completions", "/v1/completions", "/v1/responses")):
             await _send_json(send, 404, {"error": {"message": "not found", "type": "not_found", "code": None}})
             return
         raw = await _read_body(receive)
@@ -110,6 +119,30 @@ class ScriptedUpstream:
             await _send_json(send, script["status"], {"error": {"message": "scripted upstream error", "type": "invalid_request_error", "code": "scripted"}})
             return
         await self._stream(call, script, body, receive, send)
+
+    @staticmethod
+    def _chunks(script: dict[str, Any], n: int, fmt: str, reasoning: list[str], answer: list[str], base: dict[str, Any], chunk: Any) -> list[bytes]:
+        events = [chunk(i, {"role": "assistant", "content": ""}) for i in range(n)]
+        for tok in reasoning:
+            for i in range(n):
+                if fmt == "think":
+                    events.append(chunk(i, {"content": tok}))
+                else:
+                    events.append(chunk(i, {fmt: tok}))
+        for tok in answer:
+            for i in range(n):
+                events.append(chunk(i, {"content": tok}))
+        for j, tool in enumerate(script.get("tool_calls", [])):
+            events.append(chunk(0, {"tool_calls": [{"index": j, "id": f"call_{j}", "type": "function", "function": {"name": tool["name"], "arguments": ""}}]}))
+            for piece in tool["arguments"]:
+                events.append(chunk(0, {"tool_calls": [{"index": j, "function": {"arguments": piece}}]}))
+        finish = script.get("finish_reason", "tool_calls" if script.get("tool_calls") else "stop")
+        for i in range(n):
+            events.append(chunk(i, {}, finish))
+        usage = {"prompt_tokens": 7, "completion_tokens": len(reasoning) + len(answer), "total_tokens": 7 + len(reasoning) + len(answer)}
+        events.append(b"data: " + json.dumps(dict(base, choices=[], usage=usage)).encode() + b"\n\n")
+        events.append(b"data: [DONE]\n\n")
+        return events
 
     async def _stream(self, call: UpstreamCall, script: dict[str, Any], body: dict[str, Any], receive: Any, send: Any) -> None:
         disconnected = asyncio.Event()
@@ -142,7 +175,7 @@ class ScriptedUpstream:
             watcher.cancel()
             return
 
-        legacy = not call.path.endswith("/chat/completions")  # POST /v1/completions: text chunks
+        legacy = call.path.endswith("/v1/completions")  # POST /v1/completions: text chunks
         if legacy:
             base["object"] = "text_completion"
             base["id"] = "cmpl-scripted"
@@ -160,28 +193,7 @@ class ScriptedUpstream:
             return b"data: " + json.dumps(doc).encode() + b"\n\n"
 
         try:
-            events: list[bytes] = []
-            for i in range(n):
-                events.append(chunk(i, {"role": "assistant", "content": ""}))
-            for tok in reasoning:
-                for i in range(n):
-                    if fmt == "think":
-                        events.append(chunk(i, {"content": tok}))
-                    else:
-                        events.append(chunk(i, {fmt: tok}))
-            for tok in answer:
-                for i in range(n):
-                    events.append(chunk(i, {"content": tok}))
-            for j, tool in enumerate(script.get("tool_calls", [])):
-                events.append(chunk(0, {"tool_calls": [{"index": j, "id": f"call_{j}", "type": "function", "function": {"name": tool["name"], "arguments": ""}}]}))
-                for piece in tool["arguments"]:
-                    events.append(chunk(0, {"tool_calls": [{"index": j, "function": {"arguments": piece}}]}))
-            finish = script.get("finish_reason", "tool_calls" if script.get("tool_calls") else "stop")
-            for i in range(n):
-                events.append(chunk(i, {}, finish))
-            usage = {"prompt_tokens": 7, "completion_tokens": len(reasoning) + len(answer), "total_tokens": 7 + len(reasoning) + len(answer)}
-            events.append(b"data: " + json.dumps(dict(base, choices=[], usage=usage)).encode() + b"\n\n")
-            events.append(b"data: [DONE]\n\n")
+            events = _responses_events(script, body) if call.path.endswith("/v1/responses") else self._chunks(script, n, fmt, reasoning, answer, base, chunk)
             for k, event in enumerate(events):
                 if cut_at is not None and k == cut_at:
                     break
@@ -192,7 +204,7 @@ class ScriptedUpstream:
                 if delay:
                     try:
                         await asyncio.wait_for(disconnected.wait(), delay)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
                 if disconnected.is_set():
                     call.disconnected = True
@@ -206,6 +218,74 @@ class ScriptedUpstream:
             if disconnected.is_set():
                 call.disconnected = True
             watcher.cancel()
+
+
+def _responses_events(script: dict[str, Any], body: dict[str, Any]) -> list[bytes]:
+    """A streamed Responses API answer in vLLM's shape (see the recordings under
+    tests/e2e/fixtures/recordings): lifecycle events, a reasoning item, a message item,
+    function-call items, then response.completed with the whole Response."""
+    seq = iter(range(1_000_000))
+    out: list[bytes] = []
+    response = {
+        "id": "resp_scripted", "object": "response", "created_at": 1700000000, "model": body.get("model"),
+        "status": "in_progress", "output": [], "error": None, "incomplete_details": None,
+        "instructions": body.get("instructions"), "metadata": None, "parallel_tool_calls": True, "temperature": 0.0,
+        "tool_choice": "auto", "tools": [], "top_p": 1.0, "usage": None,
+    }
+
+    def emit(doc: dict[str, Any]) -> None:
+        doc = dict(doc, sequence_number=next(seq))
+        out.append(b"event: " + doc["type"].encode() + b"\ndata: " + json.dumps(doc).encode() + b"\n\n")
+
+    emit({"type": "response.created", "response": dict(response)})
+    emit({"type": "response.in_progress", "response": dict(response)})
+    items: list[dict[str, Any]] = []
+    reasoning = list(script.get("reasoning", []))
+    if reasoning:
+        index, rid = len(items), "rs_scripted"
+        emit({"type": "response.output_item.added", "output_index": index, "item": {"type": "reasoning", "id": rid, "summary": [], "status": "in_progress"}})
+        emit({"type": "response.content_part.added", "output_index": index, "item_id": rid, "content_index": 0, "part": {"text": "", "type": "reasoning_text"}})
+        for tok in reasoning:
+            emit({"type": "response.reasoning_text.delta", "item_id": rid, "output_index": index, "content_index": 0, "delta": tok})
+        text = "".join(reasoning)
+        emit({"type": "response.reasoning_text.done", "item_id": rid, "output_index": index, "content_index": 0, "text": text})
+        emit({"type": "response.content_part.done", "item_id": rid, "output_index": index, "content_index": 0, "part": {"text": text, "type": "reasoning_text"}})
+        item = {"type": "reasoning", "id": rid, "summary": [], "content": [{"text": text, "type": "reasoning_text"}], "status": "completed"}
+        emit({"type": "response.output_item.done", "output_index": index, "item": item})
+        items.append(item)
+    answer = list(script.get("answer", ["Hello", " there", "!"]))
+    if answer:
+        index, mid = len(items), "msg_scripted"
+        emit({"type": "response.output_item.added", "output_index": index, "item": {"id": mid, "type": "message", "role": "assistant", "content": [], "status": "in_progress"}})
+        emit({"type": "response.content_part.added", "output_index": index, "item_id": mid, "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}})
+        for tok in answer:
+            emit({"type": "response.output_text.delta", "content_index": 0, "output_index": index, "item_id": mid, "delta": tok, "logprobs": []})
+        text = "".join(answer)
+        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": None}
+        emit({"type": "response.output_text.done", "output_index": index, "content_index": 0, "text": text, "logprobs": [], "item_id": mid})
+        emit({"type": "response.content_part.done", "item_id": mid, "output_index": index, "content_index": 0, "part": part})
+        item = {"id": mid, "type": "message", "role": "assistant", "content": [part], "status": "completed"}
+        emit({"type": "response.output_item.done", "output_index": index, "item": item})
+        items.append(item)
+    for j, tool in enumerate(script.get("tool_calls", [])):
+        index, fid = len(items), f"fc_scripted_{j}"
+        added = {"type": "function_call", "id": fid, "call_id": f"call_{j}", "name": tool["name"], "arguments": "", "status": "in_progress"}
+        emit({"type": "response.output_item.added", "output_index": index, "item": added})
+        for piece in tool["arguments"]:
+            emit({"type": "response.function_call_arguments.delta", "item_id": fid, "output_index": index, "delta": piece})
+        arguments = "".join(tool["arguments"])
+        emit({"type": "response.function_call_arguments.done", "item_id": fid, "output_index": index, "arguments": arguments, "name": tool["name"]})
+        item = dict(added, arguments=arguments, status="completed")
+        emit({"type": "response.output_item.done", "output_index": index, "item": item})
+        items.append(item)
+    status = script.get("status", "completed")
+    usage = {"input_tokens": 7, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": len(reasoning) + len(answer),
+             "output_tokens_details": {"reasoning_tokens": len(reasoning)}, "total_tokens": 7 + len(reasoning) + len(answer)}
+    final = dict(response, status=status, output=items, usage=usage)
+    if status == "incomplete":
+        final["incomplete_details"] = {"reason": "max_output_tokens"}
+    emit({"type": "response.completed", "response": final})
+    return out
 
 
 _SLOT = re.compile(r"\[User\]: (?P<user>.*?)(?:\n\[Assistant\]: (?P<assistant>.*))?\Z", re.S)

@@ -1,0 +1,417 @@
+"""The Responses API (``POST /v1/responses``): the adapter.
+
+Request: ``input`` (a string, or items: messages with ``input_text`` / ``output_text``
+parts, ``function_call`` and ``function_call_output`` items, earlier ``reasoning``) and
+``instructions`` (the system prompt). The query the guards judge answers against is the
+last user input. ``background: true`` is refused unless ``[endpoints]
+allow_background_responses``: a background response cannot be stopped by closing a
+stream. ``previous_response_id`` and ``item_reference`` items pass: what they refer to
+is screened only if it passed through this proxy (the README says so).
+
+Upstream events (vLLM, ``event: <type>`` then ``data:`` with the same ``type``; no
+``[DONE]``): reasoning arrives as ``response.reasoning_text.delta`` (vLLM) or
+``response.reasoning_summary_text.delta`` (OpenAI); the answer as
+``response.output_text.delta`` and ``response.refusal.delta``; tool calls as an
+``output_item.added`` of a ``function_call`` (its name) and
+``response.function_call_arguments.delta``; any other ``*.delta`` with a string
+``delta`` is model output too and is screened with the answer. The one Response is
+output 0, and it finishes at ``response.completed`` (or an upstream ``incomplete``);
+``response.failed`` and ``error`` events are upstream errors.
+
+A stop ends the stream the way the API says a response was cut: for ``rewrite`` a new
+message item whose text is the refusal, then ``response.incomplete`` (status
+"incomplete", ``incomplete_details.reason`` "content_filter") whose ``output`` holds
+what the client saw. Every event the proxy writes continues the upstream's
+``sequence_number``. The per-stage decision rides on the final Response object as
+``guardproxy`` (and ``content_filter_results``), as for chat.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import uuid
+from typing import Any
+
+import msgspec
+
+from .._annotations import StageReport, filter_results, stage_summary
+from .._chunks import ResponseIds
+from .._config import PolicyConfig, ServerConfig
+from .._policy import Decision
+from .._protocol import decode_json, encode
+from .._request import check_content, decode_body, message_text, part_text
+from ..exceptions import InvalidRequest, UpstreamError
+from ._base import Adapter, JsonBuilder, OutputDelta, ReportView, UpstreamEvent
+
+__all__ = ["ResponsesAdapter", "ResponsesRequest"]
+
+_REASONING_DELTAS = frozenset({"response.reasoning_text.delta", "response.reasoning_summary_text.delta"})
+_REASONING_EVENTS = _REASONING_DELTAS | {
+    "response.reasoning_text.done",
+    "response.reasoning_summary_text.done",
+    "response.reasoning_summary_part.added",
+    "response.reasoning_summary_part.done",
+}
+_TERMINAL = frozenset({"response.completed", "response.incomplete"})
+_LIFECYCLE = frozenset({"response.created", "response.in_progress", "response.queued"})
+
+
+class ResponsesRequest(msgspec.Struct, kw_only=True):
+    body: dict[str, Any]
+    model: str
+    stream: bool
+    n: int = 1
+    include_usage: bool = False
+    # (role, text) per input item, in order; "system" for instructions, "tool" for tool output.
+    turns: list[tuple[str, str]]
+
+    def screened_prompt(self, scope: str) -> str:
+        if scope == "last_user":
+            return self.query()
+        return "\n".join(f"{role}: {text}" for role, text in self.turns if text)
+
+    def query(self, index: int = 0) -> str:
+        for role, text in reversed(self.turns):
+            if role == "user":
+                return text
+        return self.turns[-1][1] if self.turns else ""
+
+    def upstream_body(self) -> bytes:
+        body = dict(self.body)
+        body["stream"] = True
+        return msgspec.json.encode(body)
+
+
+def parse_responses_request(raw: bytes, policy: PolicyConfig, server: ServerConfig, allow_background: bool) -> ResponsesRequest:
+    body = decode_body(raw, server.max_json_depth)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("`model` is required and must be a string.", param="model")
+    stream = body.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequest("`stream` must be a boolean.", param="stream")
+    if body.get("background") and not allow_background:
+        raise InvalidRequest(
+            "`background: true` is refused: a background response runs on after the stream closes, so the "
+            "proxy could not stop it (the operator may allow it: [endpoints] allow_background_responses).",
+            param="background",
+        )
+    turns: list[tuple[str, str]] = []
+    instructions = body.get("instructions")
+    if instructions is not None:
+        if not isinstance(instructions, str):
+            raise InvalidRequest("`instructions` must be a string.", param="instructions")
+        turns.append(("system", instructions))
+    value = body.get("input")
+    if isinstance(value, str):
+        turns.append(("user", value))
+    elif isinstance(value, list) and value:
+        for i, item in enumerate(value):
+            turns.append(_item_turn(item, f"input[{i}]", policy.prompt.unscreened_parts))
+    else:
+        raise InvalidRequest("`input` must be a string or a non-empty array of items.", param="input")
+    return ResponsesRequest(body=body, model=model, stream=bool(stream), turns=turns)
+
+
+def _item_turn(item: Any, param: str, unscreened: list[str]) -> tuple[str, str]:
+    """(role, text) of one input item; an item the guards cannot read is refused."""
+    if not isinstance(item, dict):
+        raise InvalidRequest(f"`{param}` must be an object.", param=param)
+    kind = item.get("type", "message")
+    if kind == "message":
+        role = item.get("role")
+        if not isinstance(role, str):
+            raise InvalidRequest(f"`{param}.role` is required and must be a string.", param=f"{param}.role")
+        check_content(item.get("content"), f"{param}.content", unscreened)
+        return ("user" if role == "user" else "system" if role in ("system", "developer") else role), message_text(item)
+    if kind == "function_call_output":
+        output = item.get("output")
+        if isinstance(output, list):
+            check_content(output, f"{param}.output", unscreened)
+            return "tool", message_text({"content": output})
+        if not isinstance(output, str):
+            raise InvalidRequest(f"`{param}.output` must be a string or an array of parts.", param=f"{param}.output")
+        return "tool", output
+    if kind == "function_call":
+        name, arguments = item.get("name"), item.get("arguments")
+        if not isinstance(name, str) or not isinstance(arguments, str):
+            raise InvalidRequest(f"`{param}` needs string `name` and `arguments`.", param=param)
+        return "assistant", f"[tool call {name}] {arguments}"
+    if kind == "reasoning":
+        texts = [t for key in ("summary", "content") for p in item.get(key) or [] if isinstance(p, dict) and (t := part_text(p))]
+        return "assistant", "\n".join(texts)
+    if kind == "item_reference":
+        return "reference", ""  # stored upstream: screened when it passed through this proxy
+    raise InvalidRequest(f"`{param}` has type {kind!r}, which this proxy cannot screen.", param=param)
+
+
+class _Outputs:
+    """The output items as the client has seen them (released events only): what a
+    ``response.incomplete`` written by the proxy reports, and where its items go."""
+
+    def __init__(self) -> None:
+        self.items: dict[int, dict[str, Any]] = {}
+        self.sequence = -1
+        self.base: dict[str, Any] | None = None  # the upstream's Response object
+        self.final: dict[str, Any] | None = None  # from its terminal event
+
+    def see(self, doc: dict[str, Any]) -> None:
+        kind = doc.get("type", "")
+        seq = doc.get("sequence_number")
+        if isinstance(seq, int):
+            self.sequence = max(self.sequence, seq)
+        index = doc.get("output_index")
+        if kind in _LIFECYCLE and isinstance(doc.get("response"), dict):
+            self.base = doc["response"]
+        elif kind in _TERMINAL and isinstance(doc.get("response"), dict):
+            self.final = doc["response"]
+        elif kind in ("response.output_item.added", "response.output_item.done") and isinstance(index, int):
+            if isinstance(doc.get("item"), dict):
+                self.items[index] = copy.deepcopy(doc["item"])
+        elif isinstance(index, int) and index in self.items:
+            self._apply(self.items[index], kind, doc)
+
+    @staticmethod
+    def _apply(item: dict[str, Any], kind: str, doc: dict[str, Any]) -> None:
+        delta = doc.get("delta")
+        part_index = doc.get("content_index", 0)
+        if kind == "response.content_part.added" and isinstance(doc.get("part"), dict):
+            item.setdefault("content", []).append(copy.deepcopy(doc["part"]))
+        elif kind == "response.output_text.delta" and isinstance(delta, str):
+            parts = item.setdefault("content", [])
+            if isinstance(part_index, int) and part_index < len(parts):
+                parts[part_index]["text"] = parts[part_index].get("text", "") + delta
+        elif kind == "response.function_call_arguments.delta" and isinstance(delta, str):
+            item["arguments"] = item.get("arguments", "") + delta
+
+    @property
+    def next_index(self) -> int:
+        return max(self.items, default=-1) + 1
+
+    def output(self) -> list[dict[str, Any]]:
+        return [self.items[i] for i in sorted(self.items)]
+
+
+class _Builder(JsonBuilder):
+    def __init__(self, adapter: ResponsesAdapter) -> None:
+        self.adapter = adapter
+
+    def add(self, event: UpstreamEvent) -> None:
+        if isinstance(event.doc, dict):
+            self.adapter.outputs.see(event.doc)
+
+    def stop(self, index: int, refusal: str | None, results: dict[str, Any]) -> None:
+        self.adapter.cut(refusal, "content_filter")
+
+    def build(self, ids: ResponseIds, usage: Any, extra: dict[str, Any], results: dict[int, dict[str, Any]]) -> bytes:
+        outputs = self.adapter.outputs
+        response = dict(outputs.final or self.adapter.response_base(ids))
+        summary = extra["guardproxy"]
+        response["guardproxy"] = {"prompt": summary["prompt"], **summary["choices"].get("0", {})}
+        response["content_filter_results"] = results.get(0, {})
+        response["prompt_filter_results"] = extra["prompt_filter_results"]
+        return encode(response)
+
+
+class ResponsesAdapter(Adapter):
+    name = "responses"
+    path = "/responses"
+    id_prefix = "resp_guardproxy_"
+
+    def __init__(self, allow_background: bool = False) -> None:
+        self.allow_background = allow_background
+        self.outputs = _Outputs()
+        self.prompt: StageReport | None = None
+
+    def parse(self, raw: bytes, policy: PolicyConfig, server: ServerConfig) -> ResponsesRequest:
+        return parse_responses_request(raw, policy, server, self.allow_background)
+
+    # -- reading --------------------------------------------------------------------
+
+    def read(self, data: bytes) -> UpstreamEvent:
+        try:
+            doc = decode_json(data)
+        except msgspec.DecodeError as exc:
+            raise UpstreamError("The upstream sent a malformed stream event.") from exc
+        if not isinstance(doc, dict) or not isinstance(doc.get("type"), str):
+            raise UpstreamError("The upstream sent a stream event without a type.")
+        kind = doc["type"]
+        event = UpstreamEvent(data, kind=kind, doc=doc)
+        if kind == "error":
+            raise UpstreamError(f"The upstream failed mid-stream: {str(doc.get('message') or doc.get('code'))[:1000]}")
+        response = doc.get("response") if isinstance(doc.get("response"), dict) else None
+        if kind == "response.failed":
+            error = (response or {}).get("error") or {}
+            raise UpstreamError(f"The upstream's response failed: {str(error.get('message') or error)[:1000]}")
+        if response is not None:
+            event.id = str(response.get("id") or "")
+            event.model = str(response.get("model") or "")
+            created = response.get("created_at")
+            event.created = int(created) if isinstance(created, (int, float)) else 0
+        delta = doc.get("delta")
+        if kind in _REASONING_DELTAS and isinstance(delta, str):
+            event.outputs = [OutputDelta(0, reasoning=delta)]
+        elif kind in ("response.output_text.delta", "response.refusal.delta") and isinstance(delta, str):
+            event.outputs = [OutputDelta(0, content=delta)]
+        elif kind.endswith(".delta") and isinstance(delta, str):
+            event.outputs = [OutputDelta(0, tools=delta)]  # tool-call arguments and the like
+        elif kind == "response.output_item.added" and isinstance(doc.get("item"), dict):
+            item = doc["item"]
+            if item.get("type") == "function_call" and isinstance(item.get("name"), str):
+                event.outputs = [OutputDelta(0, tools=f"\n[tool call {item['name']}] ")]
+        elif kind in _TERMINAL and response is not None:
+            status = response.get("status")
+            details = response.get("incomplete_details") or {}
+            finish = "stop" if status == "completed" else str(details.get("reason") or status or "incomplete")
+            event.outputs = [OutputDelta(0, finish=finish)]
+            event.usage = response.get("usage")
+        return event
+
+    def render(self, event: UpstreamEvent, hide: dict[int, str] | None, finished: ReportView) -> bytes:
+        doc = event.doc
+        if hide is None and not finished:
+            return event.data
+        if hide is not None:
+            if event.kind in _REASONING_EVENTS:
+                return b""
+            doc = copy.deepcopy(doc)
+            if event.kind == "response.output_text.delta":
+                doc["delta"] = hide.get(0, "")
+            for item in _items_of(doc):
+                if item.get("type") == "reasoning":
+                    item["content"], item["summary"] = [], []
+            part = doc.get("part")
+            if isinstance(part, dict) and part.get("type") in ("reasoning_text", "summary_text"):
+                part["text"] = ""
+        if finished and isinstance(doc.get("response"), dict):
+            doc = doc if hide is not None else copy.deepcopy(doc)
+            stages = finished.get(0, {})
+            doc["response"]["content_filter_results"] = filter_results(stages)
+            doc["response"]["guardproxy"] = _summary(self.prompt or StageReport(), stages)
+        return encode(doc)
+
+    def decode_rendered(self, event: UpstreamEvent, data: bytes) -> UpstreamEvent:
+        if data is event.data or not data:
+            return event
+        return msgspec.structs.replace(event, data=data, doc=decode_json(data))
+
+    # -- writing --------------------------------------------------------------------
+
+    def _event(self, doc: dict[str, Any]) -> bytes:
+        self.outputs.sequence += 1
+        doc["sequence_number"] = self.outputs.sequence
+        self.outputs.see(doc)
+        return self.frame(encode(doc), None, doc["type"])
+
+    def frame(self, data: bytes, event: UpstreamEvent | None = None, kind: str = "") -> bytes:
+        if event is not None:
+            kind = event.kind
+            if isinstance(event.doc, dict):
+                self.outputs.see(event.doc)
+        return b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
+
+    def opening(self, ids: ResponseIds, prompt: StageReport) -> list[bytes]:
+        self.prompt = prompt
+        return []
+
+    def response_base(self, ids: ResponseIds) -> dict[str, Any]:
+        """The upstream's Response object, or the proxy's own when it never answered."""
+        if self.outputs.base is not None:
+            return dict(self.outputs.base)
+        return {
+            "id": ids.id,
+            "object": "response",
+            "created_at": ids.created or int(time.time()),
+            "model": ids.model,
+            "status": "in_progress",
+            "output": [],
+            "error": None,
+            "incomplete_details": None,
+            "instructions": None,
+            "metadata": {},
+            "parallel_tool_calls": True,
+            "temperature": None,
+            "tool_choice": "auto",
+            "tools": [],
+            "top_p": None,
+            "usage": None,
+        }
+
+    def cut(self, refusal: str | None, reason: str) -> list[bytes]:
+        """Events that end the response as cut (and the final object for JSON clients)."""
+        out = []
+        if self.outputs.base is None:  # nothing from the upstream yet: a lifecycle of our own
+            base = self.response_base(ResponseIds("", prefix=self.id_prefix))
+            self.outputs.base = base
+            out.append(self._event({"type": "response.created", "response": dict(base)}))
+            out.append(self._event({"type": "response.in_progress", "response": dict(base)}))
+        if refusal is not None:
+            index = self.outputs.next_index
+            item_id = f"msg_guardproxy_{uuid.uuid4().hex}"
+            item = {"id": item_id, "type": "message", "role": "assistant", "status": "in_progress", "content": []}
+            part = {"type": "output_text", "text": "", "annotations": []}
+            at = {"output_index": index, "item_id": item_id}
+            out.append(self._event({"type": "response.output_item.added", "output_index": index, "item": item}))
+            out.append(self._event({"type": "response.content_part.added", **at, "content_index": 0, "part": part}))
+            out.append(self._event({"type": "response.output_text.delta", **at, "content_index": 0, "delta": refusal, "logprobs": []}))
+            out.append(self._event({"type": "response.output_text.done", **at, "content_index": 0, "text": refusal, "logprobs": []}))
+            done_part = dict(part, text=refusal)
+            out.append(self._event({"type": "response.content_part.done", **at, "content_index": 0, "part": done_part}))
+            done_item = dict(item, status="incomplete", content=[done_part])
+            out.append(self._event({"type": "response.output_item.done", "output_index": index, "item": done_item}))
+        response = dict(self.outputs.base or {})
+        response.update(status="incomplete", incomplete_details={"reason": reason}, output=self.outputs.output())
+        out.append(self._event({"type": "response.incomplete", "response": response}))
+        self.outputs.final = response
+        return out
+
+    def stopped(
+        self, ids: ResponseIds, decision: Decision, choices: ReportView, refusal: str | None, prompt: StageReport
+    ) -> list[bytes]:
+        out = self.cut(refusal, "content_filter")
+        final = self.outputs.final or {}
+        stages = choices.get(0, {})
+        final["content_filter_results"] = filter_results(stages)
+        final["guardproxy"] = _summary(prompt, stages)
+        out[-1] = self.frame(encode(_with_sequence("response.incomplete", final, self.outputs.sequence)), None, "response.incomplete")
+        return out
+
+    def error_event(self, ids: ResponseIds, error: dict[str, Any]) -> bytes:
+        out = self._event({"type": "error", "code": error.get("code"), "message": error.get("message"), "param": error.get("param")})
+        if self.outputs.base is not None:
+            failed = dict(self.outputs.base, status="failed", output=self.outputs.output())
+            failed["error"] = {"code": error.get("code"), "message": error.get("message")}
+            out += self._event({"type": "response.failed", "response": failed})
+        return out
+
+    def shutdown_ending(self, ids: ResponseIds, unfinished: list[int]) -> list[bytes]:
+        if not unfinished:
+            return []
+        out = self.cut(None, "max_output_tokens")
+        final = dict(self.outputs.final or {}, guardproxy={"ended_by": "shutdown"})
+        out[-1] = self.frame(encode(_with_sequence("response.incomplete", final, self.outputs.sequence)), None, "response.incomplete")
+        return out
+
+    def builder(self) -> JsonBuilder:
+        return _Builder(self)
+
+
+def _summary(prompt: StageReport, stages: dict[str, StageReport]) -> dict[str, Any]:
+    """The per-stage decision on the Response object: one output, so no choices level."""
+    return {"prompt": stage_summary(prompt), **{name: stage_summary(r) for name, r in stages.items()}}
+
+
+def _with_sequence(kind: str, response: dict[str, Any], sequence: int) -> dict[str, Any]:
+    return {"type": kind, "response": response, "sequence_number": sequence}
+
+
+def _items_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The output items an event carries (its item, or its response's output)."""
+    items = []
+    if isinstance(doc.get("item"), dict):
+        items.append(doc["item"])
+    response = doc.get("response")
+    if isinstance(response, dict) and isinstance(response.get("output"), list):
+        items += [i for i in response["output"] if isinstance(i, dict)]
+    return items
