@@ -100,7 +100,8 @@ def request_policy(principal: Principal, strictness_header: str | None) -> Polic
     if strictness_header is None:
         return policy
     value: int | str = strictness_header.strip().lower()
-    if isinstance(value, str) and value.isdigit():
+    # isascii: str.isdigit accepts "²" and other digits int() refuses.
+    if isinstance(value, str) and value.isascii() and value.isdigit():
         value = int(value)
     try:
         requested = threshold_of(value)

@@ -176,12 +176,13 @@ class _Outputs:
     def _apply(item: dict[str, Any], kind: str, doc: dict[str, Any]) -> None:
         delta = doc.get("delta")
         part_index = doc.get("content_index", 0)
+        # vLLM sends a reasoning item's "content" as null until it is done.
         if kind == "response.content_part.added" and isinstance(doc.get("part"), dict):
-            item.setdefault("content", []).append(copy.deepcopy(doc["part"]))
-        elif kind == "response.output_text.delta" and isinstance(delta, str):
-            parts = item.setdefault("content", [])
-            if isinstance(part_index, int) and part_index < len(parts):
-                parts[part_index]["text"] = parts[part_index].get("text", "") + delta
+            item["content"] = [*(item.get("content") or []), copy.deepcopy(doc["part"])]
+        elif kind in ("response.output_text.delta", "response.reasoning_text.delta") and isinstance(delta, str):
+            parts = item.get("content") or []
+            if isinstance(part_index, int) and part_index < len(parts) and isinstance(parts[part_index], dict):
+                parts[part_index]["text"] = (parts[part_index].get("text") or "") + delta
         elif kind == "response.function_call_arguments.delta" and isinstance(delta, str):
             item["arguments"] = item.get("arguments", "") + delta
 

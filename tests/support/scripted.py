@@ -243,7 +243,8 @@ def _responses_events(script: dict[str, Any], body: dict[str, Any]) -> list[byte
     reasoning = list(script.get("reasoning", []))
     if reasoning:
         index, rid = len(items), "rs_scripted"
-        emit({"type": "response.output_item.added", "output_index": index, "item": {"type": "reasoning", "id": rid, "summary": [], "status": "in_progress"}})
+        added = {"type": "reasoning", "id": rid, "summary": [], "content": None, "encrypted_content": None, "status": "in_progress"}
+        emit({"type": "response.output_item.added", "output_index": index, "item": added})
         emit({"type": "response.content_part.added", "output_index": index, "item_id": rid, "content_index": 0, "part": {"text": "", "type": "reasoning_text"}})
         for tok in reasoning:
             emit({"type": "response.reasoning_text.delta", "item_id": rid, "output_index": index, "content_index": 0, "delta": tok})
@@ -254,6 +255,8 @@ def _responses_events(script: dict[str, Any], body: dict[str, Any]) -> list[byte
         emit({"type": "response.output_item.done", "output_index": index, "item": item})
         items.append(item)
     answer = list(script.get("answer", ["Hello", " there", "!"]))
+    if any(isinstance(i, dict) and i.get("type") == "function_call_output" for i in (body.get("input") if isinstance(body.get("input"), list) else [])):
+        answer = list(script.get("after_tool", answer))
     if answer:
         index, mid = len(items), "msg_scripted"
         emit({"type": "response.output_item.added", "output_index": index, "item": {"id": mid, "type": "message", "role": "assistant", "content": [], "status": "in_progress"}})
@@ -267,7 +270,10 @@ def _responses_events(script: dict[str, Any], body: dict[str, Any]) -> list[byte
         item = {"id": mid, "type": "message", "role": "assistant", "content": [part], "status": "completed"}
         emit({"type": "response.output_item.done", "output_index": index, "item": item})
         items.append(item)
-    for j, tool in enumerate(script.get("tool_calls", [])):
+    # An agent loop: once the input carries the tool's output, the model answers.
+    inputs = body.get("input") if isinstance(body.get("input"), list) else []
+    answered = any(isinstance(i, dict) and i.get("type") == "function_call_output" for i in inputs)
+    for j, tool in enumerate(script.get("tool_calls", []) if not answered else []):
         index, fid = len(items), f"fc_scripted_{j}"
         added = {"type": "function_call", "id": fid, "call_id": f"call_{j}", "name": tool["name"], "arguments": "", "status": "in_progress"}
         emit({"type": "response.output_item.added", "output_index": index, "item": added})

@@ -190,3 +190,12 @@ def test_decision_risk_score_is_the_maximum() -> None:
 def test_decision_categories_are_deduplicated_in_order() -> None:
     d = decide("answer", (v(90, "VIO", "ILG"), v(50, "ILG", "SEX"), v(0)), PolicyConfig())
     assert d.categories == ("VIO", "ILG", "SEX")
+
+
+@pytest.mark.parametrize("header", ["²", "¹³", "٣", "12x", ""])
+def test_a_strictness_header_that_is_no_ascii_number_is_a_400(header: str) -> None:
+    from proxy._auth import Principal, request_policy
+    from proxy.exceptions import InvalidRequest
+
+    with pytest.raises(InvalidRequest):
+        request_policy(Principal("default", PolicyConfig()), header)
