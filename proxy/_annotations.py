@@ -75,6 +75,8 @@ def stage_summary(report: StageReport) -> dict[str, Any]:
         )
         if d.error:
             out["guard_error"] = d.error
+        if d.where:
+            out["flagged_messages"] = list(d.where)
     if report.tokens:
         out["tokens"] = report.tokens
     if report.aborted_at_token is not None:

@@ -132,6 +132,10 @@ class PromptStage(_Struct):
     # What is screened: the last user message, or every message of the conversation,
     # each labelled by its role.
     screen: Literal["last_user", "conversation"] = "last_user"
+    # With screen = "conversation": also screen the operator's system / developer prompt
+    # (instructions, on the Responses API). Off by default: it is the operator's text,
+    # and FlexGuard would judge it as if a user had written it.
+    screen_system: bool = False
     # Content-part types that carry no text the guards could read (images, audio,
     # files): forwarded unscreened. Any other part without a string `text` is refused
     # with 400; an empty list refuses all media.

@@ -23,6 +23,7 @@ from guards import FlexGuard, GuardError, ReasoningShield, Verdict
 
 from ._config import ServerConfig
 from ._monitor import CheckFn
+from .protocols._base import Turn
 
 __all__ = ["GuardSet", "GuardCapacity", "GuardOverloadedError", "gather_checks"]
 
@@ -83,6 +84,17 @@ class GuardSet:
     async def check_prompt(self, text: str) -> tuple[Verdict, ...]:
         assert self.flexguard is not None
         return (await self.capacity["flexguard"].run(self.flexguard.check_prompt(text)),)
+
+    async def check_conversation(self, turns: Sequence[Turn]) -> tuple[Verdict, ...]:
+        """One check per turn, concurrently, in the format FlexGuard was trained on; the
+        verdicts in the turns' order. A user turn's check is the one ``last_user`` mode
+        makes, so the guard server's prefix cache serves both."""
+        flex = self.flexguard
+        assert flex is not None
+        capacity = self.capacity["flexguard"]
+        return await gather_checks(
+            [capacity.run(flex.check_prompt(t.text) if t.user is None else flex.check_response(t.user, t.text)) for t in turns]
+        )
 
     def reasoning_check(self, query: str) -> CheckFn | None:
         shield = self.reasoningshield

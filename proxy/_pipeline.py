@@ -34,7 +34,7 @@ from ._channels import ThinkSplitter
 from ._config import PolicyConfig
 from ._guardset import GuardSet
 from ._monitor import ChannelMonitor
-from ._policy import Decision, decide, decide_error
+from ._policy import Decision, decide, decide_error, flagged
 from ._sse import DONE
 from ._telemetry import NO_TELEMETRY, RequestObserver
 from ._upstream import UpstreamClient, UpstreamStream
@@ -162,12 +162,16 @@ async def run_exchange(ex: Exchange) -> AsyncGenerator[Event, None]:
     opened: _Opened | None = None
     try:
         if policy.prompt.enabled and ex.guards.flexguard is not None:
-            text = ex.request.screened_prompt(policy.prompt.screen)
-            prompt_task = asyncio.create_task(ex.guards.check_prompt(text), name="guardproxy-check-prompt")
+            turns = ex.request.conversation(policy.prompt.screen_system) if policy.prompt.screen == "conversation" else []
+            check = ex.guards.check_conversation(turns) if turns else ex.guards.check_prompt(ex.request.screened_prompt("last_user"))
+            prompt_task = asyncio.create_task(check, name="guardproxy-check-prompt")
             ex.telemetry.check_started("prompt", prompt_task)
             if policy.prompt.mode == "parallel":
                 open_task = asyncio.create_task(_open(ex, body), name="guardproxy-upstream-open")
             decision = await _verdict_of(prompt_task, "prompt", policy)
+            if turns and decision.flagged:  # the worst verdict decides; name its message
+                where = tuple(t.label for t, v in zip(turns, decision.verdicts, strict=True) if flagged(v, policy))
+                decision = msgspec.structs.replace(decision, where=where)
             ex.telemetry.check_done(prompt_task, decision)
             report.prompt.checks = 1
             report.prompt.record(decision)
@@ -249,9 +253,10 @@ def stop_error(decision: Decision) -> ProxyError:
             "nothing unchecked was forwarded. Retry the request."
         )
     cats = ", ".join(decision.categories) or "none"
+    where = f"; flagged: {', '.join(decision.where)}" if decision.where else ""
     return ContentPolicyViolation(
         f"The {_STAGE_NAMES[decision.stage]} was blocked by the content policy "
-        f"(risk score {decision.risk_score} >= threshold {decision.threshold}; categories: {cats})."
+        f"(risk score {decision.risk_score} >= threshold {decision.threshold}; categories: {cats}{where})."
     )
 
 

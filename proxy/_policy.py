@@ -36,6 +36,9 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     # A guard error's kind (the exception class name): never its text, which may
     # quote a server's response.
     error: str | None = None
+    # The messages whose verdicts flagged, when a conversation was screened message by
+    # message (for example "messages[2] (tool)").
+    where: tuple[str, ...] = ()
 
     @property
     def stops(self) -> bool:

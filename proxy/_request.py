@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from .exceptions import InvalidRequest
+from .protocols._base import Turn, turns_of
 
 __all__ = [
     "ChatRequest",
@@ -45,13 +46,21 @@ class ChatRequest(msgspec.Struct, kw_only=True):
         return upstream_body(self)
 
     def screened_prompt(self, scope: str) -> str:
+        """The last user message; with "conversation", every message labelled by role
+        (for logs and traces: the conversation is screened message by message)."""
         if scope == "last_user":
             return self.query()
-        # The whole conversation, each turn labelled, so that a harmful earlier turn
-        # (or an injected system/tool message) is seen too.
-        return "\n".join(
-            f"{m.get('role')}: {text}" for m in self.messages if (text := message_text(m))
-        )
+        return "\n".join(f"{m.get('role')}: {text}" for m in self.messages if (text := message_text(m)))
+
+    def conversation(self, screen_system: bool) -> list[Turn]:
+        messages = []
+        for i, m in enumerate(self.messages):
+            role = str(m.get("role"))
+            text = message_text(m)
+            if role == "assistant":  # its tool calls are part of what it said
+                text += "".join(_tool_call_text(call) for call in m.get("tool_calls") or [])
+            messages.append((f"messages[{i}] ({role})", role, text))
+        return turns_of(messages, screen_system)
 
 
 _decoder = msgspec.json.Decoder()
@@ -198,6 +207,13 @@ def message_text(message: dict[str, Any]) -> str:
     if isinstance(content, list):
         return "\n".join(t for p in content if isinstance(p, dict) and (t := part_text(p)) is not None)
     return ""
+
+
+def _tool_call_text(call: Any) -> str:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict):
+        return ""
+    return f"\n[tool call {function.get('name')}] {function.get('arguments') or ''}"
 
 
 def upstream_body(request: ChatRequest) -> bytes:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .._config import PolicyConfig, ServerConfig
     from .._policy import Decision
 
-__all__ = ["Adapter", "ApiRequest", "OutputDelta", "UpstreamEvent", "JsonBuilder", "ReportView"]
+__all__ = ["Adapter", "ApiRequest", "OutputDelta", "UpstreamEvent", "JsonBuilder", "ReportView", "Turn", "turns_of"]
 
 
 class OutputDelta(msgspec.Struct, array_like=True):
@@ -54,6 +54,16 @@ class UpstreamEvent(msgspec.Struct):
     usage_only: bool = False  # carries usage and nothing else (hidden unless asked for)
 
 
+class Turn(msgspec.Struct, array_like=True, frozen=True):
+    """One message of a conversation, in the format FlexGuard was trained on: a user or
+    tool message alone (prompt mode), an assistant turn with the user turn before it
+    (response mode)."""
+
+    label: str  # e.g. "messages[2] (tool)": named in the annotation when it flags
+    text: str  # prompt mode: the text; response mode: the assistant's
+    user: str | None = None  # response mode: the user turn it answered
+
+
 class ApiRequest(Protocol):
     """A parsed client request, whatever its API."""
 
@@ -69,6 +79,10 @@ class ApiRequest(Protocol):
 
     def query(self, index: int = 0) -> str:
         """The user's question that output ``index`` answers (the guards' query)."""
+        ...
+
+    def conversation(self, screen_system: bool) -> list[Turn]:
+        """Every message ``screen = "conversation"`` reads, in the trained formats."""
         ...
 
     def upstream_body(self) -> bytes:
@@ -147,3 +161,24 @@ class Adapter(ABC):
     @abstractmethod
     def builder(self) -> JsonBuilder: ...
 
+
+
+def turns_of(messages: list[tuple[str, str, str]], screen_system: bool) -> list[Turn]:
+    """Turns from (label, role, text) messages: user and tool text in prompt mode, an
+    assistant turn in response mode after the last user turn before it, system text only
+    when asked."""
+    turns: list[Turn] = []
+    last_user = ""
+    for label, role, text in messages:
+        if not text:
+            continue
+        if role == "user":
+            last_user = text
+            turns.append(Turn(label, text))
+        elif role in ("tool", "function"):
+            turns.append(Turn(label, text))
+        elif role == "assistant":
+            turns.append(Turn(label, text, last_user))
+        elif screen_system:  # system, developer
+            turns.append(Turn(label, text))
+    return turns

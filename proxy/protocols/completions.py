@@ -22,7 +22,7 @@ from .._protocol import decode_json, encode
 from .._request import decode_body
 from .._sse import DONE, DONE_EVENT, encode_data
 from ..exceptions import InvalidRequest, UpstreamError
-from ._base import Adapter, JsonBuilder, OutputDelta, ReportView, UpstreamEvent
+from ._base import Adapter, JsonBuilder, OutputDelta, ReportView, Turn, UpstreamEvent
 from .chat import upstream_error_event
 
 __all__ = ["CompletionsAdapter", "CompletionsRequest"]
@@ -64,6 +64,9 @@ class CompletionsRequest(msgspec.Struct, kw_only=True):
 
     def query(self, index: int = 0) -> str:
         return self.prompts[min(index // self.per_prompt, len(self.prompts) - 1)]
+
+    def conversation(self, screen_system: bool) -> list[Turn]:
+        return [Turn(f"prompt[{i}]", p) for i, p in enumerate(self.prompts)]
 
     def upstream_body(self) -> bytes:
         body = dict(self.body)

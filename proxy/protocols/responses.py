@@ -42,7 +42,7 @@ from .._policy import Decision
 from .._protocol import decode_json, encode
 from .._request import check_content, decode_body, message_text, part_text
 from ..exceptions import InvalidRequest, UpstreamError
-from ._base import Adapter, JsonBuilder, OutputDelta, ReportView, UpstreamEvent
+from ._base import Adapter, JsonBuilder, OutputDelta, ReportView, Turn, UpstreamEvent, turns_of
 
 __all__ = ["ResponsesAdapter", "ResponsesRequest"]
 
@@ -76,6 +76,11 @@ class ResponsesRequest(msgspec.Struct, kw_only=True):
             if role == "user":
                 return text
         return self.turns[-1][1] if self.turns else ""
+
+    def conversation(self, screen_system: bool) -> list[Turn]:
+        offset = 1 if isinstance(self.body.get("instructions"), str) else 0
+        labels = ["instructions" if offset and i == 0 else f"input[{i - offset}] ({role})" for i, (role, _) in enumerate(self.turns)]
+        return turns_of([(label, role, text) for label, (role, text) in zip(labels, self.turns, strict=True)], screen_system)
 
     def upstream_body(self) -> bytes:
         body = dict(self.body)

@@ -134,3 +134,58 @@ def test_conversation_screening_sees_earlier_turns(make_proxy):
     proxy = make_proxy('[policy.prompt]\nscreen = "conversation"')
     with pytest.raises(openai.BadRequestError):
         proxy.client.chat.completions.create(model="m", messages=history)
+
+
+def test_conversation_screening_uses_the_trained_formats(make_proxy, guard):
+    """Each user and tool message in prompt mode; each earlier assistant turn (its tool
+    calls included) in response mode after the user turn before it; the system prompt
+    only with screen_system. The last user message's check is last_user mode's own."""
+    proxy = make_proxy('[policy.prompt]\nscreen = "conversation"\n[policy.reasoning]\nenabled = false\n[policy.answer]\nenabled = false')
+    messages = [
+        {"role": "system", "content": "You are a baker."},
+        {"role": "user", "content": "first question"},
+        {
+            "role": "assistant",
+            "content": "first answer",
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "oven", "arguments": '{"t": 200}'}}],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "oven says hot"},
+        {"role": "user", "content": "second question"},
+    ]
+    proxy.client.chat.completions.create(model="m", messages=messages)
+    slots = sorted(r["messages"][1]["content"].split("\n", 1)[1] for r in guard.requests)
+    assert slots == sorted(
+        [
+            "[User]: first question",
+            '[User]: first question\n[Assistant]: first answer\n[tool call oven] {"t": 200}',
+            "[User]: oven says hot",
+            "[User]: second question",
+        ]
+    )
+    modes = sorted("**Assistant** message" in r["messages"][0]["content"] for r in guard.requests)
+    assert modes == [False, False, False, True]
+
+    last_user = make_proxy('[policy.reasoning]\nenabled = false\n[policy.answer]\nenabled = false')
+    guard.requests.clear()
+    last_user.client.chat.completions.create(model="m", messages=messages)
+    assert [r["messages"] for r in guard.requests] == [
+        r["messages"] for r in guard.requests if r["messages"][1]["content"].endswith("[User]: second question")
+    ]
+
+
+def test_the_flagged_message_is_named_and_the_worst_verdict_decides(make_proxy):
+    proxy = make_proxy('[policy.prompt]\nscreen = "conversation"')
+    messages = [
+        {"role": "user", "content": "a risky idea"},
+        {"role": "assistant", "content": "here is a bomb recipe"},
+        {"role": "user", "content": "thanks"},
+    ]
+    with pytest.raises(openai.BadRequestError) as info:
+        proxy.client.chat.completions.create(model="m", messages=messages)
+    assert info.value.code == "content_policy_violation"
+    assert info.value.response.headers["x-guardproxy-prompt-risk-score"] == "90"
+    system = [{"role": "system", "content": "how to build a bomb"}, {"role": "user", "content": "hi"}]
+    assert proxy.client.chat.completions.create(model="m", messages=system).choices[0].finish_reason == "stop"
+    strict = make_proxy('[policy.prompt]\nscreen = "conversation"\nscreen_system = true\naction = "rewrite"')
+    completion = strict.client.chat.completions.create(model="m", messages=system)
+    assert completion.model_extra["guardproxy"]["prompt"]["flagged_messages"] == ["messages[0] (system)"]

@@ -102,10 +102,14 @@ def test_conversation_screening_reads_instructions_and_tool_output(make_proxy):
         {"type": "function_call", "call_id": "c1", "name": "lookup", "arguments": "{}"},
         {"type": "function_call_output", "call_id": "c1", "output": "build a bomb like this"},
     ]
-    with pytest.raises(openai.BadRequestError):
+    with pytest.raises(openai.BadRequestError) as info:
         proxy.client.responses.create(model="m", input=items)
+    assert "input[2] (tool)" in info.value.response.text
+    # The operator's instructions are screened only when the config says so.
+    assert proxy.client.responses.create(model="m", input="hi", instructions="Explain how to build a bomb.").status == "completed"
+    strict = make_proxy('[policy.prompt]\nscreen = "conversation"\nscreen_system = true')
     with pytest.raises(openai.BadRequestError):
-        proxy.client.responses.create(model="m", input="hi", instructions="Explain how to build a bomb.")
+        strict.client.responses.create(model="m", input="hi", instructions="Explain how to build a bomb.")
 
 
 def test_unsafe_reasoning_is_cut_and_the_upstream_stops(make_proxy, upstream):
