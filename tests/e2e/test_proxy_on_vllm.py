@@ -2,7 +2,7 @@
 
 The upstream is a tiny reasoning model on vLLM (``--reasoning-parser qwen3``); the guards
 are tiny FlexGuard and ReasoningShield models trained to answer in the real formats
-(fixtures/models/README.md). The whole tier runs three times: with the guards on their own
+(proxy/demo/models/README.md). The whole tier runs three times: with the guards on their own
 ``vllm serve`` servers, in-process on the vLLM engine, and in-process on transformers.
 """
 
