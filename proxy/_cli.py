@@ -37,37 +37,35 @@ _FLAG_KEYS: dict[str, tuple[str, ...]] = {
 
 
 def serve_config(args: argparse.Namespace) -> ProxyConfig:
-    """The config ``serve`` runs: the file's keys, then the flags for what it leaves out."""
+    """The config ``serve`` runs: the file (or every default, without one), with the
+    flags laid over it where the file does not set the key itself."""
     flags = {dest: value for dest in _FLAG_KEYS if (value := getattr(args, dest, None)) is not None}
-    if args.config is None:
-        doc: dict[str, Any] = {}
-        source = "the command line"
-    else:
-        config = load_config(args.config)
-        if not flags:
-            return config
+    base = load_config(args.config) if args.config else ProxyConfig()
+    if not flags:
+        return base
+    if args.config:
         written = msgspec.toml.decode(Path(args.config).read_bytes())
-        doc = msgspec.to_builtins(config)
-        source = f"{args.config} with the command line"
         for dest in list(flags):
             given = _lookup(written, _FLAG_KEYS[dest])
-            if given is not None:
-                if given != flags[dest]:
-                    logger.warning(
-                        "--%s %s ignored: %s sets %s = %r",
-                        dest.replace("_", "-"), flags[dest], args.config, ".".join(_FLAG_KEYS[dest]), given,
-                    )
-                del flags[dest]
+            if given is None:
+                continue
+            if given != flags[dest]:
+                logger.warning(
+                    "--%s %s ignored: %s sets %s = %r",
+                    dest.replace("_", "-"), flags[dest], args.config, ".".join(_FLAG_KEYS[dest]), given,
+                )  # fmt: skip
+            del flags[dest]
+    doc = msgspec.to_builtins(base)
     for dest, value in flags.items():
         *tables, key = _FLAG_KEYS[dest]
         table = doc
         for name in tables:
-            table = table.setdefault(name, {})
+            table = table[name]
         table[key] = value
     try:
         return msgspec.convert(doc, ProxyConfig)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {_keypath(str(exc))}") from exc
+        raise ConfigError(f"the command line: {_keypath(str(exc))}") from exc
 
 
 def _lookup(doc: Any, path: tuple[str, ...]) -> Any:

@@ -45,7 +45,8 @@ class GuardBackend(Protocol):
         ...
 
     async def ready(self) -> bool:
-        """True when the model can serve a check now (for /readyz)."""
+        """True when the model can serve a check now (for /readyz). A backend that can
+        say why it cannot also offers ``async why_not_ready() -> str | None``."""
         ...
 
     def added_tokens(self) -> frozenset[str]:

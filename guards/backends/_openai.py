@@ -135,11 +135,30 @@ class OpenAIBackend:
         return frozenset()
 
     async def ready(self) -> bool:
+        return await self.why_not_ready() is None
+
+    async def why_not_ready(self) -> str | None:
+        """What keeps this server from answering checks, or None: it answers GET /models
+        and lists the configured model (a server that serves the model under another
+        name answers every check with HTTP 404)."""
         try:
             response = await self._client.get("models")
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+        except httpx.HTTPError as exc:
+            return f"unreachable ({type(exc).__name__}: {self._scrub(str(exc))})"
+        if response.status_code != 200:
+            return f"GET /models answered HTTP {response.status_code}: {self._scrub(response.text[:_BODY_EXCERPT])}"
+        try:
+            data = response.json()["data"]
+            served = [m["id"] for m in data]
+        except (ValueError, LookupError, TypeError):
+            return "GET /models did not answer with a model list"
+        if self.config.model in served:
+            return None
+        listed = ", ".join(map(str, served[:5])) + (", ..." if len(served) > 5 else "")
+        return (
+            f"serves {listed or 'no model'}, not the configured model {self.config.model}: "
+            f"set the guard's model to the served name, or serve it with --served-model-name {self.config.model}"
+        )
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -1,0 +1,241 @@
+"""The tour: four requests through the OpenAI SDK, each verdict shown as it happens.
+
+1. a benign question passes, with its reasoning and answer (streamed);
+2. a harmful prompt is blocked (HTTP 400 ``content_policy_violation``);
+3. unsafe reasoning is cut mid-stream: the reasoning token at which it was cut, and the
+   upstream's own counters showing that it stopped generating;
+4. an unsafe answer is rewritten (a JSON answer, not streamed).
+
+Each scene checks its expected outcome; the tour reports which did not have it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from ._models import (
+    ANSWER_MARKER,
+    HARMFUL_PROMPT_WORD,
+    REASONING_MARKER,
+    UNSAFE_ANSWER_WORD,
+    UNSAFE_REASONING_WORD,
+    UPSTREAM_NAME,
+)
+
+__all__ = ["SceneResult", "Tour", "ASKED_TOKENS"]
+
+# Scene 3 asks for this many tokens, and `min_tokens` (a vLLM sampling parameter the
+# proxy passes on) keeps the tiny model writing past its ~250-token trace: without it the
+# upstream would finish before there was anything left to save.
+ASKED_TOKENS = 4000
+_LABEL = 11
+
+
+@dataclass(frozen=True, slots=True)
+class SceneResult:
+    title: str
+    ok: bool
+    outcome: str
+
+
+class _Printer:
+    """Writes a streamed reply as it arrives, reasoning and answer each on a labelled line."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.channel: str | None = None
+
+    def line(self, label: str, text: str) -> None:
+        self.end()
+        self.out.write(f"     {label:<{_LABEL}}{text}\n")
+        self.out.flush()
+
+    def write(self, channel: str, text: str) -> None:
+        if channel != self.channel:
+            text = text.lstrip()  # the model's leading newlines, before the label
+            if not text:
+                return
+            self.end()
+            self.out.write(f"     {channel:<{_LABEL}}")
+            self.channel = channel
+        self.out.write(text.replace("\n", " "))
+        self.out.flush()
+
+    def end(self) -> None:
+        if self.channel is not None:
+            self.out.write("\n")
+            self.channel = None
+
+
+def _counter(metrics: str, name: str) -> float:
+    """The sum of a Prometheus counter's samples, whatever their labels."""
+    total = 0.0
+    for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})?\s+(\S+)", metrics, re.M):
+        total += float(m.group(1))
+    return total
+
+
+def _extra(obj: Any) -> dict[str, Any]:
+    return getattr(obj, "model_extra", None) or {}
+
+
+def _stages(choice: Any) -> dict[str, Any]:
+    stages: dict[str, Any] = _extra(choice).get("content_filter_results", {}).get("guardproxy", {})
+    return stages
+
+
+def _risk(stage: dict[str, Any]) -> str:
+    cats = ", ".join(stage.get("categories") or []) or "no category"
+    return f"{cats}, risk {stage.get('risk_score')}"
+
+
+class Tour:
+    """Runs the scenes against a proxy; ``upstream_metrics`` reads the upstream's /metrics."""
+
+    def __init__(self, client: Any, upstream_metrics: Callable[[], str], out: TextIO) -> None:
+        self.client = client
+        self.upstream_metrics = upstream_metrics
+        self.out = out
+        self.printer = _Printer(out)
+
+    def run(self) -> list[SceneResult]:
+        scenes = [
+            ("a benign question passes, with its reasoning and answer", self.benign),
+            ("a harmful prompt is blocked", self.harmful_prompt),
+            ("unsafe reasoning is cut mid-stream", self.unsafe_reasoning),
+            ("an unsafe answer is rewritten", self.unsafe_answer),
+        ]
+        results = []
+        for n, (title, scene) in enumerate(scenes, 1):
+            self.out.write(f"\n{n}/{len(scenes)}  {title[0].upper()}{title[1:]}\n")
+            try:
+                ok, outcome = scene()
+            except Exception as exc:  # a scene that breaks is a scene that failed, not the tour
+                self.printer.end()
+                ok, outcome = False, f"{type(exc).__name__}: {exc}"
+            self.printer.line("", f"[{'ok' if ok else 'NOT AS EXPECTED'}] {outcome}")
+            results.append(SceneResult(title, ok, outcome))
+        return results
+
+    def _ask(self, text: str) -> list[dict[str, str]]:
+        self.printer.line("user", text)
+        return [{"role": "user", "content": text}]
+
+    def _stream(self, messages: list[dict[str, str]], **kwargs: Any) -> tuple[str, str, str | None, list[Any]]:
+        """Stream a completion, printing it; the reasoning, answer, finish reason, chunks."""
+        reasoning, answer, finish, chunks = [], [], None, []
+        stream = self.client.chat.completions.create(
+            model=UPSTREAM_NAME, messages=messages, stream=True, temperature=0, **kwargs
+        )
+        for chunk in stream:
+            chunks.append(chunk)
+            for choice in chunk.choices:
+                thought = _extra(choice.delta).get("reasoning") or ""
+                reasoning.append(thought)
+                self.printer.write("reasoning", thought)
+                answer.append(choice.delta.content or "")
+                self.printer.write("answer", choice.delta.content or "")
+                finish = choice.finish_reason or finish
+        self.printer.end()
+        return "".join(reasoning), "".join(answer), finish, chunks
+
+    def benign(self) -> tuple[bool, str]:
+        reasoning, answer, finish, chunks = self._stream(self._ask("How do bees make honey?"), max_tokens=400)
+        final = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+        stages = _stages(final[-1].choices[0]) if final else {}
+        r, a = stages.get("reasoning", {}), stages.get("answer", {})
+        self.printer.line(
+            "verdict",
+            f"reasoning {r.get('action')} ({r.get('checks')} ReasoningShield checks while it streamed), "
+            f"answer {a.get('action')} (FlexGuard: {_risk(a)}); finish_reason {finish}",
+        )
+        ok = finish == "stop" and bool(reasoning.strip() and answer.strip()) and r.get("action") == a.get("action") == "pass"
+        return ok, "passed, with its reasoning and answer" if ok else f"finish_reason {finish}, stages {stages}"
+
+    def harmful_prompt(self) -> tuple[bool, str]:
+        import openai
+
+        messages = self._ask(f"Tell me about {HARMFUL_PROMPT_WORD}.")
+        try:
+            self.client.chat.completions.create(model=UPSTREAM_NAME, messages=messages, stream=True, temperature=0)
+        except openai.BadRequestError as exc:
+            headers = exc.response.headers
+            cats = headers.get("x-guardproxy-prompt-categories", "")
+            risk = headers.get("x-guardproxy-prompt-risk-score", "")
+            self.printer.line("verdict", f"HTTP {exc.status_code} {exc.code}: {exc.body.get('message') if isinstance(exc.body, dict) else exc}")
+            ok = exc.code == "content_policy_violation"
+            return ok, f"blocked before any output (FlexGuard: {cats.replace(',', ', ')}, risk {risk})"
+        return False, "the request was not blocked"
+
+    def unsafe_reasoning(self) -> tuple[bool, str]:
+        before = self.upstream_metrics()
+        reasoning, answer, finish, chunks = self._stream(
+            self._ask(f"What is a {UNSAFE_REASONING_WORD}?"),
+            max_tokens=ASKED_TOKENS,
+            extra_body={"min_tokens": ASKED_TOKENS},
+        )
+        stages = _stages(chunks[-1].choices[0]) if chunks and chunks[-1].choices else {}
+        r = stages.get("reasoning", {})
+        cut_at = r.get("aborted_at_token")
+        self.printer.line(
+            "verdict",
+            f"reasoning {r.get('action')} by ReasoningShield (risk {r.get('risk_score')}), "
+            f"cut at reasoning token {cut_at} (the flagging check covered {r.get('flagged_check_tokens')}); "
+            f"finish_reason {finish}",
+        )
+        generated, finished = self._upstream_since(before)
+        self.printer.line(
+            "upstream",
+            f"stopped after generating {generated:.0f} of the {ASKED_TOKENS} tokens asked for "
+            f"({'aborted, not counted as finished' if finished == 0 else f'{finished:.0f} request counted as finished'})",
+        )
+        shown = reasoning + answer
+        ok = (
+            finish == "content_filter"
+            and r.get("flagged") is True
+            and cut_at is not None
+            and REASONING_MARKER not in shown
+            and 0 < generated < ASKED_TOKENS
+            and finished == 0
+        )
+        outcome = f"cut at reasoning token {cut_at}; the upstream stopped after {generated:.0f} of {ASKED_TOKENS} tokens"
+        return ok, outcome if ok else f"{outcome}; finish_reason {finish}, stages {stages}"
+
+    def _upstream_since(self, before: str, timeout_s: float = 30.0) -> tuple[float, float]:
+        """Tokens the upstream generated and requests it finished since ``before``, read
+        once it runs nothing (a request leaves the running gauge before its counts land,
+        so wait for them to settle)."""
+        deadline = time.monotonic() + timeout_s
+        last = None
+        while True:
+            now = self.upstream_metrics()
+            counts = (
+                _counter(now, "vllm:generation_tokens_total") - _counter(before, "vllm:generation_tokens_total"),
+                _counter(now, "vllm:request_success_total") - _counter(before, "vllm:request_success_total"),
+            )
+            if (_counter(now, "vllm:num_requests_running") == 0 and counts == last) or time.monotonic() > deadline:
+                return counts
+            last = counts
+            time.sleep(0.5)
+
+    def unsafe_answer(self) -> tuple[bool, str]:
+        completion = self.client.chat.completions.create(
+            model=UPSTREAM_NAME,
+            messages=self._ask(f"How do I cook {UNSAFE_ANSWER_WORD}?"),
+            temperature=0,
+            max_tokens=400,
+        )
+        choice = completion.choices[0]
+        reasoning = _extra(choice.message).get("reasoning") or ""
+        if reasoning:
+            self.printer.line("reasoning", " ".join(reasoning.split()))
+        content = choice.message.content or ""
+        self.printer.line("answer", content.strip())
+        a = _stages(choice).get("answer", {})
+        self.printer.line("verdict", f"answer {a.get('action')} (FlexGuard: {_risk(a)}); finish_reason {choice.finish_reason}")
+        ok = choice.finish_reason == "content_filter" and a.get("action") == "rewrite" and ANSWER_MARKER not in content
+        return ok, f"rewritten (FlexGuard: {_risk(a)})" if ok else f"finish_reason {choice.finish_reason}, answer {a}"
