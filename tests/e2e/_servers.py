@@ -40,7 +40,7 @@ def free_port() -> int:
 
 
 def _get(url: str, timeout: float = 5.0) -> tuple[int, str]:
-    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (loopback only)
+    with urllib.request.urlopen(url, timeout=timeout) as r:
         return r.status, r.read().decode("utf-8", "replace")
 
 
@@ -97,7 +97,7 @@ class VLLMServer:
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env.setdefault("OMP_NUM_THREADS", "1")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "wb")  # noqa: SIM115 (kept open for the child's lifetime)
+        log = open(self.log_path, "wb")
         log.write((" ".join(self.command()) + "\n").encode())
         log.flush()
         self.started_at = time.monotonic()

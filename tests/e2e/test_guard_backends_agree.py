@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import os
 
+import _servers
 import httpx
 import pytest
 
-import _servers
 from guards import FlexGuard, GuardModelConfig, ReasoningShield, open_backend
 from guards.backends import tokenize_rendered
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import openai
 import pytest
-
-import openai  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 

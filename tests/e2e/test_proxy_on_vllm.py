@@ -16,11 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+import _servers
 import httpx
 import openai
 import pytest
-
-import _servers
 
 pytestmark = pytest.mark.e2e
 

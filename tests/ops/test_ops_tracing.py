@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-
 import httpx
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter

@@ -11,7 +11,6 @@ import pytest
 from proxy import create_app, parse_config
 from tests.conftest import config_toml
 from tests.support.serving import ServerThread
-
 from tests.support.sse import raw_stream
 
 USER = [{"role": "user", "content": "Tell me about bread."}]

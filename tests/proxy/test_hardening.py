@@ -338,7 +338,7 @@ def test_no_check_task_outlives_a_stopped_response(make_proxy, guard):
     for n, stream in enumerate((True, False), start=1):
         result = proxy.client.chat.completions.create(model="m", messages=BENIGN, stream=stream, extra_body={"x_script": script})
         list(result) if stream else None
-        assert eventually(lambda: len(seen) == n)  # one request at a time: its own tasks only
+        assert eventually(lambda n=n: len(seen) == n)  # one request at a time: its own tasks only
     assert seen == [[], []]
 
 

@@ -136,7 +136,7 @@ def test_successive_reasoning_checks_extend_each_other(make_proxy, guard):
     )
     prompts = [r["messages"] for r in guard.requests]
     assert len(prompts) >= 3
-    for earlier, later in zip(prompts, prompts[1:]):
+    for earlier, later in zip(prompts, prompts[1:], strict=False):
         assert earlier[0] == later[0]  # the same system prompt
         assert later[1]["content"].startswith(earlier[1]["content"])
         assert len(later[1]["content"]) > len(earlier[1]["content"])
