@@ -228,7 +228,7 @@ class Client:
         self.pool = pool
         self._c: Any = None
 
-    async def __aenter__(self) -> "Client":
+    async def __aenter__(self) -> Client:
         if self.kind == "aiohttp":
             import aiohttp
 

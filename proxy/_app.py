@@ -20,16 +20,16 @@ from guards import FlexGuard, GuardBackend, ReasoningShield
 
 from ._auth import KeyRing, check_secrets
 from ._config import ProxyConfig
-from ._guardset import GuardSet
-from ._metrics import METRICS_ROUTES
-from ._protocol import error_body
-from ._response import error_response
 from ._routes import ROUTES
-from ._shutdown import Drain
-from ._startup import Readiness, open_guard
-from ._telemetry import Telemetry
-from ._upstream import UpstreamClient, create_transport
 from .exceptions import ProxyError
+from .ops._metrics import METRICS_ROUTES
+from .ops._shutdown import Drain
+from .ops._startup import Readiness, open_guard
+from .ops._telemetry import Telemetry
+from .pipeline._guardset import GuardSet
+from .pipeline._response import error_response
+from .protocols._wire import error_body
+from .upstream._client import UpstreamClient, create_transport
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter

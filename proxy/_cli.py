@@ -78,8 +78,8 @@ def _lookup(doc: Any, path: tuple[str, ...]) -> Any:
 
 def _serve(args: argparse.Namespace) -> int:
     from ._app import create_app, guards_needed
-    from ._shutdown import server_for
-    from ._startup import check_at_startup
+    from .ops._shutdown import server_for
+    from .ops._startup import check_at_startup
 
     logging.basicConfig(level=args.log_level.upper(), format="%(message)s")
     config = serve_config(args)
@@ -115,7 +115,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from ._calibrate import calibrate
+    from .tools._calibrate import calibrate
 
     config = load_config(args.config)
     calibrate(
@@ -130,7 +130,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from ._calibrate import check
+    from .tools._calibrate import check
 
     config = load_config(args.config)
     try:

@@ -14,10 +14,6 @@ from litestar.types import ASGIApp
 from guards import GuardError, Verdict
 
 from ._auth import STRICTNESS_HEADER, Principal, bearer, request_policy
-from ._guardset import GuardOverloadedError, GuardSet, gather_checks
-from ._moderation import moderation_response, moderation_result, parse_moderation_inputs
-from ._pipeline import Exchange
-from ._response import GuardedResponse
 from .exceptions import (
     GuardOverloaded,
     GuardUnavailable,
@@ -27,9 +23,13 @@ from .exceptions import (
     UnsupportedMediaType,
     UpstreamHTTPError,
 )
+from .pipeline._guardset import GuardOverloadedError, GuardSet, gather_checks
+from .pipeline._relay import Exchange
+from .pipeline._response import GuardedResponse
 from .protocols._base import Adapter
 from .protocols.chat import ChatAdapter
 from .protocols.completions import CompletionsAdapter
+from .protocols.moderations import moderation_response, moderation_result, parse_moderation_inputs
 from .protocols.responses import ResponsesAdapter
 
 __all__ = ["chat_completions", "completions", "responses", "passthrough", "moderations", "list_models", "healthz", "readyz", "read_body", "ROUTES"]

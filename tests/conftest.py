@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from proxy import create_app, parse_config
-from proxy._http11 import http_protocol
+from proxy.ops._http11 import http_protocol
 from tests.support.scripted import GuardServer, ScriptedUpstream
 from tests.support.serving import ServerThread
 

@@ -220,7 +220,7 @@ class ProxyThread:
 
     def __init__(self, config: ProxyConfig, sock: socket.socket) -> None:
         from .._app import create_app
-        from .._shutdown import server_for
+        from ..ops._shutdown import server_for
 
         # log_config=None: uvicorn's records go to the demo's log file like the proxy's.
         self.server = server_for(

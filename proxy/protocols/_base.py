@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgspec
 
 if TYPE_CHECKING:
-    from .._annotations import StageReport
-    from .._chunks import ResponseIds
     from .._config import PolicyConfig, ServerConfig
-    from .._policy import Decision
+    from ..pipeline._annotations import StageReport
+    from ..pipeline._policy import Decision
+    from ._chat_chunks import ResponseIds
 
 __all__ = ["Adapter", "ApiRequest", "OutputDelta", "UpstreamEvent", "JsonBuilder", "ReportView", "Turn", "turns_of"]
 

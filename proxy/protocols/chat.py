@@ -12,16 +12,16 @@ from typing import Any
 
 import msgspec
 
-from .._annotations import StageReport, filter_results
-from .._channels import tool_call_text
-from .._chunks import CompletionBuilder, ResponseIds, content_filter_chunks, prompt_annotation_chunk
 from .._config import PolicyConfig, ServerConfig
-from .._policy import Decision
-from .._protocol import decode_chunk, decode_json, encode, present
-from .._request import ChatRequest, parse_chat_request
-from .._sse import DONE, DONE_EVENT, encode_data
 from ..exceptions import UpstreamError
+from ..pipeline._annotations import StageReport, filter_results
+from ..pipeline._channels import tool_call_text
+from ..pipeline._policy import Decision
 from ._base import Adapter, JsonBuilder, OutputDelta, ReportView, UpstreamEvent
+from ._chat_chunks import CompletionBuilder, ResponseIds, content_filter_chunks, prompt_annotation_chunk
+from ._chat_request import ChatRequest, parse_chat_request
+from ._sse import DONE, DONE_EVENT, encode_data
+from ._wire import decode_chunk, decode_json, encode, present
 
 __all__ = ["ChatAdapter", "upstream_error_event"]
 

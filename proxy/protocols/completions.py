@@ -14,15 +14,15 @@ from typing import Any
 
 import msgspec
 
-from .._annotations import StageReport, filter_results
-from .._chunks import ResponseIds
 from .._config import PolicyConfig, ServerConfig
-from .._policy import Decision
-from .._protocol import decode_json, encode
-from .._request import decode_body
-from .._sse import DONE, DONE_EVENT, encode_data
 from ..exceptions import InvalidRequest, UpstreamError
+from ..pipeline._annotations import StageReport, filter_results
+from ..pipeline._policy import Decision
 from ._base import Adapter, JsonBuilder, OutputDelta, ReportView, Turn, UpstreamEvent
+from ._chat_chunks import ResponseIds
+from ._chat_request import decode_body
+from ._sse import DONE, DONE_EVENT, encode_data
+from ._wire import decode_json, encode
 from .chat import upstream_error_event
 
 __all__ = ["CompletionsAdapter", "CompletionsRequest"]

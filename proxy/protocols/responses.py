@@ -35,14 +35,14 @@ from typing import Any
 
 import msgspec
 
-from .._annotations import StageReport, filter_results, stage_summary
-from .._chunks import ResponseIds
 from .._config import PolicyConfig, ServerConfig
-from .._policy import Decision
-from .._protocol import decode_json, encode
-from .._request import check_content, decode_body, message_text, part_text
 from ..exceptions import InvalidRequest, UpstreamError
+from ..pipeline._annotations import StageReport, filter_results, stage_summary
+from ..pipeline._policy import Decision
 from ._base import Adapter, JsonBuilder, OutputDelta, ReportView, Turn, UpstreamEvent, turns_of
+from ._chat_chunks import ResponseIds
+from ._chat_request import check_content, decode_body, message_text, part_text
+from ._wire import decode_json, encode
 
 __all__ = ["ResponsesAdapter", "ResponsesRequest"]
 

@@ -65,7 +65,7 @@ def test_calibrate_reports_bad_data(setup, capsys, tmp_path):
 
 
 def test_calibrate_sweep_metrics():
-    from proxy._sweep import best, sweep
+    from proxy.tools._sweep import best, sweep
 
     points = sweep([10, 20, 30, 40], [False, True, False, True])
     assert points[0].recall == 1.0 and points[0].precision == 0.5

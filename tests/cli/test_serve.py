@@ -23,7 +23,7 @@ import pytest
 
 from proxy import create_app, parse_config
 from proxy._cli import build_parser, main, serve_config
-from proxy._startup import check_at_startup
+from proxy.ops._startup import check_at_startup
 from tests.conftest import config_toml
 from tests.support.scripted import ScriptedUpstream
 from tests.support.serving import ServerThread

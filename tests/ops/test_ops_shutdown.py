@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from proxy import create_app, parse_config
-from proxy._shutdown import ProxyServer, server_for
+from proxy.ops._shutdown import ProxyServer, server_for
 from tests.conftest import config_toml
 from tests.ops._helpers import BENIGN
 from tests.support.sse import WireStream

@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from proxy import ConfigError
 from proxy._config import TelemetryConfig
-from proxy._telemetry import NO_TELEMETRY, Telemetry
+from proxy.ops._telemetry import NO_TELEMETRY, Telemetry
 from tests.ops._helpers import BENIGN, BENIGN_TRACE, UNSAFE_TRACE, app_of, eventually
 
 

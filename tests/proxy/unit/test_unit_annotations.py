@@ -1,4 +1,4 @@
-"""proxy._annotations and proxy._chunks: filter results, headers, and the assembled completion."""
+"""proxy.pipeline._annotations and proxy.protocols._chat_chunks: filter results, headers, and the assembled completion."""
 
 from __future__ import annotations
 
@@ -9,12 +9,18 @@ import msgspec
 import pytest
 
 from guards import GuardTimeout, Verdict
-from proxy._annotations import StageReport, decision_headers, filter_results, severity, stage_summary
-from proxy._categories import CATEGORY_KEYS
-from proxy._chunks import CompletionBuilder, ResponseIds, content_filter_chunks, guardproxy_summary, prompt_annotation_chunk
 from proxy._config import PolicyConfig
-from proxy._policy import Decision, decide, decide_error
-from proxy._protocol import decode_chunk
+from proxy.pipeline._annotations import StageReport, decision_headers, filter_results, severity, stage_summary
+from proxy.pipeline._categories import CATEGORY_KEYS
+from proxy.pipeline._policy import Decision, decide, decide_error
+from proxy.protocols._chat_chunks import (
+    CompletionBuilder,
+    ResponseIds,
+    content_filter_chunks,
+    guardproxy_summary,
+    prompt_annotation_chunk,
+)
+from proxy.protocols._wire import decode_chunk
 
 
 def v(score: int, *categories: str, guard: str = "flexguard", stage: str = "answer") -> Verdict:
@@ -60,7 +66,7 @@ def test_category_keys_are_exactly_the_documented_ones() -> None:
 
 
 def test_one_naming_for_annotations_and_moderations() -> None:
-    from proxy._moderation import moderation_result
+    from proxy.protocols.moderations import moderation_result
 
     for code, keys in CATEGORY_KEYS.items():
         verdict = v(90, code, stage="prompt")

@@ -1,4 +1,4 @@
-"""proxy._channels: separating reasoning from answer text, for every upstream format."""
+"""proxy.pipeline._channels: separating reasoning from answer text, for every upstream format."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from collections.abc import Iterable
 
 import pytest
 
-from proxy._channels import ThinkSplitter, split_delta, tool_call_text
-from proxy._protocol import Delta, FunctionDelta, ToolCallDelta, decode_chunk
+from proxy.pipeline._channels import ThinkSplitter, split_delta, tool_call_text
+from proxy.protocols._wire import Delta, FunctionDelta, ToolCallDelta, decode_chunk
 
 
 def run_splitter(pieces: Iterable[str]) -> tuple[str, str]:

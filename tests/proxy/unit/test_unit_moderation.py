@@ -1,4 +1,4 @@
-"""proxy._moderation: FlexGuard's verdict as an OpenAI moderation result."""
+"""proxy.protocols.moderations: FlexGuard's verdict as an OpenAI moderation result."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from guards import Verdict
 from proxy._config import PolicyConfig
-from proxy._moderation import OPENAI_KEYS, moderation_result
+from proxy.protocols.moderations import OPENAI_KEYS, moderation_result
 
 
 def v(score: int, *categories: str) -> Verdict:

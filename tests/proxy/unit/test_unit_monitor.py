@@ -1,4 +1,4 @@
-"""proxy._monitor.ChannelMonitor: incremental screening of one growing text."""
+"""proxy.pipeline._monitor.ChannelMonitor: incremental screening of one growing text."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 from collections.abc import Awaitable, Callable
 
 from guards import Verdict
-from proxy._monitor import ChannelMonitor
+from proxy.pipeline._monitor import ChannelMonitor
 
 VERDICT = (Verdict(guard="flexguard", stage="answer", risk_score=0),)
 

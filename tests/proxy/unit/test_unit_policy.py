@@ -1,4 +1,4 @@
-"""proxy._policy: where a verdict becomes an action."""
+"""proxy.pipeline._policy: where a verdict becomes an action."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from guards import GuardBackendError, GuardTimeout, Verdict, VerdictParseError
 from proxy._auth import Principal, request_policy
 from proxy._config import AnswerStage, PolicyConfig, PromptStage, ReasoningStage
-from proxy._policy import Decision, decide, decide_error, stage_action, threshold_for
+from proxy.pipeline._policy import Decision, decide, decide_error, stage_action, threshold_for
 
 
 def v(score: int, *categories: str, guard: str = "flexguard", stage: str = "answer") -> Verdict:

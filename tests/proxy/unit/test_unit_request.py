@@ -1,4 +1,4 @@
-"""proxy._request: the client's chat request, validated, and the texts the guards screen."""
+"""proxy.protocols._chat_request: the client's chat request, validated, and the texts the guards screen."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import msgspec
 import pytest
 
 from proxy._config import PolicyConfig
-from proxy._request import message_text, parse_chat_request, upstream_body
 from proxy.exceptions import InvalidRequest
+from proxy.protocols._chat_request import message_text, parse_chat_request, upstream_body
 
 USER = {"role": "user", "content": "hi"}
 

@@ -1,4 +1,4 @@
-"""proxy._sse: reading the upstream's SSE stream, writing the client's."""
+"""proxy.protocols._sse: reading the upstream's SSE stream, writing the client's."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterable
 
 import pytest
 
-from proxy._sse import DONE, DONE_EVENT, encode_data, iter_sse_batches
+from proxy.protocols._sse import DONE, DONE_EVENT, encode_data, iter_sse_batches
 
 
 async def _pieces(pieces: Iterable[bytes]) -> AsyncIterator[bytes]:

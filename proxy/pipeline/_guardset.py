@@ -21,9 +21,9 @@ from typing import TypeVar
 
 from guards import FlexGuard, GuardError, ReasoningShield, Verdict
 
-from ._config import ServerConfig
+from .._config import ServerConfig
+from ..protocols._base import Turn
 from ._monitor import CheckFn
-from .protocols._base import Turn
 
 __all__ = ["GuardSet", "GuardCapacity", "GuardOverloadedError", "gather_checks"]
 

@@ -22,8 +22,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 if TYPE_CHECKING:
-    from ._pipeline import RequestReport
-    from ._policy import Decision
+    from ..pipeline._policy import Decision
+    from ..pipeline._relay import RequestReport
 
 __all__ = ["ProxyMetrics", "OUTCOMES", "METRICS_ROUTES", "metrics_endpoint"]
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import msgspec
 
-from .exceptions import InvalidRequest
-from .protocols._base import Turn, turns_of
+from ..exceptions import InvalidRequest
+from ._base import Turn, turns_of
 
 __all__ = [
     "ChatRequest",

@@ -21,12 +21,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ._annotations import stage_summary
-from ._protocol import encode
+from ..pipeline._annotations import stage_summary
+from ..protocols._wire import encode
 
 if TYPE_CHECKING:
-    from ._pipeline import RequestReport
-    from .protocols._base import ApiRequest
+    from ..pipeline._relay import RequestReport
+    from ..protocols._base import ApiRequest
 
 __all__ = ["RequestLog", "request_record"]
 

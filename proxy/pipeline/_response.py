@@ -22,12 +22,12 @@ from typing import Any
 
 from litestar.types import Receive, Scope, Send
 
+from ..exceptions import ProxyError, UpstreamHTTPError
+from ..ops._shutdown import Drain
+from ..protocols._chat_chunks import ResponseIds, guardproxy_summary
+from ..protocols._wire import decode_json, encode, error_body
 from ._annotations import decision_headers, filter_results
-from ._chunks import ResponseIds, guardproxy_summary
-from ._pipeline import Ended, Exchange, Released, RequestReport, Started, Stopped, request_outcome, run_exchange, stop_error
-from ._protocol import decode_json, encode, error_body
-from ._shutdown import Drain
-from .exceptions import ProxyError, UpstreamHTTPError
+from ._relay import Ended, Exchange, Released, RequestReport, Started, Stopped, request_outcome, run_exchange, stop_error
 
 __all__ = ["GuardedResponse", "error_response"]
 

@@ -24,9 +24,9 @@ from typing import Any
 
 from guards import GuardBackend, GuardModelConfig, open_backend
 
-from ._config import UpstreamConfig
-from ._upstream import UpstreamClient, create_transport
-from .exceptions import UpstreamError
+from .._config import UpstreamConfig
+from ..exceptions import UpstreamError
+from ..upstream._client import UpstreamClient, create_transport
 
 __all__ = ["Probe", "Readiness", "check_at_startup", "guard_location", "open_guard", "probe_guard", "probe_upstream"]
 

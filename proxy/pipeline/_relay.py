@@ -29,16 +29,8 @@ import msgspec
 
 from guards import GuardError, Stage, Verdict
 
-from ._annotations import StageReport
-from ._channels import ThinkSplitter
-from ._config import PolicyConfig
-from ._guardset import GuardSet
-from ._monitor import ChannelMonitor
-from ._policy import Decision, decide, decide_error, flagged
-from ._sse import DONE
-from ._telemetry import NO_TELEMETRY, RequestObserver
-from ._upstream import UpstreamClient, UpstreamStream
-from .exceptions import (
+from .._config import PolicyConfig
+from ..exceptions import (
     ContentPolicyViolation,
     GuardOverloaded,
     GuardUnavailable,
@@ -46,8 +38,16 @@ from .exceptions import (
     UpstreamError,
     UpstreamTruncated,
 )
-from .protocols._base import Adapter, ApiRequest, UpstreamEvent
-from .protocols.chat import ChatAdapter
+from ..ops._telemetry import NO_TELEMETRY, RequestObserver
+from ..protocols._base import Adapter, ApiRequest, UpstreamEvent
+from ..protocols._sse import DONE
+from ..protocols.chat import ChatAdapter
+from ..upstream._client import UpstreamClient, UpstreamStream
+from ._annotations import StageReport
+from ._channels import ThinkSplitter
+from ._guardset import GuardSet
+from ._monitor import ChannelMonitor
+from ._policy import Decision, decide, decide_error, flagged
 
 __all__ = [
     "ChoiceReport",

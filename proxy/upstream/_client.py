@@ -20,9 +20,9 @@ from importlib.metadata import PackageNotFoundError, version
 
 import httpx
 
-from ._config import UpstreamConfig
-from ._sse import iter_sse_batches
-from .exceptions import UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
+from .._config import UpstreamConfig
+from ..exceptions import UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
+from ..protocols._sse import iter_sse_batches
 
 __all__ = ["UpstreamClient", "UpstreamStream", "create_transport"]
 

@@ -10,9 +10,9 @@ import time
 import uuid
 from typing import Any
 
-from ._annotations import StageReport, filter_results, stage_summary
-from ._policy import Decision
-from ._protocol import Chunk, decode_json, encode, present
+from ..pipeline._annotations import StageReport, filter_results, stage_summary
+from ..pipeline._policy import Decision
+from ._wire import Chunk, decode_json, encode, present
 
 __all__ = [
     "ResponseIds",

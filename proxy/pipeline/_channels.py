@@ -8,7 +8,7 @@ across chunks. ``split_delta`` turns one delta into (reasoning, answer) text.
 
 from __future__ import annotations
 
-from ._protocol import Delta
+from ..protocols._wire import Delta
 
 __all__ = ["ThinkSplitter", "split_delta", "tool_call_text"]
 

@@ -16,11 +16,11 @@ import msgspec
 
 from guards import Verdict
 
-from ._categories import CATEGORY_KEYS, UNCATEGORISED_KEY, keys_of
-from ._config import PolicyConfig
-from ._policy import flagged
-from ._request import MAX_JSON_DEPTH, decode_body, part_text
-from .exceptions import InvalidRequest
+from .._config import PolicyConfig
+from ..exceptions import InvalidRequest
+from ..pipeline._categories import CATEGORY_KEYS, UNCATEGORISED_KEY, keys_of
+from ..pipeline._policy import flagged
+from ._chat_request import MAX_JSON_DEPTH, decode_body, part_text
 
 __all__ = ["parse_moderation_inputs", "moderation_result", "moderation_response", "OPENAI_KEYS"]
 

@@ -21,10 +21,10 @@ from typing import Any, TextIO
 
 from guards import FlexGuard, GuardError, ReasoningShield, open_backend
 
-from ._config import ProxyConfig
-from ._policy import decide
+from .._config import ProxyConfig
+from ..exceptions import ConfigError
+from ..pipeline._policy import decide
 from ._sweep import ThresholdPoint, best, sweep
-from .exceptions import ConfigError
 
 __all__ = ["calibrate", "check", "load_dataset"]
 

@@ -30,21 +30,21 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._config import TelemetryConfig
+from .._config import TelemetryConfig
+from ..exceptions import ConfigError
+from ..protocols._chat_request import message_text
+from ..protocols._wire import encode
 from ._logging import RequestLog
 from ._metrics import ProxyMetrics
-from ._protocol import encode
-from ._request import message_text
-from .exceptions import ConfigError
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Span, Tracer
 
-    from ._pipeline import RequestReport
-    from ._policy import Decision
-    from .protocols._base import ApiRequest
+    from ..pipeline._policy import Decision
+    from ..pipeline._relay import RequestReport
+    from ..protocols._base import ApiRequest
 
 __all__ = ["Telemetry", "RequestObserver", "RequestTelemetry", "NO_TELEMETRY"]
 

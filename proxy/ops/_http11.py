@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._protocol import error_body
+from ..protocols._wire import error_body
 
 __all__ = ["http_protocol"]
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import msgspec
 
+from .._config import STRICTNESS_THRESHOLDS
 from ._categories import UNCATEGORISED_KEY, keys_of
-from ._config import STRICTNESS_THRESHOLDS
 from ._policy import Decision
 
 __all__ = ["StageReport", "filter_results", "stage_summary", "decision_headers", "severity"]

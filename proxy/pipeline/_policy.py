@@ -19,7 +19,7 @@ import msgspec
 
 from guards import GuardError, Stage, Verdict, judgment_to_risk_score
 
-from ._config import Action, PolicyConfig
+from .._config import Action, PolicyConfig
 
 __all__ = ["Decision", "decide", "decide_error", "flagged", "stage_action", "threshold_for"]
 

@@ -1,0 +1,2 @@
+"""Offline tools behind the CLI: ``guardproxy calibrate`` (threshold sweep) and
+``guardproxy check``."""
