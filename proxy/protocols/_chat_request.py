@@ -17,6 +17,7 @@ from ._base import Turn, turns_of
 __all__ = [
     "ChatRequest",
     "MAX_JSON_DEPTH",
+    "MAX_N",
     "check_content",
     "decode_body",
     "message_text",
@@ -67,6 +68,9 @@ _decoder = msgspec.json.Decoder()
 
 # The default depth bound, for callers without a config (tests, tools).
 MAX_JSON_DEPTH = 64
+# Choices per request, as OpenAI allows: the proxy keeps state per choice, and a huge `n`
+# once built billions of refusal choices.
+MAX_N = 128
 
 
 def decode_body(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
@@ -123,8 +127,8 @@ def parse_chat_request(
     n = body.get("n", 1)
     if n is None:
         n = 1
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise InvalidRequest("`n` must be an integer >= 1.", param="n")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
+        raise InvalidRequest(f"`n` must be an integer from 1 to {MAX_N}.", param="n")
 
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:

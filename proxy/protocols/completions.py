@@ -20,7 +20,7 @@ from ..pipeline._annotations import StageReport, filter_results
 from ..pipeline._policy import Decision
 from ._base import Adapter, JsonBuilder, OutputDelta, ReportView, Turn, UpstreamEvent
 from ._chat_chunks import ResponseIds
-from ._chat_request import decode_body
+from ._chat_request import MAX_N, decode_body
 from ._sse import DONE, DONE_EVENT, encode_data
 from ._wire import decode_json, encode
 from .chat import upstream_error_event
@@ -90,8 +90,8 @@ def parse_completions_request(raw: bytes, max_depth: int) -> CompletionsRequest:
         raise InvalidRequest("`stream_options` must be an object.", param="stream_options")
     n = body.get("n", 1)
     n = 1 if n is None else n
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise InvalidRequest("`n` must be an integer >= 1.", param="n")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
+        raise InvalidRequest(f"`n` must be an integer from 1 to {MAX_N}.", param="n")
     prompt = body.get("prompt")
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
@@ -102,6 +102,8 @@ def parse_completions_request(raw: bytes, max_depth: int) -> CompletionsRequest:
     suffix = body.get("suffix")
     if suffix is not None and not isinstance(suffix, str):
         raise InvalidRequest("`suffix` must be a string.", param="suffix")
+    if n * len(prompts) > MAX_N:
+        raise InvalidRequest(f"`n` times the number of prompts must be at most {MAX_N}.", param="n")
     if suffix:  # the upstream renders it into the prompt: screen it too
         prompts = [p + "\n" + suffix for p in prompts]
     return CompletionsRequest(

@@ -243,3 +243,12 @@ def test_upstream_body_adds_stream_options_when_absent(options: Any) -> None:
     assert sent["stream"] is True
     assert sent["stream_options"] == {"include_usage": True}
     assert sent["model"] == "m" and sent["messages"] == [USER]
+
+
+@pytest.mark.parametrize("n", [0, 129, 2**63, -1])
+def test_n_is_bounded(n: int) -> None:
+    """A huge `n` once made the proxy build that many refusal choices (an OverflowError at
+    2**63, found by the fuzz test's author)."""
+    with pytest.raises(InvalidRequest) as info:
+        parse_chat_request(body(n=n))
+    assert info.value.param == "n"
