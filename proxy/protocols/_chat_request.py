@@ -18,7 +18,10 @@ __all__ = [
     "ChatRequest",
     "MAX_JSON_DEPTH",
     "MAX_N",
+    "CommonFields",
     "check_content",
+    "common_fields",
+    "streamed_body",
     "decode_body",
     "message_text",
     "parse_chat_request",
@@ -110,11 +113,16 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
-def parse_chat_request(
-    raw: bytes, unscreened_parts: Collection[str] = (), max_depth: int = MAX_JSON_DEPTH
-) -> ChatRequest:
-    body = decode_body(raw, max_depth)
+class CommonFields(msgspec.Struct, frozen=True):
+    """The fields every generation API shares, checked."""
 
+    model: str
+    stream: bool
+    include_usage: bool
+    n: int
+
+
+def common_fields(body: dict[str, Any]) -> CommonFields:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("`model` is required and must be a string.", param="model")
@@ -125,10 +133,29 @@ def parse_chat_request(
     if options is not None and not isinstance(options, dict):
         raise InvalidRequest("`stream_options` must be an object.", param="stream_options")
     n = body.get("n", 1)
-    if n is None:
-        n = 1
+    n = 1 if n is None else n
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
         raise InvalidRequest(f"`n` must be an integer from 1 to {MAX_N}.", param="n")
+    return CommonFields(model, bool(stream), bool(options and options.get("include_usage")), n)
+
+
+def streamed_body(body: dict[str, Any], *, usage: bool = True) -> bytes:
+    """The body sent upstream: the client's, always streamed (what makes an early abort
+    possible for every client: the proxy assembles a JSON answer itself), usage reported."""
+    body = dict(body)
+    body["stream"] = True
+    if usage:
+        options = dict(body.get("stream_options") or {})
+        options["include_usage"] = True
+        body["stream_options"] = options
+    return msgspec.json.encode(body)
+
+
+def parse_chat_request(
+    raw: bytes, unscreened_parts: Collection[str] = (), max_depth: int = MAX_JSON_DEPTH
+) -> ChatRequest:
+    body = decode_body(raw, max_depth)
+    common = common_fields(body)
 
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -137,12 +164,7 @@ def parse_chat_request(
         _check_message(message, i, unscreened_parts)
 
     return ChatRequest(
-        body=body,
-        model=model,
-        stream=bool(stream),
-        include_usage=bool(options and options.get("include_usage")),
-        n=n,
-        messages=messages,
+        body=body, model=common.model, stream=common.stream, include_usage=common.include_usage, n=common.n, messages=messages
     )
 
 
@@ -221,14 +243,4 @@ def _tool_call_text(call: Any) -> str:
 
 
 def upstream_body(request: ChatRequest) -> bytes:
-    """The body sent upstream: the client's, always streamed, usage always reported.
-
-    Streaming is what makes an early abort possible for every client; the proxy
-    assembles a single JSON answer itself for clients that did not ask for a stream.
-    """
-    body = dict(request.body)
-    body["stream"] = True
-    options = dict(body.get("stream_options") or {})
-    options["include_usage"] = True
-    body["stream_options"] = options
-    return msgspec.json.encode(body)
+    return streamed_body(request.body)

@@ -23,7 +23,22 @@ from ._chat_request import ChatRequest, parse_chat_request
 from ._sse import DONE, DONE_EVENT, encode_data
 from ._wire import decode_chunk, decode_json, encode, present
 
-__all__ = ["ChatAdapter", "upstream_error_event"]
+__all__ = ["ChatAdapter", "chunk_event", "upstream_error_event"]
+
+
+def chunk_event(data: bytes, chunk: Any, outputs: list[OutputDelta]) -> UpstreamEvent:
+    """The event of one chunk of a choices-based stream (chat, legacy completions)."""
+    usage = decode_json(chunk.usage) if present(chunk.usage) else None
+    return UpstreamEvent(
+        data,
+        doc=chunk,
+        outputs=outputs,
+        usage=usage,
+        id=chunk.id,
+        model=chunk.model,
+        created=chunk.created,
+        usage_only=not chunk.choices and usage is not None,
+    )
 
 
 def upstream_error_event(raw: Any) -> UpstreamError:
@@ -85,17 +100,7 @@ class ChatAdapter(Adapter):
             )
             for ch in chunk.choices
         ]
-        usage = decode_json(chunk.usage) if present(chunk.usage) else None
-        return UpstreamEvent(
-            data,
-            doc=chunk,
-            outputs=outputs,
-            usage=usage,
-            id=chunk.id,
-            model=chunk.model,
-            created=chunk.created,
-            usage_only=not chunk.choices and usage is not None,
-        )
+        return chunk_event(data, chunk, outputs)
 
     def render(self, event: UpstreamEvent, hide: dict[int, str] | None, finished: ReportView) -> bytes:
         if (hide is None or not event.outputs) and not finished:

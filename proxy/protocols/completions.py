@@ -20,10 +20,10 @@ from ..pipeline._annotations import StageReport, filter_results
 from ..pipeline._policy import Decision
 from ._base import Adapter, JsonBuilder, OutputDelta, ReportView, Turn, UpstreamEvent
 from ._chat_chunks import ResponseIds
-from ._chat_request import MAX_N, decode_body
+from ._chat_request import MAX_N, common_fields, decode_body, streamed_body
 from ._sse import DONE, DONE_EVENT, encode_data
-from ._wire import decode_json, encode
-from .chat import upstream_error_event
+from ._wire import decode_json, encode, present
+from .chat import chunk_event, upstream_error_event
 
 __all__ = ["CompletionsAdapter", "CompletionsRequest"]
 
@@ -46,10 +46,6 @@ class _Chunk(msgspec.Struct):
 _decode = msgspec.json.Decoder(_Chunk).decode
 
 
-def _present(raw: msgspec.Raw) -> bool:
-    return len(raw) > 0 and bytes(raw) != b"null"
-
-
 class CompletionsRequest(msgspec.Struct, kw_only=True):
     body: dict[str, Any]
     model: str
@@ -69,29 +65,13 @@ class CompletionsRequest(msgspec.Struct, kw_only=True):
         return [Turn(f"prompt[{i}]", p) for i, p in enumerate(self.prompts)]
 
     def upstream_body(self) -> bytes:
-        body = dict(self.body)
-        body["stream"] = True
-        options = dict(body.get("stream_options") or {})
-        options["include_usage"] = True
-        body["stream_options"] = options
-        return msgspec.json.encode(body)
+        return streamed_body(self.body)
 
 
 def parse_completions_request(raw: bytes, max_depth: int) -> CompletionsRequest:
     body = decode_body(raw, max_depth)
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("`model` is required and must be a string.", param="model")
-    stream = body.get("stream", False)
-    if stream is not None and not isinstance(stream, bool):
-        raise InvalidRequest("`stream` must be a boolean.", param="stream")
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise InvalidRequest("`stream_options` must be an object.", param="stream_options")
-    n = body.get("n", 1)
-    n = 1 if n is None else n
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
-        raise InvalidRequest(f"`n` must be an integer from 1 to {MAX_N}.", param="n")
+    common = common_fields(body)
+    n = common.n
     prompt = body.get("prompt")
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
@@ -108,10 +88,10 @@ def parse_completions_request(raw: bytes, max_depth: int) -> CompletionsRequest:
         prompts = [p + "\n" + suffix for p in prompts]
     return CompletionsRequest(
         body=body,
-        model=model,
-        stream=bool(stream),
+        model=common.model,
+        stream=common.stream,
         n=n * len(prompts),
-        include_usage=bool(options and options.get("include_usage")),
+        include_usage=common.include_usage,
         prompts=prompts,
         per_prompt=n,
     )
@@ -173,19 +153,9 @@ class CompletionsAdapter(Adapter):
             chunk = _decode(data)
         except msgspec.DecodeError as exc:
             raise UpstreamError("The upstream sent a malformed stream chunk.") from exc
-        if _present(chunk.error):
+        if present(chunk.error):
             raise upstream_error_event(chunk.error)
-        usage = decode_json(chunk.usage) if _present(chunk.usage) else None
-        return UpstreamEvent(
-            data,
-            doc=chunk,
-            outputs=[OutputDelta(ch.index, "", ch.text or "", "", ch.finish_reason) for ch in chunk.choices],
-            usage=usage,
-            id=chunk.id,
-            model=chunk.model,
-            created=chunk.created,
-            usage_only=not chunk.choices and usage is not None,
-        )
+        return chunk_event(data, chunk, [OutputDelta(ch.index, "", ch.text or "", "", ch.finish_reason) for ch in chunk.choices])
 
     def render(self, event: UpstreamEvent, hide: dict[int, str] | None, finished: ReportView) -> bytes:
         if (hide is None or not event.outputs) and not finished:

@@ -41,7 +41,7 @@ from ..pipeline._annotations import StageReport, filter_results, stage_summary
 from ..pipeline._policy import Decision
 from ._base import Adapter, JsonBuilder, OutputDelta, ReportView, Turn, UpstreamEvent, turns_of
 from ._chat_chunks import ResponseIds
-from ._chat_request import check_content, decode_body, message_text, part_text
+from ._chat_request import check_content, common_fields, decode_body, message_text, part_text, streamed_body
 from ._wire import decode_json, encode
 
 __all__ = ["ResponsesAdapter", "ResponsesRequest"]
@@ -83,19 +83,12 @@ class ResponsesRequest(msgspec.Struct, kw_only=True):
         return turns_of([(label, role, text) for label, (role, text) in zip(labels, self.turns, strict=True)], screen_system)
 
     def upstream_body(self) -> bytes:
-        body = dict(self.body)
-        body["stream"] = True
-        return msgspec.json.encode(body)
+        return streamed_body(self.body, usage=False)  # usage comes in response.completed
 
 
 def parse_responses_request(raw: bytes, policy: PolicyConfig, server: ServerConfig, allow_background: bool) -> ResponsesRequest:
     body = decode_body(raw, server.max_json_depth)
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("`model` is required and must be a string.", param="model")
-    stream = body.get("stream", False)
-    if stream is not None and not isinstance(stream, bool):
-        raise InvalidRequest("`stream` must be a boolean.", param="stream")
+    common = common_fields(body)  # the Responses API has no n: always one output
     if body.get("background") and not allow_background:
         raise InvalidRequest(
             "`background: true` is refused: a background response runs on after the stream closes, so the "
@@ -116,7 +109,7 @@ def parse_responses_request(raw: bytes, policy: PolicyConfig, server: ServerConf
             turns.append(_item_turn(item, f"input[{i}]", policy.prompt.unscreened_parts))
     else:
         raise InvalidRequest("`input` must be a string or a non-empty array of items.", param="input")
-    return ResponsesRequest(body=body, model=model, stream=bool(stream), turns=turns)
+    return ResponsesRequest(body=body, model=common.model, stream=common.stream, turns=turns)
 
 
 def _item_turn(item: Any, param: str, unscreened: list[str]) -> tuple[str, str]:
