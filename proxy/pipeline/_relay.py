@@ -22,7 +22,7 @@ import contextlib
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import Any, cast
 
 import msgspec
@@ -377,20 +377,10 @@ class _Relay:
                 self._upstream_ended()
             while True:
                 if self.error is None and self.stop is None and not ended and not self.checks:
-                    # Nothing else to wait for: read straight, no task per network read.
-                    try:
-                        if read is not None:  # a read started while checks ran
-                            task, read = read, None
-                            batch = await task
-                        else:
-                            batch = await anext(events)
-                    except StopAsyncIteration:
-                        ended = True
-                        self._upstream_ended()
-                    except ProxyError as exc:
-                        ended, self.error = True, exc
-                    else:
-                        ended = self._take(batch)
+                    # Nothing else to wait for: read straight, no task per network read
+                    # (or finish the read that started while checks ran).
+                    pending, read = read, None
+                    ended = await self._read(pending if pending is not None else anext(events))
                 elif self.error is None and self.stop is None:
                     waits: set[asyncio.Future[Any]] = set(self.checks)
                     if not ended:
@@ -402,15 +392,7 @@ class _Relay:
                     done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                     if read is not None and read in done:
                         task, read = read, None
-                        try:
-                            batch = task.result()
-                        except StopAsyncIteration:
-                            ended = True
-                            self._upstream_ended()
-                        except ProxyError as exc:
-                            ended, self.error = True, exc
-                        else:
-                            ended = self._take(batch)
+                        ended = await self._read(task)
                     for check in [t for t in done if t in self.checks]:
                         self._on_check_done(check)
                 if self.stop is not None:
@@ -436,6 +418,17 @@ class _Relay:
             self.checks.clear()
 
     # -- upstream data ---------------------------------------------------------------
+
+    async def _read(self, batch: Awaitable[list[bytes]]) -> bool:
+        """Take the next network read's events; True when the stream ended (its end, or
+        a failure kept in ``error``)."""
+        try:
+            return self._take(await batch)
+        except StopAsyncIteration:
+            self._upstream_ended()
+        except ProxyError as exc:
+            self.error = exc
+        return True
 
     def _take(self, batch: list[bytes]) -> bool:
         """Take one network read's events; True when the stream ended among them. An
