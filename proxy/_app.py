@@ -62,8 +62,9 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes
         message = "The request body is larger than the proxy accepts."
     elif status == 404:
         message = (
-            "Not found. This proxy guards POST /v1/chat/completions and /v1/moderations, "
-            "and serves GET /v1/models, /healthz, /readyz and /metrics."
+            "Not found. This proxy guards POST /v1/chat/completions, /v1/responses, /v1/completions "
+            "and /v1/moderations, forwards the /v1 paths its config lists, and serves GET /v1/models, "
+            "/healthz, /readyz and /metrics."
         )
     else:
         message = str(exc.detail)
