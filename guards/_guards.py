@@ -14,7 +14,9 @@ added tokens (the tokenizer's, where the backend has one).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 
 from ._config import GuardModelConfig
 from ._parse import judgment_to_risk_score, parse_flexguard, parse_reasoningshield
@@ -48,6 +50,26 @@ REASONINGSHIELD_MAX_TOKENS = 1024
 # fallback, what it renders where no clock is available: the one date that does not
 # depend on when or where the prompt was rendered.
 REASONINGSHIELD_DATE = "26 Jul 2024"
+
+
+def where(name: str, config: GuardModelConfig) -> str:
+    """The guard and where it runs, as a log line or an error names it."""
+    if config.backend == "openai":
+        return f"{name} (guard server {config.base_url}, model {config.model})"
+    return f"{name} (in-process {config.backend}, model {config.model})"
+
+
+@contextlib.contextmanager
+def _named(name: str, config: GuardModelConfig) -> Iterator[None]:
+    """Every guard error names its guard and server: a timeout or an unparseable answer
+    says neither on its own, and the proxy's log must tell which guard failed."""
+    try:
+        yield
+    except GuardError as exc:
+        place = where(name, config)
+        if exc.args and isinstance(exc.args[0], str) and config.base_url not in exc.args[0]:
+            exc.args = (f"{place}: {exc.args[0]}", *exc.args[1:])
+        raise
 
 
 async def _run(
@@ -110,8 +132,9 @@ class FlexGuard:
         return await self._check(self.response_check(user_text, assistant_text), "answer")
 
     async def _check(self, prompt: ChatPrompt, stage: Stage) -> Verdict:
-        generation, latency = await _run(self.backend, self.config, prompt)
-        categories, risk_score = parse_flexguard(generation.text)
+        with _named(self.name, self.config):
+            generation, latency = await _run(self.backend, self.config, prompt)
+            categories, risk_score = parse_flexguard(generation.text)
         return Verdict(
             guard="flexguard",
             stage=stage,
@@ -152,8 +175,9 @@ class ReasoningShield:
         return await self._check(self.reasoning_check(query, answer), "answer")
 
     async def _check(self, prompt: ChatPrompt, stage: Stage) -> Verdict:
-        generation, latency = await _run(self.backend, self.config, prompt)
-        judgment = parse_reasoningshield(generation.text)
+        with _named(self.name, self.config):
+            generation, latency = await _run(self.backend, self.config, prompt)
+            judgment = parse_reasoningshield(generation.text)
         return Verdict(
             guard="reasoningshield",
             stage=stage,

@@ -372,3 +372,16 @@ def test_logs_name_the_guard_server_and_the_upstream_ttft_is_the_upstreams(make_
     proxy.client.chat.completions.create(model="m", messages=BENIGN)
     lines = eventually(lambda: [x for r in caplog.records if r.name == "guardproxy.requests" and (x := json.loads(r.getMessage()))["outcome"] == "passed"])
     assert lines[-1]["upstream_ttft_s"] < 0.3 < lines[-1]["latency_s"]
+
+
+@pytest.mark.parametrize("trigger", ["garbled", "guardslow"])
+def test_every_guard_error_log_line_names_the_guard_and_its_server(make_proxy, guard, caplog, trigger):
+    """A timeout or an unparseable answer names neither by itself."""
+    caplog.set_level(logging.WARNING)
+    guard.slow_delay = 2.0
+    proxy = make_proxy(flexguard="timeout_s = 0.5\nmax_retries = 0")
+    with pytest.raises(openai.InternalServerError):
+        proxy.client.chat.completions.create(model="m", messages=[{"role": "user", "content": trigger}])
+    line = eventually(lambda: next((r.getMessage() for r in caplog.records if "guard error in the prompt check" in r.getMessage()), None))
+    assert "flexguard (guard server http://127.0.0.1:" in line and "model flexguard-test" in line
+    assert ("no verdict within 0.5 s" if trigger == "guardslow" else "VerdictParseError") in line
