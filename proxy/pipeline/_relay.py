@@ -377,25 +377,8 @@ class _Relay:
             if first is None:
                 self._upstream_ended()
             while True:
-                if self.error is None and self.stop is None and not ended and not self.checks:
-                    # Nothing else to wait for: read straight, no task per network read
-                    # (or finish the read that started while checks ran).
-                    pending, read = read, None
-                    ended = await self._read(pending if pending is not None else anext(events))
-                elif self.error is None and self.stop is None:
-                    waits: set[asyncio.Future[Any]] = set(self.checks)
-                    if not ended:
-                        if read is None:
-                            read = asyncio.ensure_future(anext(events))
-                        waits.add(read)
-                    if not waits:
-                        break
-                    done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                    if read is not None and read in done:
-                        task, read = read, None
-                        ended = await self._read(task)
-                    for check in [t for t in done if t in self.checks]:
-                        self._on_check_done(check)
+                # What is decided and releasable goes out before the next read: the first
+                # network read (taken while the prompt check ran) must not wait for a second.
                 if self.stop is not None:
                     if self.stop.action == "fail":
                         raise stop_error(self.stop)
@@ -410,6 +393,23 @@ class _Relay:
                     raise self.error
                 if ended and not self.checks:
                     break
+                if not ended and not self.checks:
+                    # Nothing else to wait for: read straight, no task per network read
+                    # (or finish the read that started while checks ran).
+                    pending, read = read, None
+                    ended = await self._read(pending if pending is not None else anext(events))
+                    continue
+                waits: set[asyncio.Future[Any]] = set(self.checks)
+                if not ended:
+                    if read is None:
+                        read = asyncio.ensure_future(anext(events))
+                    waits.add(read)
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if read is not None and read in done:
+                    task, read = read, None
+                    ended = await self._read(task)
+                for check in [t for t in done if t in self.checks]:
+                    self._on_check_done(check)
             if self.queue:  # every channel is done: the rest passed
                 yield Released([self._render(held) for held in self.queue])
                 self.queue.clear()
