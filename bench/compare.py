@@ -158,16 +158,21 @@ async def rounds(targets: list[Target], concurrency: int, n_rounds: int, duratio
     after/before ratio can be given per round (its spread shows the noise).
     """
     per: dict[str, list[LoadResult]] = {t.name: [] for t in targets}
+    round_cpu: dict[str, list[float]] = {t.name: [] for t in targets}
     cpu0 = {t.name: (t.cpu_s, t.cpu_requests) for t in targets}
     for r in range(n_rounds):
         for i in ORDERS[r % len(ORDERS)]:
             t = targets[i]
+            c, n = t.cpu_s, t.cpu_requests
             per[t.name].append(await measure(t, concurrency, duration=duration, client=client))
+            if t.proc and t.cpu_requests > n:
+                round_cpu[t.name].append((t.cpu_s - c) / (t.cpu_requests - n) * 1000)
             await asyncio.sleep(0.3)
     out = {}
     for t in targets:
         s = merge(per[t.name]).summary()
         s["round_rps"] = [x.summary()["rps"] for x in per[t.name]]
+        s["round_cpu_ms_per_req"] = round_cpu[t.name]
         if t.proc:
             c0, n0 = cpu0[t.name]
             n = t.cpu_requests - n0
@@ -246,8 +251,8 @@ def _added(s: dict[str, Any], d: dict[str, Any]) -> float | None:
     return None if s["ttft_p50"] is None or d["ttft_p50"] is None else s["ttft_p50"] - d["ttft_p50"]
 
 
-def _round_ratios(a: dict[str, Any], b: dict[str, Any]) -> str:
-    rs = [x / y for x, y in zip(a["round_rps"], b["round_rps"], strict=True) if y]
+def _round_ratios(a: dict[str, Any], b: dict[str, Any], key: str) -> str:
+    rs = [x / y for x, y in zip(a[key], b[key], strict=True) if y]
     return f"{min(rs):.2f}-{max(rs):.2f}" if rs else "-"
 
 
@@ -262,16 +267,17 @@ def _row(label: str, r: dict[str, Any]) -> tuple[list[str], list[str]]:
         flags.append(f"{label}: req/s after/before {rps_ratio:.2f} < {RPS_FLOOR}")
     if cpu_ratio is not None and cpu_ratio > CPU_CEIL:
         flags.append(f"{label}: CPU/request after/before {cpu_ratio:.2f} > {CPU_CEIL}")
-    row = [label, fmt(d["rps"]), fmt(b["rps"]), fmt(a["rps"]), fmt(rps_ratio, 2), _round_ratios(a, b),
+    row = [label, fmt(d["rps"]), fmt(b["rps"]), fmt(a["rps"]), fmt(rps_ratio, 2), _round_ratios(a, b, "round_rps"),
            ms(_added(b, d), 2), ms(_added(a, d), 2), ms(d["itl_p99"]), ms(b["itl_p99"]), ms(a["itl_p99"]),
            ratio(a["itl_p99"], b["itl_p99"]), f"{d['errors']}/{b['errors']}/{a['errors']}",
-           fmt(cpu_b, 2), fmt(cpu_a, 2), fmt(cpu_ratio, 2)]
+           fmt(cpu_b, 2), fmt(cpu_a, 2), fmt(cpu_ratio, 2), _round_ratios(a, b, "round_cpu_ms_per_req")]
     return row, flags
 
 
-HEADERS = ["c", "req/s direct", "req/s before", "req/s after", "req/s a/b", "a/b per round", "added TTFT p50 before",
+HEADERS = ["c", "req/s direct", "req/s before", "req/s after", "req/s a/b", "req/s a/b per round",
+           "added TTFT p50 before",
            "added TTFT p50 after", "ITL p99 direct", "ITL p99 before", "ITL p99 after", "ITL p99 a/b",
-           "errors d/b/a", "CPU ms/req before", "CPU ms/req after", "CPU a/b"]
+           "errors d/b/a", "CPU ms/req before", "CPU ms/req after", "CPU a/b", "CPU a/b per round"]
 
 
 def report(res: dict[str, Any]) -> str:
@@ -291,7 +297,8 @@ def report(res: dict[str, Any]) -> str:
            "the three targets (direct upstream, before, after) each get the same load for the same time, in an "
            "order that changes every round; the numbers merge all rounds after one discarded warm-up. Times in "
            "ms; 'added TTFT p50' = proxy p50 minus direct p50 in the same run; CPU = user+system of the proxy "
-           "process per request (psutil); 'a/b per round' = the range of the per-round after/before req/s ratios.\n"]
+           "process per request (psutil); 'a/b per round' = the range of the per-round after/before ratios "
+           "(round i of after against round i of before), which shows the noise.\n"]
     ov = res["overhead"]
     out.append("## Scenario 1: overhead, guards off\n")
     rows, flags = [], []
@@ -323,7 +330,7 @@ def report(res: dict[str, Any]) -> str:
                    f"{fmt(g['peak_rss_mb']['after'])} MB.\n")
     moved = [f"{name} started at {code[0][:7]}{' (proxy/ modified)' if code[1] else ''}"
              for name, code in m["started"].items()
-             if code != (m["trees"][name.split("-")[1]]["commit"], m["trees"][name.split("-")[1]]["dirty"])]
+             if tuple(code) != (m["trees"][name.split("-")[1]]["commit"], m["trees"][name.split("-")[1]]["dirty"])]
     if moved:
         out.append("**Warning: a tree changed during the run**: " + "; ".join(moved) + ".\n")
     out.append("## Verdict\n")
