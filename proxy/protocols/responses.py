@@ -137,7 +137,12 @@ def _item_turn(item: Any, param: str, unscreened: list[str]) -> tuple[str, str]:
             raise InvalidRequest(f"`{param}` needs string `name` and `arguments`.", param=param)
         return "assistant", f"[tool call {name}] {arguments}"
     if kind == "reasoning":
-        texts = [t for key in ("summary", "content") for p in item.get(key) or [] if isinstance(p, dict) and (t := part_text(p))]
+        texts = []
+        for key in ("summary", "content"):
+            parts = item.get(key)
+            if parts is not None and not isinstance(parts, list):
+                raise InvalidRequest(f"`{param}.{key}` must be an array of parts.", param=f"{param}.{key}")
+            texts += [t for p in parts or [] if isinstance(p, dict) and (t := part_text(p))]
         return "assistant", "\n".join(texts)
     if kind == "item_reference":
         return "reference", ""  # stored upstream: screened when it passed through this proxy
@@ -382,7 +387,11 @@ class ResponsesAdapter(Adapter):
         return out
 
     def error_event(self, ids: ResponseIds, error: dict[str, Any]) -> bytes:
-        out = self._event({"type": "error", "code": error.get("code"), "message": error.get("message"), "param": error.get("param")})
+        out = b""
+        if self.outputs.base is None:  # failed before the upstream's first event: open the lifecycle
+            self.outputs.base = self.response_base(ids)
+            out += self._event({"type": "response.created", "response": dict(self.outputs.base)})
+        out += self._event({"type": "error", "code": error.get("code"), "message": error.get("message"), "param": error.get("param")})
         if self.outputs.base is not None:
             failed = dict(self.outputs.base, status="failed", output=self.outputs.output())
             failed["error"] = {"code": error.get("code"), "message": error.get("message")}

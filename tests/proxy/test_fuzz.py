@@ -1,18 +1,41 @@
-"""Fuzz the two guarded endpoints with generated hostile bodies and headers (hypothesis).
+"""Fuzz the four guarded endpoints with generated hostile bodies and headers (hypothesis).
 
-One proxy (the ``make_proxy`` fixture: real uvicorn on loopback, scripted upstream and
-guard servers) takes ``EXAMPLES`` (>= 1,000) generated requests, each to
-``POST /v1/chat/completions`` or ``POST /v1/moderations``, sent with a raw httpx client
-so that anything can go on the wire. The bodies cover random bytes, invalid UTF-8 (raw
-bytes and lone-surrogate escapes), truncated JSON, JSON nested up to 100,000 levels,
-non-object JSON, a BOM or UTF-16, wrong types for every field the proxy reads (model,
-messages, role, content, content parts of every odd ``type``, n, stream,
-stream_options, moderation input, arrays up to 100,000 items), huge numbers, NaN and
-Infinity literals, duplicate keys, and well-formed requests (benign, blocked, guard
-errors, streamed and not). The headers cover no / odd / duplicated Content-Type (text/plain,
-multipart, form, charset=latin-1, +json), junk, huge and duplicated Authorization,
-junk X-Guard-Strictness (names, out-of-range and non-ASCII numbers, latin-1 bytes), and
-random extra headers (traceparent junk included).
+One proxy per test (the ``make_proxy`` fixture: real uvicorn on loopback, scripted
+upstream and guard servers), sent requests with a raw httpx client so that anything can
+go on the wire:
+
+- ``test_fuzz_chat_and_moderations``: ``EXAMPLES`` (>= 1,000) requests, each to
+  ``POST /v1/chat/completions`` or ``POST /v1/moderations``;
+- ``test_fuzz_responses``: ``RESPONSES_EXAMPLES`` (>= 300) to ``POST /v1/responses``;
+- ``test_fuzz_completions``: ``COMPLETIONS_EXAMPLES`` (>= 300) to ``POST /v1/completions``.
+
+The bodies cover random bytes, invalid UTF-8 (raw bytes and lone-surrogate escapes),
+truncated JSON, JSON nested up to 100,000 levels, non-object JSON, a BOM or UTF-16, wrong
+types for every field the proxy reads, huge numbers, NaN and Infinity literals, duplicate
+keys, and well-formed requests (benign, blocked, guard errors, streamed and not). Per API:
+
+- chat: model, messages, role, content, content parts of every odd ``type``, n, stream,
+  stream_options, arrays up to 20,000 messages; moderations: input, up to 100,000 items;
+- Responses: ``input`` as a string or items (messages with ``input_text`` /
+  ``output_text`` / ``refusal`` / image / file / unknown parts, ``function_call``,
+  ``function_call_output`` with string or part-list output, ``reasoning`` with odd
+  ``summary`` / ``content``, ``item_reference``, item types the adapter does not read,
+  items of no type, up to 20,000 items), ``instructions``, ``background``, ``stream``,
+  ``stream_options``, ``tools`` (up to 5,000), ``n``, the other Responses fields;
+- legacy completions: ``prompt`` as a string, a list of strings (up to 100,000),
+  token ids, token-id batches, nested and mixed lists, ``n`` (n x prompts around the
+  128 limit), ``suffix``, ``stream``, ``stream_options``, echo / best_of / logprobs.
+
+For Responses and completions a "scripted" kind also makes the upstream misbehave on a
+well-formed request (``x_script``, tests/support/scripted.py): an unsafe, unreadable or
+guard-crashing answer, reasoning or tool call, an error event or a closed connection
+after k events, no event at all, a JSON answer to a stream, a 4xx or an HTML 502, and
+the recorded vLLM streams (whole, or cut after k events).
+
+The headers cover no / odd / duplicated Content-Type (text/plain, multipart, form,
+charset=latin-1, +json), junk, huge and duplicated Authorization, junk X-Guard-Strictness
+(names, out-of-range and non-ASCII numbers, latin-1 bytes), and random extra headers
+(traceparent junk included).
 
 It asserts, for EVERY response:
 
@@ -20,10 +43,17 @@ It asserts, for EVERY response:
    documented codes (``DOCUMENTED_5XX``: guard outage or overload, upstream failure);
 2. every non-2xx answer has ``content-type: application/json`` and the body
    ``{"error": {"message": str, "type": str, "code": str | None, ...}}``;
-3. a 2xx is what was asked for: a chat stream is ``text/event-stream`` ending with
-   ``data: [DONE]``, and an error event in it is OpenAI-shaped with one of the same
-   documented codes (``internal_error`` there is a 500 in disguise); a chat completion
-   is a ``chat.completion`` object; a moderation is an object with ``results``;
+3. a 2xx is what was asked for. A chat or completions stream is ``text/event-stream``
+   of ``data: {json}`` chunks (``chat.completion.chunk`` / ``text_completion``) ending
+   with one ``data: [DONE]``; an error event in it is OpenAI-shaped with one of the
+   same documented codes (``internal_error`` there is a 500 in disguise) and is the last
+   chunk. A Responses stream is typed SSE (``event: <type>`` + ``data:`` of that
+   ``type``), starts with ``response.created``, has increasing sequence numbers
+   and ends with exactly one ``response.completed`` / ``.incomplete`` / ``.failed``
+   whose status matches (no ``[DONE]``); an ``error`` event (documented code) is
+   followed by ``response.failed`` (its error documented too) and nothing else. A JSON
+   answer is a ``chat.completion``, a ``text_completion``, a Response with status
+   ``completed`` or ``incomplete``, or a moderation with ``results``;
 4. the proxy answers every request (10 s client timeout), and ``GET /healthz`` answers
    200 within 1 s every ``HEALTH_EVERY`` examples and at the end.
 
@@ -44,7 +74,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, note, reject, settings
 from hypothesis import strategies as st
 
-EXAMPLES = 1100
+EXAMPLES = 1100  # chat + moderations
+RESPONSES_EXAMPLES = 400
+COMPLETIONS_EXAMPLES = 400
 HEALTH_EVERY = 25
 REQUEST_TIMEOUT_S = 10.0
 
@@ -52,6 +84,8 @@ API_KEY = "sk-fuzz-global-key"
 TENANT_KEY = "sk-fuzz-tenant-may-loosen"
 CHAT = "/v1/chat/completions"
 MODERATIONS = "/v1/moderations"
+RESPONSES = "/v1/responses"
+COMPLETIONS = "/v1/completions"
 
 # 5xx answers that are a documented outage, not a crash (proxy/exceptions.py).
 DOCUMENTED_5XX = {
@@ -173,13 +207,13 @@ odd_value: st.SearchStrategy[Any] = st.one_of(
 
 
 @st.composite
-def content_part(draw: st.DrawFn) -> Any:
+def content_part(draw: st.DrawFn, types: list[str] = PART_TYPES, odd_value: st.SearchStrategy[Any] = odd_value) -> Any:
     if draw(st.integers(0, 9)) == 0:
         return draw(odd_value)
     part: dict[str, Any] = {}
     if draw(st.integers(0, 9)):
-        part["type"] = draw(st.one_of(st.sampled_from(PART_TYPES), odd_value)) if draw(st.integers(0, 5)) == 0 \
-            else draw(st.sampled_from(PART_TYPES))
+        part["type"] = draw(st.one_of(st.sampled_from(types), odd_value)) if draw(st.integers(0, 5)) == 0 \
+            else draw(st.sampled_from(types))
     field = draw(st.sampled_from(["text", "text", "text", "refusal", "image_url", "input_audio", "none"]))
     if field == "image_url":
         part["image_url"] = draw(st.one_of(st.just({"url": "data:image/png;base64,AAAA"}), odd_value))
@@ -276,39 +310,452 @@ def moderation_doc(draw: st.DrawFn) -> dict[str, Any]:
     return doc
 
 
+
+
+# -- the Responses API (POST /v1/responses) --------------------------------------------------
+
+RESPONSE_PART_TYPES = ["input_text", "input_text", "output_text", "refusal", "input_image", "input_file", "input_audio",
+                       "summary_text", "reasoning_text", "text", "unknown", "", "INPUT_TEXT", "computer_screenshot"]
+# Item types the adapter does not read: each must be a 400, never forwarded.
+UNKNOWN_ITEM_TYPES = ["computer_call", "computer_call_output", "web_search_call", "file_search_call", "image_generation_call",
+                      "custom_tool_call", "custom_tool_call_output", "mcp_call", "mcp_approval_response",
+                      "local_shell_call_output", "", "Message", "message ", "input_text", "FUNCTION_CALL", "reasoning\x00"]
+TOOL_NAMES = ["get_weather", "", "<tool_call>", "x" * 5_000, "bomb_maker", "\u202eevil"]
+
+# A wrong type that still parses: it reaches the adapter's checks (a NaN or a 100,000-deep
+# value in ``odd_value`` stops the whole body at the JSON decoder).
+wrong_type = st.one_of(scalar, scalar, scalar, st.lists(scalar, max_size=3), st.lists(scalar, max_size=3),
+                       st.dictionaries(st.text(max_size=6), scalar, max_size=3), st.dictionaries(st.text(max_size=6), scalar, max_size=3),
+                       odd_value)
+response_part = content_part(RESPONSE_PART_TYPES, wrong_type)
+
+
+response_content = st.one_of(
+    text_with_trigger, text_with_trigger, text_with_trigger,
+    st.none(),
+    st.lists(response_part, max_size=4),
+    wrong_type,
+)
+reasoning_parts = st.one_of(
+    st.lists(st.builds(lambda t, kind: {"type": kind, "text": t}, text_with_trigger,
+                       st.sampled_from(["summary_text", "reasoning_text", "text", "unknown"])), max_size=3),
+    st.lists(response_part, max_size=3),
+    st.just([]),
+    st.none(),
+    st.text(max_size=20),
+    wrong_type,
+)
+
+
+# Hypothesis favours the simplest choice (0, a one_of's first branch, None, False, []), so
+# below the valid or usual path is the simplest one and the rare one is the last.
+
+
+def _maybe(draw: st.DrawFn, item: dict[str, Any], key: str, value: st.SearchStrategy[Any], odd_one_in: int = 5) -> None:
+    """Set ``key`` mostly to a value of ``value``, sometimes to a wrong type, rarely not at all."""
+    roll = draw(st.integers(0, 4 * odd_one_in))
+    if roll == 4 * odd_one_in:
+        return
+    item[key] = draw(wrong_type) if roll >= 4 * odd_one_in - 4 else draw(value)
+
+
+@st.composite
+def input_item(draw: st.DrawFn) -> Any:
+    """One Responses input item: each type the adapter reads, unknown ones, hostile fields."""
+    if draw(st.integers(0, 14)) == 14:
+        return draw(wrong_type)
+    kind = draw(st.sampled_from(["message", "message", "untyped-message", "function_call", "function_call_output",
+                                 "function_call_output", "reasoning", "reasoning", "item_reference", "unknown"]))
+    item: dict[str, Any] = {}
+    if kind == "unknown":
+        item["type"] = draw(st.sampled_from(UNKNOWN_ITEM_TYPES))
+        # text where the upstream might read it: nothing the guards did not see may pass
+        item.update(draw(st.dictionaries(st.sampled_from(["text", "output", "content", "arguments", "action", "role"]),
+                                         st.one_of(text_with_trigger, wrong_type), max_size=3)))
+    elif kind != "untyped-message":
+        item["type"] = draw(wrong_type) if draw(st.integers(0, 11)) == 11 else kind
+    if kind in ("message", "untyped-message"):
+        _maybe(draw, item, "role", st.sampled_from(["user", "user", "user", "assistant", "system", "developer", "tool", "",
+                                                    "USER"]))
+        _maybe(draw, item, "content", response_content, odd_one_in=1_000)
+    elif kind == "function_call":
+        _maybe(draw, item, "call_id", st.sampled_from(["call_1", "", "x" * 300]))
+        _maybe(draw, item, "name", st.builds(lambda n, t: n + t, st.sampled_from(TOOL_NAMES), st.sampled_from(TRIGGERS)))
+        _maybe(draw, item, "arguments", st.one_of(text_with_trigger, st.builds(lambda t: json.dumps({"city": t}), text_with_trigger)))
+    elif kind == "function_call_output":
+        _maybe(draw, item, "call_id", st.sampled_from(["call_1", "", "x" * 300]))
+        _maybe(draw, item, "output", st.one_of(text_with_trigger, text_with_trigger, st.lists(response_part, max_size=3)))
+    elif kind == "reasoning":
+        _maybe(draw, item, "id", st.sampled_from(["rs_1", ""]))
+        _maybe(draw, item, "summary", reasoning_parts)
+        if draw(st.booleans()):
+            _maybe(draw, item, "content", reasoning_parts)
+        if draw(st.integers(0, 3)) == 0:
+            item["encrypted_content"] = draw(st.one_of(st.text(max_size=20), wrong_type))
+    elif kind == "item_reference":
+        _maybe(draw, item, "id", st.sampled_from(["msg_1", "resp_1", "", "x" * 1_000]))
+    if draw(st.integers(0, 7)) == 7:
+        item.update(draw(st.dictionaries(st.sampled_from(["id", "status", "call_id", "x", "type"]), wrong_type, max_size=2)))
+    return item
+
+
+# Lists mix hostile items with valid ones, so that an item after the first is reached too.
+item_lists = st.lists(st.one_of(input_item(), input_item(), st.deferred(lambda: well_formed_item(text_with_trigger))),
+                      min_size=1, max_size=5)
+responses_input = st.one_of(
+    item_lists, item_lists, item_lists, item_lists,
+    text_with_trigger, text_with_trigger,
+    st.just([]), st.just(""),
+    st.sampled_from([50, 1_000, 20_000]).map(lambda k: [{"role": "user", "content": "hi"}] * k),
+    st.sampled_from([1_000, 20_000]).map(lambda k: [{"type": "item_reference", "id": "msg_1"}] * k),
+    wrong_type,
+)
+FUNCTION_TOOL = {"type": "function", "name": "get_weather", "description": "weather",
+                 "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+tools_value = st.one_of(
+    st.just([FUNCTION_TOOL]),
+    st.just([{"type": "web_search"}, {"type": "file_search", "vector_store_ids": ["vs_1"]}]),
+    st.lists(st.dictionaries(st.sampled_from(["type", "name", "parameters", "description", "strict", "x"]), wrong_type,
+                             max_size=3), max_size=3),
+    st.just([FUNCTION_TOOL] * 5_000),
+    wrong_type,
+)
+responses_extra_keys = st.dictionaries(
+    st.one_of(st.sampled_from(["previous_response_id", "store", "include", "reasoning", "text", "max_output_tokens",
+                               "truncation", "tool_choice", "parallel_tool_calls", "metadata", "conversation", "prompt",
+                               "temperature", "user", "service_tier", "", "\u0000", "input "]), st.text(max_size=8)),
+    wrong_type, max_size=3,
+).map(lambda d: {k: v for k, v in d.items() if k != "x_script"})
+
+
+# A Responses or completions document is hostile in its main field (input / prompt) most of
+# the time and in at most two other fields, the rest valid: each check of the adapter is
+# reached, not only the first that a body with a dozen wrong fields trips. Wrong values
+# are mostly ``wrong_type`` (it parses), sometimes ``odd_value`` (NaN, huge numbers, deep
+# nesting: stopped at the JSON decoder, as every other kind of body here is).
+WRONG_STREAM_OPTIONS = st.one_of(st.dictionaries(st.sampled_from(["include_usage", "x"]), wrong_type, min_size=1, max_size=2),
+                                 wrong_type.filter(lambda v: v is not None))
+BAD_N = st.one_of(wrong_type, st.sampled_from([0, -1, 64, 65, 128, 129, 2**31, 2**63, 10**30]))
+
+
+def _common(draw: st.DrawFn, doc: dict[str, Any], bad: set[str]) -> None:
+    """model, stream, stream_options, n: valid unless named in ``bad``."""
+    if "model" in bad:
+        if draw(st.booleans()):
+            doc["model"] = draw(st.one_of(wrong_type, st.just("")))
+    else:
+        doc["model"] = draw(st.sampled_from(["m", "m", "Qwen/Qwen3-8B", "x" * 10_000]))
+    if "stream" in bad:
+        doc["stream"] = draw(wrong_type.filter(lambda v: v is not None and not isinstance(v, bool)))
+    elif draw(st.booleans()):
+        doc["stream"] = draw(st.booleans())
+    if "stream_options" in bad:
+        doc["stream_options"] = draw(WRONG_STREAM_OPTIONS)
+    elif draw(st.integers(0, 3)) == 0:
+        doc["stream_options"] = {"include_usage": draw(st.booleans())}
+    if "n" in bad:
+        doc["n"] = draw(BAD_N)
+
+
+@st.composite
+def responses_doc(draw: st.DrawFn) -> dict[str, Any]:
+    bad = draw(st.sets(st.sampled_from(["model", "stream", "stream_options", "n", "instructions", "background", "tools",
+                                        "extra"]), max_size=2))
+    doc: dict[str, Any] = {}
+    _common(draw, doc, bad)
+    if draw(st.integers(0, 4)) < 4:
+        if draw(st.integers(0, 14)) < 14:
+            doc["input"] = draw(responses_input)
+    else:
+        doc["input"] = draw(st.lists(well_formed_item(text_with_trigger), min_size=1, max_size=4))
+    if "instructions" in bad:
+        doc["instructions"] = draw(wrong_type.filter(lambda v: v is not None and not isinstance(v, str)))
+    elif draw(st.integers(0, 2)) == 0:
+        doc["instructions"] = draw(text_with_trigger)
+    if "background" in bad:
+        doc["background"] = draw(st.one_of(st.just(True), wrong_type))
+    elif draw(st.integers(0, 5)) == 0:
+        doc["background"] = draw(st.sampled_from([False, None, 0, ""]))
+    if "tools" in bad:
+        doc["tools"] = draw(tools_value)
+    elif draw(st.integers(0, 3)) == 0:
+        doc["tools"] = [FUNCTION_TOOL]
+    if "extra" in bad:
+        doc.update(draw(responses_extra_keys))
+    return doc
+
+
+# -- legacy completions (POST /v1/completions) -----------------------------------------------
+
+PROMPT_LIST_SIZES = [0, 1, 2, 64, 127, 128, 129, 1_000, 100_000]
+prompt_value = st.one_of(
+    text_with_trigger, text_with_trigger, text_with_trigger,
+    st.lists(text_with_trigger, min_size=1, max_size=4),
+    st.lists(text_with_trigger, min_size=1, max_size=4),
+    st.lists(st.integers(-5, 300_000), max_size=8),  # token ids
+    st.lists(st.lists(st.integers(0, 50_000), max_size=4), max_size=3),  # a batch of token-id prompts
+    st.lists(st.one_of(text_with_trigger, st.integers(0, 50_000), st.lists(st.integers(0, 9), max_size=3), wrong_type),
+             min_size=1, max_size=4),  # mixed
+    st.lists(st.lists(text_with_trigger, max_size=2), min_size=1, max_size=3),  # nested strings
+    st.builds(lambda k, s: [s] * k, st.sampled_from(PROMPT_LIST_SIZES), st.sampled_from(["x", "hi", "bomb", ""])),
+    st.sampled_from([1_000, 100_000]).map(lambda k: [1] * k),
+    st.sampled_from(["", [""], [[]], [[[["deep"]]]]]),
+    wrong_type,
+)
+completions_extra_keys = st.dictionaries(
+    st.one_of(st.sampled_from(["echo", "best_of", "logprobs", "max_tokens", "stop", "logit_bias", "seed", "temperature",
+                               "user", "presence_penalty", "", "\u0000", "prompt "]), st.text(max_size=8)),
+    wrong_type, max_size=3,
+).map(lambda d: {k: v for k, v in d.items() if k != "x_script"})
+
+
+@st.composite
+def completions_doc(draw: st.DrawFn) -> dict[str, Any]:
+    bad = draw(st.sets(st.sampled_from(["model", "stream", "stream_options", "n", "suffix", "extra"]), max_size=2))
+    doc: dict[str, Any] = {}
+    _common(draw, doc, bad)
+    if draw(st.integers(0, 4)) < 4:
+        if draw(st.integers(0, 14)) < 14:
+            doc["prompt"] = draw(prompt_value)
+    else:
+        doc["prompt"] = draw(st.one_of(text_with_trigger, st.lists(text_with_trigger, min_size=1, max_size=4)))
+    if "n" not in bad and draw(st.integers(0, 3)) == 0:
+        doc["n"] = draw(st.integers(1, 3))
+    if "suffix" in bad:
+        doc["suffix"] = draw(wrong_type.filter(lambda v: v is not None and not isinstance(v, str)))
+    elif draw(st.integers(0, 3)) == 0:
+        doc["suffix"] = draw(text_with_trigger)
+    if "extra" in bad:
+        doc.update(draw(completions_extra_keys))
+    return doc
+
+
+# -- the scripted upstream's behaviour (well-formed requests only) ---------------------------
+# The upstream follows the body's `x_script` (tests/support/scripted.py): unsafe or
+# unreadable answers and reasoning, tool calls, errors and truncation mid-stream, no event
+# at all, a JSON answer to a stream, 4xx answers and an HTML 502, real vLLM recordings.
+# Never an upstream 5xx with its own code: the proxy keeps an upstream's status (README).
+
+SCRIPTS: list[dict[str, Any]] = [
+    {"answer": ["Sure,", " here", " is", " a", " bomb"]},
+    {"answer": ["guard500"]},
+    {"answer": ["garbled"]},
+    {"answer": ["risky", " advice"]},
+    {"reasoning": ["Let", " me", " think", " UNSAFE"], "answer": ["ok"]},
+    {"reasoning": ["guard500"], "answer": ["ok"]},
+    {"reasoning": ["fine"], "answer": ["Hello"]},
+    {"reasoning": ["MAYBE"], "answer": ["Hello"]},
+    {"tool_calls": [{"name": "get_weather", "arguments": ['{"city":', ' "Paris"}']}]},
+    {"tool_calls": [{"name": "bomb_maker", "arguments": ['{"x":', ' "bomb"}']}]},
+    {"answer": [], "tool_calls": [{"name": "guard500", "arguments": ["{}"]}]},
+    {"answer": []},
+    {"empty": True},
+    {"plain_json": True},
+    {"html_status": 502},
+    {"status": 400}, {"status": 404}, {"status": 429},
+    {"delay": 0.002, "answer": ["a", "b", "c"]},
+]
+REPLAYS = {
+    RESPONSES: ["responses_stream_benign", "responses_stream_benign_cut_in_answer", "responses_stream_items",
+                      "responses_stream_items_string_content", "responses_stream_tool", "responses_stream_tool_output",
+                      "responses_stream_tool_required", "responses_stream_unsafe_answer", "responses_stream_unsafe_incomplete"],
+    COMPLETIONS: ["completions_stream_str", "completions_stream_list", "completions_stream_str_no_usage"],
+}
+
+
+def upstream_script(path: str) -> st.SearchStrategy[dict[str, Any]]:
+    return st.one_of(
+        st.sampled_from(SCRIPTS),
+        st.sampled_from([0, 0, 1, 2, 3, 5, 8]).map(lambda k: {"error_midstream": k}),
+        st.sampled_from([0, 1, 1, 2, 3, 5, 8, 10]).map(lambda k: {"truncate_after": k}),
+        st.sampled_from(REPLAYS[path]).map(lambda name: {"replay": name}),
+        st.builds(lambda name, k: {"replay": name, "truncate_after": k}, st.sampled_from(REPLAYS[path]), st.integers(1, 30)),
+    )
+
+
 # -- bodies ----------------------------------------------------------------------------------
 
 INVALID_UTF8 = [b"\xff", b"\xfe\xff", b"\xc3\x28", b"\xa0\xa1", b"\xe2\x28\xa1", b"\xf0\x28\x8c\x28", b"\xc0\xaf",
                 b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80", b"\x80", b"\xe2\x82"]
 VALID_CHAT = {"model": "m", "messages": [{"role": "user", "content": "Tell me about bread."}]}
 VALID_MODERATION = {"input": "Tell me about bread."}
+VALID_RESPONSES = {"model": "m", "input": "Tell me about bread."}
+VALID_COMPLETIONS = {"model": "m", "prompt": "Tell me about bread."}
+
+
+@st.composite
+def well_formed_chat(draw: st.DrawFn) -> dict[str, Any]:
+    doc: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": draw(text_with_trigger)}]}
+    if draw(st.booleans()):
+        doc["stream"] = True
+        if draw(st.booleans()):
+            doc["stream_options"] = {"include_usage": draw(st.booleans())}
+    if draw(st.booleans()):
+        doc["n"] = draw(st.integers(1, 3))
+    if draw(st.booleans()):
+        doc["messages"] = [{"role": "system", "content": "Be brief."},
+                           {"role": "user", "content": [{"type": draw(st.sampled_from(["text", "input_text", "output_text"])),
+                                                         "text": draw(text_with_trigger)}]}]
+    return doc
+
+
+@st.composite
+def well_formed_moderation(draw: st.DrawFn) -> dict[str, Any]:
+    return {"input": draw(st.one_of(text_with_trigger, st.lists(text_with_trigger, min_size=1, max_size=4)))}
+
+
+@st.composite
+def well_formed_item(draw: st.DrawFn, text: st.SearchStrategy[str]) -> dict[str, Any]:
+    t = draw(text)
+    return draw(st.sampled_from([
+        {"role": "user", "content": t},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": t}]},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": t}]},
+        {"type": "message", "role": "assistant", "content": [{"type": "refusal", "refusal": t}]},
+        {"type": "message", "role": "developer", "content": t},
+        {"role": "user", "content": [{"type": "input_text", "text": t}, {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]},
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": json.dumps({"city": t})},
+        {"type": "function_call_output", "call_id": "call_1", "output": t},
+        {"type": "function_call_output", "call_id": "call_1", "output": [{"type": "input_text", "text": t}]},
+        {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": t}]},
+        {"type": "reasoning", "id": "rs_1", "summary": [], "content": [{"type": "reasoning_text", "text": t}]},
+        {"type": "item_reference", "id": "msg_1"},
+    ]))
+
+
+@st.composite
+def well_formed_responses(draw: st.DrawFn, text: st.SearchStrategy[str] = text_with_trigger) -> dict[str, Any]:
+    doc: dict[str, Any] = {"model": "m", "input": draw(st.one_of(text, st.lists(well_formed_item(text), min_size=1, max_size=4)))}
+    if draw(st.booleans()):
+        doc["stream"] = True
+    if draw(st.integers(0, 2)) == 0:
+        doc["instructions"] = draw(text)
+    if draw(st.integers(0, 3)) == 0:
+        doc["tools"] = [FUNCTION_TOOL]
+    if draw(st.integers(0, 5)) == 0:
+        doc["background"] = False
+    return doc
+
+
+@st.composite
+def well_formed_completions(draw: st.DrawFn, text: st.SearchStrategy[str] = text_with_trigger) -> dict[str, Any]:
+    doc: dict[str, Any] = {"model": "m", "prompt": draw(st.one_of(text, st.lists(text, min_size=1, max_size=3)))}
+    if draw(st.booleans()):
+        doc["stream"] = True
+        if draw(st.booleans()):
+            doc["stream_options"] = {"include_usage": draw(st.booleans())}
+    if draw(st.booleans()):
+        doc["n"] = draw(st.integers(1, 3))
+    if draw(st.integers(0, 3)) == 0:
+        doc["suffix"] = draw(text)
+    if draw(st.integers(0, 3)) == 0:
+        doc.update(draw(st.fixed_dictionaries({}, optional={"echo": st.booleans(), "max_tokens": st.integers(1, 64),
+                                                            "logprobs": st.integers(0, 5), "stop": st.just(["\n"])})))
+    return doc
+
+
+CHAT_AND_MODERATION_DUPLICATES = (
+    b'{"model":"m","model":5,"messages":[{"role":"user","content":"hi"}]}',
+    b'{"model":"m","messages":"hi","messages":[{"role":"user","content":"hi"}]}',
+    b'{"model":"m","messages":[{"role":"user","content":"hi"}],"messages":[]}',
+    b'{"model":"m","stream":true,"stream":"yes","messages":[{"role":"user","content":"hi"}]}',
+    b'{"model":"m","n":1,"n":2,"messages":[{"role":"user","content":"hi"}]}',
+    b'{"model":"m","messages":[{"role":"user","content":"hi bomb","content":"hi"}]}',
+    b'{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","type":"text","text":"bomb"}]}]}',
+    b'{"input":"hi","input":["a",1]}',
+    b'{"input":["hi"],"input":"bomb"}',
+    b'{"input":[{"type":"text","text":"a","text":null}]}',
+)
+
+
+mostly_benign = st.one_of(plain_text, plain_text, plain_text, text_with_trigger)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """What ``body_for`` needs to know of one path."""
+
+    doc: st.SearchStrategy[dict[str, Any]]  # structured, hostile
+    well_formed: st.SearchStrategy[dict[str, Any]]
+    valid: dict[str, Any]
+    main_field: str  # where a deep value goes
+    deep_fields: tuple[str, ...]
+    nested: str | None  # a template for a deep value inside the main field ("RAW" replaced)
+    nan_fields: tuple[str, ...]
+    duplicates: tuple[bytes, ...]
+    # Well-formed docs for the "scripted" kind, their texts mostly benign so that the
+    # upstream's behaviour is what is tested; None: no such kind (chat keeps the
+    # distribution it had).
+    scripted: st.SearchStrategy[dict[str, Any]] | None
+
+
+ENDPOINTS = {
+    CHAT: Endpoint(
+        chat_doc(), well_formed_chat(), VALID_CHAT, "messages", ("messages", "model", "stream_options", "extra"),
+        '[{"role":"user","content":[RAW]}]', ("n", "temperature", "model", "input", "messages"),
+        CHAT_AND_MODERATION_DUPLICATES,
+        None,
+    ),
+    MODERATIONS: Endpoint(
+        moderation_doc(), well_formed_moderation(), VALID_MODERATION, "input", ("input", "model", "stream_options", "extra"),
+        None, ("n", "temperature", "model", "input", "messages"),
+        CHAT_AND_MODERATION_DUPLICATES,
+        None,
+    ),
+    RESPONSES: Endpoint(
+        responses_doc(), well_formed_responses(), VALID_RESPONSES, "input",
+        ("input", "instructions", "tools", "model", "stream_options", "background", "extra"),
+        '[{"role":"user","content":[RAW]}]',
+        ("n", "temperature", "model", "input", "instructions", "background", "max_output_tokens", "stream"),
+        (
+            b'{"model":"m","input":"hi","input":[{"role":"user","content":"hi bomb"}]}',
+            b'{"model":"m","input":[{"role":"user","content":"hi bomb"}],"input":"hi"}',
+            b'{"model":"m","input":[{"role":"user","content":"hi bomb","content":"hi"}]}',
+            b'{"model":"m","input":[{"type":"message","type":"function_call_output","role":"user","output":"bomb","content":"hi"}]}',
+            b'{"model":"m","input":[{"type":"item_reference","type":"message","role":"user","content":"bomb","id":"x"}]}',
+            b'{"model":"m","input":"hi","background":true,"background":false}',
+            b'{"model":"m","input":"hi","background":false,"background":true}',
+            b'{"model":"m","input":"hi","instructions":"a","instructions":5}',
+            b'{"model":"m","input":[{"role":"user","content":[{"type":"input_image","type":"input_text","text":"bomb"}]}]}',
+            b'{"model":"m","stream":true,"stream":"yes","input":"hi"}',
+            b'{"model":"m","input":[{"type":"reasoning","summary":[],"summary":5}]}',
+        ),
+        well_formed_responses(mostly_benign),
+    ),
+    COMPLETIONS: Endpoint(
+        completions_doc(), well_formed_completions(), VALID_COMPLETIONS, "prompt", ("prompt", "suffix", "model", "stream_options", "extra"),
+        "[RAW]", ("n", "temperature", "model", "prompt", "suffix", "max_tokens", "best_of", "stream"),
+        (
+            b'{"model":"m","prompt":"hi","prompt":[1,2,3]}',
+            b'{"model":"m","prompt":[1,2],"prompt":"hi bomb"}',
+            b'{"model":"m","prompt":"hi","suffix":"a","suffix":5}',
+            b'{"model":"m","prompt":"hi","n":1,"n":200}',
+            b'{"model":"m","prompt":["a","b"],"n":64,"n":65}',
+            b'{"model":"m","stream":true,"stream":1,"prompt":"hi"}',
+            b'{"model":"m","prompt":["hi"],"prompt":["a",[1]]}',
+        ),
+        well_formed_completions(mostly_benign),
+    ),
+}
+KINDS = ["structured"] * 8 + ["well-formed"] * 3 + [
+    "random-bytes", "invalid-utf8", "invalid-utf8", "truncated", "truncated", "deep", "deep", "nan-literal",
+    "duplicate-keys", "not-an-object", "encoding"]
 
 
 @st.composite
 def body_for(draw: st.DrawFn, path: str) -> tuple[str, bytes]:
     """(kind, body bytes) for ``path``."""
-    doc_strategy = chat_doc() if path == CHAT else moderation_doc()
-    valid = VALID_CHAT if path == CHAT else VALID_MODERATION
-    kind = draw(st.sampled_from(["structured"] * 8 + ["well-formed"] * 3 + [
-        "random-bytes", "invalid-utf8", "invalid-utf8", "truncated", "truncated", "deep", "deep", "nan-literal",
-        "duplicate-keys", "not-an-object", "encoding"]))
+    spec = ENDPOINTS[path]
+    doc_strategy, valid = spec.doc, spec.valid
+    kind = draw(st.sampled_from(KINDS + (["scripted"] * 4 if spec.scripted is not None else [])))
     if kind == "structured":
         return kind, dumps(draw(doc_strategy))
     if kind == "well-formed":
-        if path == MODERATIONS:
-            doc: dict[str, Any] = {"input": draw(st.one_of(text_with_trigger, st.lists(text_with_trigger, min_size=1, max_size=4)))}
-        else:
-            doc = {"model": "m", "messages": [{"role": "user", "content": draw(text_with_trigger)}]}
-            if draw(st.booleans()):
-                doc["stream"] = True
-                if draw(st.booleans()):
-                    doc["stream_options"] = {"include_usage": draw(st.booleans())}
-            if draw(st.booleans()):
-                doc["n"] = draw(st.integers(1, 3))
-            if draw(st.booleans()):
-                doc["messages"] = [{"role": "system", "content": "Be brief."},
-                                   {"role": "user", "content": [{"type": draw(st.sampled_from(["text", "input_text", "output_text"])),
-                                                                 "text": draw(text_with_trigger)}]}]
+        return kind, dumps(draw(spec.well_formed))
+    if kind == "scripted" and spec.scripted is not None:  # well-formed; the upstream misbehaves or says what is stopped
+        doc = dict(draw(spec.scripted), x_script=draw(upstream_script(path)))
+        if "stream" not in doc and draw(st.booleans()):
+            doc["stream"] = True
         return kind, dumps(doc)
     if kind == "random-bytes":
         return kind, draw(st.binary(max_size=512))
@@ -330,30 +777,17 @@ def body_for(draw: st.DrawFn, path: str) -> tuple[str, bytes]:
         where = draw(st.sampled_from(["top", "field"]))
         if where == "top":
             return kind, raw.text.encode()
-        field = "messages" if path == CHAT else "input"
         doc = dict(valid)
-        doc[draw(st.sampled_from([field, "model", "stream_options", "extra"]))] = raw
-        if path == CHAT and draw(st.booleans()):
-            doc = dict(valid, messages=[{"role": "user", "content": [raw]}])
+        doc[draw(st.sampled_from(spec.deep_fields))] = raw
+        if spec.nested is not None and draw(st.booleans()):
+            doc = dict(valid, **{spec.main_field: Raw(spec.nested.replace("RAW", raw.text))})
         return kind, dumps(doc)
     if kind == "nan-literal":
         doc = dict(valid)
-        doc[draw(st.sampled_from(["n", "temperature", "model", "input", "messages"]))] = draw(nan_raw)
+        doc[draw(st.sampled_from(spec.nan_fields))] = draw(nan_raw)
         return kind, dumps(doc)
     if kind == "duplicate-keys":
-        templates = [
-            b'{"model":"m","model":5,"messages":[{"role":"user","content":"hi"}]}',
-            b'{"model":"m","messages":"hi","messages":[{"role":"user","content":"hi"}]}',
-            b'{"model":"m","messages":[{"role":"user","content":"hi"}],"messages":[]}',
-            b'{"model":"m","stream":true,"stream":"yes","messages":[{"role":"user","content":"hi"}]}',
-            b'{"model":"m","n":1,"n":2,"messages":[{"role":"user","content":"hi"}]}',
-            b'{"model":"m","messages":[{"role":"user","content":"hi bomb","content":"hi"}]}',
-            b'{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","type":"text","text":"bomb"}]}]}',
-            b'{"input":"hi","input":["a",1]}',
-            b'{"input":["hi"],"input":"bomb"}',
-            b'{"input":[{"type":"text","text":"a","text":null}]}',
-        ]
-        return kind, draw(st.sampled_from(templates))
+        return kind, draw(st.sampled_from(spec.duplicates))
     if kind == "not-an-object":
         return kind, draw(st.sampled_from([b"", b" ", b"null", b"1", b'"s"', b"[]", b"true", b"[{}]", b"{}", b"{ }",
                                            b'{"a":1} {"b":2}', b'{"a":1}garbage', b"\x00", b"{\x00}"]))
@@ -444,16 +878,22 @@ def header_set(draw: st.DrawFn) -> tuple[str, tuple[tuple[bytes, bytes], ...]]:
     return "+".join(labels) or "valid", tuple(headers)
 
 
+
+_JSON_AND_KEY = ((b"content-type", b"application/json"), (b"authorization", b"Bearer " + API_KEY.encode()))
+
+
 @st.composite
-def cases(draw: st.DrawFn) -> Case:
-    path = draw(st.sampled_from([CHAT, CHAT, CHAT, MODERATIONS, MODERATIONS]))
+def cases(draw: st.DrawFn, paths: tuple[str, ...]) -> Case:
+    path = draw(st.sampled_from(paths))
     kind, body = draw(body_for(path))
     label, headers = draw(header_set())
+    if path in (RESPONSES, COMPLETIONS) and kind in ("well-formed", "scripted") and draw(st.integers(0, 3)):
+        # a request meant to reach the pipeline: junk headers would mostly stop it first
+        label, headers = "valid", _JSON_AND_KEY
     return Case(path, f"{kind}/{label}", body, headers)
 
 
-# The issue's own reproductions, run first on every run (hypothesis' explicit phase).
-_JSON_AND_KEY = ((b"content-type", b"application/json"), (b"authorization", b"Bearer " + API_KEY.encode()))
+# The issues' own reproductions, run first on every run (hypothesis' explicit phase).
 EXPLICIT = [
     Case(CHAT, "explicit/deep-array-1000", b"[" * 1000 + b"]" * 1000, _JSON_AND_KEY),
     Case(CHAT, "explicit/deep-object-1000", _deep("object", 1000, True).encode(), _JSON_AND_KEY),
@@ -473,6 +913,30 @@ EXPLICIT = [
     Case(CHAT, "explicit/latin-1-charset", dumps(VALID_CHAT), ((b"content-type", b"application/json; charset=latin-1"),) + _JSON_AND_KEY[1:]),
     Case(CHAT, "explicit/superscript-strictness", dumps(VALID_CHAT), _JSON_AND_KEY + ((b"x-guard-strictness", b"\xb2"),)),
     Case(MODERATIONS, "explicit/superscript-strictness", dumps(VALID_MODERATION), _JSON_AND_KEY + ((b"x-guard-strictness", b"\xb9\xb3"),)),
+]
+EXPLICIT_RESPONSES = [
+    Case(RESPONSES, "explicit/reasoning-summary-not-a-list", dumps({"model": "m", "input": [{"type": "reasoning", "summary": 1}]}), _JSON_AND_KEY),
+    Case(RESPONSES, "explicit/reasoning-content-not-a-list",
+         dumps({"model": "m", "input": [{"type": "reasoning", "summary": [], "content": True}]}), _JSON_AND_KEY),
+    Case(RESPONSES, "explicit/unknown-item", dumps({"model": "m", "input": [{"type": "computer_call_output", "output": "bomb"}]}), _JSON_AND_KEY),
+    Case(RESPONSES, "explicit/background", dumps({"model": "m", "input": "hi", "background": True}), _JSON_AND_KEY),
+    Case(RESPONSES, "explicit/only-item-references", dumps({"model": "m", "input": [{"type": "item_reference", "id": "msg_1"}]}), _JSON_AND_KEY),
+    Case(RESPONSES, "explicit/error-before-any-event",
+         dumps({"model": "m", "input": "hi", "stream": True, "x_script": {"error_midstream": 0}}), _JSON_AND_KEY),
+    Case(RESPONSES, "explicit/guard-outage-in-the-answer",
+         dumps({"model": "m", "input": "hi", "stream": True, "x_script": {"answer": ["guard500"]}}), _JSON_AND_KEY),
+    Case(RESPONSES, "explicit/truncated-after-created",
+         dumps({"model": "m", "input": "hi", "stream": True, "x_script": {"truncate_after": 1}}), _JSON_AND_KEY),
+]
+EXPLICIT_COMPLETIONS = [
+    Case(COMPLETIONS, "explicit/token-ids", dumps({"model": "m", "prompt": [1, 2, 3]}), _JSON_AND_KEY),
+    Case(COMPLETIONS, "explicit/token-id-batch", dumps({"model": "m", "prompt": [[1, 2], [3]]}), _JSON_AND_KEY),
+    Case(COMPLETIONS, "explicit/100000-token-ids", dumps({"model": "m", "prompt": [1] * 100_000}), _JSON_AND_KEY),
+    Case(COMPLETIONS, "explicit/129-choices", dumps({"model": "m", "prompt": ["a", "b", "c"], "n": 43}), _JSON_AND_KEY),
+    Case(COMPLETIONS, "explicit/128-choices", dumps({"model": "m", "prompt": ["a", "b"], "n": 64, "stream": True}), _JSON_AND_KEY),
+    Case(COMPLETIONS, "explicit/suffix-not-a-string", dumps({"model": "m", "prompt": "hi", "suffix": ["bomb"]}), _JSON_AND_KEY),
+    Case(COMPLETIONS, "explicit/error-midstream",
+         dumps({"model": "m", "prompt": "hi", "stream": True, "x_script": {"error_midstream": 2}}), _JSON_AND_KEY),
 ]
 
 
@@ -500,6 +964,15 @@ def check_response(case: Case, r: httpx.Response) -> None:
         assert error["code"] in DOCUMENTED_5XX[status], f"undocumented {status} code: {where}"
 
 
+# The object a 2xx JSON answer is, per path.
+JSON_OBJECT = {CHAT: "chat.completion", COMPLETIONS: "text_completion", RESPONSES: "response"}
+CHUNK_OBJECT = {CHAT: "chat.completion.chunk", COMPLETIONS: "text_completion"}
+# The status a terminal event's Response may have: vLLM ends a response cut by
+# max_output_tokens with `response.completed` of status "incomplete", passed on as sent.
+RESPONSES_TERMINAL = {"response.completed": ("completed", "incomplete"), "response.incomplete": ("incomplete",),
+                      "response.failed": ("failed",)}
+
+
 def _check_success(case: Case, r: httpx.Response, where: str) -> None:
     content_type = (r.headers.get("content-type") or "").split(";")[0].strip()
     if case.path == MODERATIONS:
@@ -508,18 +981,72 @@ def _check_success(case: Case, r: httpx.Response, where: str) -> None:
         assert isinstance(doc.get("results"), list) and doc["results"], where
         return
     if content_type == "text/event-stream":
-        assert r.content.endswith(b"data: [DONE]\n\n"), f"stream without [DONE]: {where}"
-        for event in r.content.split(b"\n\n"):
-            if not event.startswith(b"data: {"):
-                continue
-            doc = json.loads(event[6:])
-            if "error" in doc:  # a mid-stream error event: the streamed form of an error status
-                error = doc["error"]
-                assert isinstance(error, dict) and isinstance(error.get("message"), str), f"error event shape: {where}"
-                assert error.get("code") in STREAM_ERROR_CODES, f"undocumented error event {error.get('code')!r}: {where}"
+        if case.path == RESPONSES:
+            _check_typed_stream(r.content, where)
+        else:
+            _check_data_stream(r.content, CHUNK_OBJECT[case.path], where)
         return
     assert content_type == "application/json", where
-    assert r.json().get("object") == "chat.completion", where
+    doc = r.json()
+    assert doc.get("object") == JSON_OBJECT[case.path], where
+    if case.path == RESPONSES:
+        assert doc.get("status") in ("completed", "incomplete"), f"a 200 Response that failed: {where}"
+    else:
+        assert isinstance(doc.get("choices"), list), where
+
+
+def _check_stream_error(error: Any, where: str) -> None:
+    """An error event: the streamed form of an error status, one of the documented outages."""
+    assert isinstance(error, dict) and isinstance(error.get("message"), str) and error["message"], f"error event shape: {where}"
+    assert error.get("code") in STREAM_ERROR_CODES, f"undocumented error event {error.get('code')!r}: {where}"
+
+
+def _check_data_stream(body: bytes, chunk_object: str, where: str) -> None:
+    """Chat and legacy completions: `data: {json}` events, an error event (if any) last
+    before the one `data: [DONE]` that ends the stream."""
+    assert body.endswith(b"data: [DONE]\n\n"), f"stream without [DONE]: {where}"
+    events = body[: -len(b"\n\n")].split(b"\n\n")
+    assert events.count(b"data: [DONE]") == 1, f"[DONE] twice: {where}"
+    for k, event in enumerate(events[:-1]):
+        assert event.startswith(b"data: {"), f"not a JSON data event ({event[:80]!r}): {where}"
+        doc = json.loads(event[6:])
+        if "error" in doc:  # a mid-stream error event: the streamed form of an error status
+            _check_stream_error(doc["error"], where)
+            assert k == len(events) - 2, f"events after an error event: {where}"
+        else:
+            assert doc.get("object") == chunk_object, f"chunk object {doc.get('object')!r}: {where}"
+
+
+def _check_typed_stream(body: bytes, where: str) -> None:
+    """The Responses API: `event: <type>` / `data: {"type": <type>, ...}` pairs, starting
+    with response.created, sequence numbers increasing, ending with exactly one of
+    response.completed / .incomplete / .failed (no [DONE]); an error event is followed by
+    response.failed and nothing else."""
+    assert body.endswith(b"\n\n"), f"stream cut mid-event: {where}"
+    events: list[tuple[str, dict[str, Any]]] = []
+    for block in body[: -len(b"\n\n")].split(b"\n\n"):
+        lines = block.split(b"\n")
+        assert len(lines) == 2 and lines[0].startswith(b"event: ") and lines[1].startswith(b"data: {"), \
+            f"not an `event:` + `data:` pair ({block[:120]!r}): {where}"
+        kind = lines[0][7:].decode()
+        doc = json.loads(lines[1][6:])
+        assert isinstance(doc, dict) and doc.get("type") == kind, f"event {kind!r} carries type {doc.get('type')!r}: {where}"
+        events.append((kind, doc))
+    kinds = [kind for kind, _ in events]
+    assert kinds[0] == "response.created", f"stream starts with {kinds[0]!r}: {where}"
+    assert kinds[-1] in RESPONSES_TERMINAL, f"stream ends with {kinds[-1]!r} ({kinds[-3:]}): {where}"
+    assert sum(kind in RESPONSES_TERMINAL for kind in kinds) == 1, f"more than one terminal event ({kinds}): {where}"
+    sequence = [doc.get("sequence_number") for _, doc in events]
+    assert all(type(s) is int for s in sequence) and sequence == sorted(set(sequence)), f"sequence numbers {sequence}: {where}"
+    final = events[-1][1].get("response")
+    assert isinstance(final, dict) and final.get("status") in RESPONSES_TERMINAL[kinds[-1]], f"terminal status: {where}"
+    if "error" in kinds:
+        k = kinds.index("error")
+        _check_stream_error(events[k][1], where)
+        assert kinds[k + 1:] == ["response.failed"], f"after the error event: {kinds[k + 1:]}: {where}"
+    if kinds[-1] == "response.failed":
+        assert "error" in kinds, f"response.failed without an error event: {where}"
+        _check_stream_error(final.get("error"), where)
 
 
 def check_health(client: httpx.Client, url: str) -> None:
@@ -529,33 +1056,17 @@ def check_health(client: httpx.Client, url: str) -> None:
     assert r.status_code == 200 and elapsed < 1.0, f"/healthz: HTTP {r.status_code} after {elapsed:.2f} s"
 
 
-def _explicit_examples(fn: Any) -> Any:
-    for case in reversed(EXPLICIT):
-        fn = example(case=case)(fn)
-    return fn
+# -- the tests -------------------------------------------------------------------------------
 
 
-# -- the test --------------------------------------------------------------------------------
-
-
-def test_fuzz_chat_and_moderations(make_proxy, monkeypatch):
-    """>= 1,000 generated hostile requests: no undocumented 5xx, every error OpenAI-shaped,
-    every success well-formed, /healthz 200 within 1 s throughout (see the module docstring)."""
+def _fuzz(make_proxy: Any, monkeypatch: Any, paths: tuple[str, ...], examples: int, explicit: list[Case]) -> int:
+    """Send ``examples`` generated requests (and the explicit ones first) to one proxy,
+    checking each answer and /healthz; the number of requests sent."""
     monkeypatch.setenv("GUARDPROXY_FUZZ_KEYS", API_KEY)
     proxy = make_proxy(PROXY_CONFIG)
     sent = 0
     with httpx.Client(timeout=REQUEST_TIMEOUT_S, trust_env=False) as client:
 
-        @settings(
-            max_examples=EXAMPLES,
-            deadline=None,
-            database=None,
-            print_blob=True,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example,
-                                   HealthCheck.filter_too_much],
-        )
-        @given(case=cases())
-        @_explicit_examples
         def run(case: Case) -> None:
             nonlocal sent
             try:
@@ -572,9 +1083,40 @@ def test_fuzz_chat_and_moderations(make_proxy, monkeypatch):
             if sent % HEALTH_EVERY == 0:
                 check_health(client, proxy.url)
 
-        run()
+        test = run
+        for case in reversed(explicit):
+            test = example(case=case)(test)
+        test = given(case=cases(paths))(test)
+        test = settings(
+            max_examples=examples,
+            deadline=None,
+            database=None,
+            print_blob=True,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example,
+                                   HealthCheck.filter_too_much],
+        )(test)
+        test()
         check_health(client, proxy.url)
+    return sent
+
+
+def test_fuzz_chat_and_moderations(make_proxy, monkeypatch):
+    """>= 1,000 generated hostile requests: no undocumented 5xx, every error OpenAI-shaped,
+    every success well-formed, /healthz 200 within 1 s throughout (see the module docstring)."""
+    sent = _fuzz(make_proxy, monkeypatch, (CHAT, CHAT, CHAT, MODERATIONS, MODERATIONS), EXAMPLES, EXPLICIT)
     assert sent >= 1000, f"only {sent} requests were sent"
+
+
+def test_fuzz_responses(make_proxy, monkeypatch):
+    """POST /v1/responses: the same checks, a typed SSE stream ending in one terminal event."""
+    sent = _fuzz(make_proxy, monkeypatch, (RESPONSES,), RESPONSES_EXAMPLES, EXPLICIT_RESPONSES)
+    assert sent >= 300, f"only {sent} requests were sent"
+
+
+def test_fuzz_completions(make_proxy, monkeypatch):
+    """POST /v1/completions: the same checks, a `data:` stream ending with [DONE]."""
+    sent = _fuzz(make_proxy, monkeypatch, (COMPLETIONS,), COMPLETIONS_EXAMPLES, EXPLICIT_COMPLETIONS)
+    assert sent >= 300, f"only {sent} requests were sent"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -209,6 +209,7 @@ def test_a_guard_outage_is_503_and_an_error_event(make_proxy):
         ({"model": "m", "input": [{"role": "user", "content": [{"type": "odd_part", "data": "x"}]}]}, "input[0].content[0]"),
         ({"model": "m", "input": "hi", "instructions": 3}, "instructions"),
         ({"model": "m", "input": "hi", "background": True}, "background"),
+        ({"model": "m", "input": [{"type": "reasoning", "summary": 1}]}, "input[0].summary"),
     ],
 )
 def test_bad_input_is_a_400(make_proxy, upstream, body, param):
