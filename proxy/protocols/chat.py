@@ -17,9 +17,9 @@ from ..exceptions import UpstreamError
 from ..pipeline._annotations import StageReport, filter_results
 from ..pipeline._channels import tool_call_text
 from ..pipeline._policy import Decision
-from ._base import Adapter, JsonBuilder, OutputDelta, ReportView, UpstreamEvent
+from ._base import Adapter, ApiRequest, JsonBuilder, OutputDelta, ReportView, UpstreamEvent
 from ._chat_chunks import CompletionBuilder, ResponseIds, content_filter_chunks, prompt_annotation_chunk
-from ._chat_request import ChatRequest, parse_chat_request
+from ._chat_request import parse_chat_request
 from ._sse import DONE, DONE_EVENT, encode_data
 from ._wire import decode_chunk, decode_json, encode, present
 
@@ -78,7 +78,7 @@ class ChatAdapter(Adapter):
     id_prefix = "chatcmpl-guardproxy-"
     end_of_stream = DONE_EVENT
 
-    def parse(self, raw: bytes, policy: PolicyConfig, server: ServerConfig) -> ChatRequest:
+    def parse(self, raw: bytes, policy: PolicyConfig, server: ServerConfig) -> ApiRequest:
         return parse_chat_request(raw, policy.prompt.unscreened_parts, server.max_json_depth)
 
     def read(self, data: bytes) -> UpstreamEvent:
@@ -108,21 +108,30 @@ class ChatAdapter(Adapter):
         doc = decode_json(event.data)
         for ch in doc.get("choices", []):
             index = ch.get("index", 0)
-            delta = ch.get("delta") or {}
             if hide is not None:
-                delta.pop("reasoning", None)
-                delta.pop("reasoning_content", None)
-                if isinstance(delta.get("content"), str):
-                    delta["content"] = hide.get(index, "")
+                self._hide_reasoning(ch, hide.get(index, ""))
             if index in finished:
                 ch["content_filter_results"] = filter_results(finished[index])
         return encode(doc)
+
+    @staticmethod
+    def _hide_reasoning(choice: dict[str, Any], answer: str) -> None:
+        """Leave only the answer text in one choice of a chunk."""
+        delta = choice.get("delta") or {}
+        delta.pop("reasoning", None)
+        delta.pop("reasoning_content", None)
+        if isinstance(delta.get("content"), str):
+            delta["content"] = answer
+
+    @staticmethod
+    def _decode_chunk(data: bytes) -> Any:
+        return decode_chunk(data)
 
     def decode_rendered(self, event: UpstreamEvent, data: bytes) -> UpstreamEvent:
         """The event as the client sees it, for the JSON builder."""
         if data is event.data:
             return event
-        return msgspec.structs.replace(event, data=data, doc=decode_chunk(data))
+        return msgspec.structs.replace(event, data=data, doc=self._decode_chunk(data))
 
     def frame(self, data: bytes, event: UpstreamEvent | None = None) -> bytes:
         return encode_data(data)

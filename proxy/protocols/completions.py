@@ -18,12 +18,12 @@ from .._config import PolicyConfig, ServerConfig
 from ..exceptions import InvalidRequest, UpstreamError
 from ..pipeline._annotations import StageReport, filter_results
 from ..pipeline._policy import Decision
-from ._base import Adapter, JsonBuilder, OutputDelta, ReportView, Turn, UpstreamEvent
+from ._base import JsonBuilder, OutputDelta, ReportView, Turn, UpstreamEvent
 from ._chat_chunks import ResponseIds
 from ._chat_request import MAX_N, common_fields, decode_body, streamed_body
-from ._sse import DONE, DONE_EVENT, encode_data
-from ._wire import decode_json, encode, present
-from .chat import chunk_event, upstream_error_event
+from ._sse import DONE, encode_data
+from ._wire import encode, present
+from .chat import ChatAdapter, chunk_event, upstream_error_event
 
 __all__ = ["CompletionsAdapter", "CompletionsRequest"]
 
@@ -137,11 +137,12 @@ class _Builder(JsonBuilder):
         return encode(doc)
 
 
-class CompletionsAdapter(Adapter):
+class CompletionsAdapter(ChatAdapter):
+    """Chat's framing, rendering and errors; its own chunks, choices and endings."""
+
     name = "completions"
     path = "/completions"
     id_prefix = "cmpl-guardproxy-"
-    end_of_stream = DONE_EVENT
 
     def parse(self, raw: bytes, policy: PolicyConfig, server: ServerConfig) -> CompletionsRequest:
         return parse_completions_request(raw, server.max_json_depth)
@@ -157,30 +158,19 @@ class CompletionsAdapter(Adapter):
             raise upstream_error_event(chunk.error)
         return chunk_event(data, chunk, [OutputDelta(ch.index, "", ch.text or "", "", ch.finish_reason) for ch in chunk.choices])
 
-    def render(self, event: UpstreamEvent, hide: dict[int, str] | None, finished: ReportView) -> bytes:
-        if (hide is None or not event.outputs) and not finished:
-            return event.data
-        doc = decode_json(event.data)
-        for ch in doc.get("choices", []):
-            index = ch.get("index", 0)
-            if hide is not None and isinstance(ch.get("text"), str):
-                ch["text"] = hide.get(index, "")
-            if index in finished:
-                ch["content_filter_results"] = filter_results(finished[index])
-        return encode(doc)
+    @staticmethod
+    def _hide_reasoning(choice: dict[str, Any], answer: str) -> None:
+        if isinstance(choice.get("text"), str):
+            choice["text"] = answer
 
-    def decode_rendered(self, event: UpstreamEvent, data: bytes) -> UpstreamEvent:
-        if data is event.data:
-            return event
-        return msgspec.structs.replace(event, data=data, doc=_decode(data))
+    @staticmethod
+    def _decode_chunk(data: bytes) -> Any:
+        return _decode(data)
 
     def _chunk(self, ids: ResponseIds, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         doc = {"id": ids.id, "object": "text_completion", "created": ids.created, "model": ids.model, "choices": choices}
         doc.update(extra)
         return encode_data(encode(doc))
-
-    def frame(self, data: bytes, event: UpstreamEvent | None = None) -> bytes:
-        return encode_data(data)
 
     def opening(self, ids: ResponseIds, prompt: StageReport) -> list[bytes]:
         if prompt.decision is None:
@@ -204,9 +194,6 @@ class CompletionsAdapter(Adapter):
             }
             out.append(self._chunk(ids, [finish]))
         return out
-
-    def error_event(self, ids: ResponseIds, error: dict[str, Any]) -> bytes:
-        return encode_data(encode({"error": error}))
 
     def shutdown_ending(self, ids: ResponseIds, unfinished: list[int]) -> list[bytes]:
         return [
