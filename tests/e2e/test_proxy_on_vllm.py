@@ -189,6 +189,7 @@ def test_unsafe_reasoning_is_aborted_early_and_vllm_aborts(e2e_proxy, fixture_sp
     marker_token = _token_count(fixture_spec.UNSAFE_THINK_BENIGN_PART) + 1
     latest_clean_checks = marker_token // REASONING_EVERY
     asked = 4000  # the tiny upstream's context is 4,096 tokens
+    summary: dict = {}
     for attempt in range(3):
         upstream.wait_idle()
         finished_before = upstream.finished()
@@ -227,7 +228,7 @@ def test_unsafe_reasoning_is_aborted_early_and_vllm_aborts(e2e_proxy, fixture_sp
         assert generated < asked, (generated, summary)
         if summary.get("flagged") and summary["checks"] <= latest_clean_checks + 2:
             break
-    assert summary["flagged"] and summary["risk_score"] == 100, summary
+    assert summary.get("flagged") and summary["risk_score"] == 100, summary
     assert summary["checks"] <= latest_clean_checks + 2, (summary, latest_clean_checks)
 
 

@@ -65,6 +65,7 @@ def test_responses_unsafe_reasoning_is_aborted_and_vllm_drops_it(client, vllm_up
     prompt = f"What is a {fixture_spec.STEALTH_REASONING_TRIGGER}?"
     latest_clean_checks = (_token_count(fixture_spec.UNSAFE_THINK_BENIGN_PART) + 1) // REASONING_EVERY
     asked = 3000
+    summary: dict = {}
     for _attempt in range(3):
         vllm_upstream.wait_idle()
         finished_before = vllm_upstream.finished()
@@ -93,7 +94,7 @@ def test_responses_unsafe_reasoning_is_aborted_and_vllm_drops_it(client, vllm_up
         assert generated < asked
         if summary.get("flagged") and summary["checks"] <= latest_clean_checks + 2:
             break
-    assert summary["flagged"] and summary["checks"] <= latest_clean_checks + 2, summary
+    assert summary.get("flagged") and summary["checks"] <= latest_clean_checks + 2, summary
 
 
 # -- legacy completions
