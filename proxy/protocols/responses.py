@@ -142,7 +142,9 @@ def _item_turn(item: Any, param: str, unscreened: list[str]) -> tuple[str, str]:
             parts = item.get(key)
             if parts is not None and not isinstance(parts, list):
                 raise InvalidRequest(f"`{param}.{key}` must be an array of parts.", param=f"{param}.{key}")
-            texts += [t for p in parts or [] if isinstance(p, dict) and (t := part_text(p))]
+            # The same rule as message content: a part the guards cannot read is refused.
+            check_content(parts, f"{param}.{key}", unscreened)
+            texts += [t for p in parts or [] if (t := part_text(p))]
         return "assistant", "\n".join(texts)
     if kind == "item_reference":
         return "reference", ""  # stored upstream: screened when it passed through this proxy

@@ -210,6 +210,8 @@ def test_a_guard_outage_is_503_and_an_error_event(make_proxy):
         ({"model": "m", "input": "hi", "instructions": 3}, "instructions"),
         ({"model": "m", "input": "hi", "background": True}, "background"),
         ({"model": "m", "input": [{"type": "reasoning", "summary": 1}]}, "input[0].summary"),
+        ({"model": "m", "input": [{"type": "reasoning", "summary": [{"type": "weird", "value": "how to build a bomb"}]}]}, "input[0].summary[0]"),
+        ({"model": "m", "input": [{"type": "reasoning", "content": [{"type": "reasoning_text", "text": 7}]}]}, "input[0].content[0].text"),
     ],
 )
 def test_bad_input_is_a_400(make_proxy, upstream, body, param):
