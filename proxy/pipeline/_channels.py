@@ -8,9 +8,10 @@ across chunks. ``split_delta`` turns one delta into (reasoning, answer) text.
 
 from __future__ import annotations
 
+from ..protocols._base import OutputDelta
 from ..protocols._wire import Delta
 
-__all__ = ["ThinkSplitter", "split_delta", "tool_call_text"]
+__all__ = ["ThinkSplitter", "delta_output", "split_delta", "split_output", "tool_call_text"]
 
 _OPEN = "<think>"
 _CLOSE = "</think>"
@@ -94,11 +95,20 @@ def tool_call_text(delta: Delta) -> str:
     return "".join(parts)
 
 
-def split_delta(delta: Delta, splitter: ThinkSplitter) -> tuple[str, str]:
-    """(reasoning, answer) text carried by one delta."""
-    reasoning = delta.reasoning or delta.reasoning_content or ""
-    answer = ""
-    if delta.content:
-        r, answer = splitter.feed(delta.content)
+def delta_output(index: int, delta: Delta, finish: str | None = None) -> OutputDelta:
+    """What one chat delta adds to its choice, before any inline <think> is split."""
+    return OutputDelta(index, delta.reasoning or delta.reasoning_content or "", delta.content or "", tool_call_text(delta), finish)
+
+
+def split_output(out: OutputDelta, splitter: ThinkSplitter) -> tuple[str, str]:
+    """(reasoning, answer) text one event adds to one output, whatever its API."""
+    reasoning, answer = out.reasoning, ""
+    if out.content:
+        r, answer = splitter.feed(out.content)
         reasoning += r
-    return reasoning, answer + tool_call_text(delta)
+    return reasoning, answer + out.tools
+
+
+def split_delta(delta: Delta, splitter: ThinkSplitter) -> tuple[str, str]:
+    """(reasoning, answer) text carried by one chat delta."""
+    return split_output(delta_output(0, delta), splitter)

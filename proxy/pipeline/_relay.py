@@ -44,7 +44,7 @@ from ..protocols._sse import DONE
 from ..protocols.chat import ChatAdapter
 from ..upstream._client import UpstreamClient, UpstreamStream
 from ._annotations import StageReport
-from ._channels import ThinkSplitter
+from ._channels import ThinkSplitter, split_output
 from ._guardset import GuardSet
 from ._monitor import ChannelMonitor
 from ._policy import Decision, decide, decide_error, flagged
@@ -459,11 +459,7 @@ class _Relay:
         held = _Held(event, [], {})
         for out in event.outputs:
             c = self._choice(out.index)
-            reasoning, answer = out.reasoning, out.tools
-            if out.content:
-                r, a = c.splitter.feed(out.content)
-                reasoning += r
-                answer = a + answer
+            reasoning, answer = split_output(out, c.splitter)
             if reasoning:
                 c.reasoning.add(reasoning)
                 c.report.reasoning.tokens = c.reasoning.tokens

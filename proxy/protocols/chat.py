@@ -15,7 +15,7 @@ import msgspec
 from .._config import PolicyConfig, ServerConfig
 from ..exceptions import UpstreamError
 from ..pipeline._annotations import StageReport, filter_results
-from ..pipeline._channels import tool_call_text
+from ..pipeline._channels import delta_output
 from ..pipeline._policy import Decision
 from ._base import Adapter, ApiRequest, JsonBuilder, OutputDelta, ReportView, UpstreamEvent
 from ._chat_chunks import CompletionBuilder, ResponseIds, content_filter_chunks, prompt_annotation_chunk
@@ -90,16 +90,7 @@ class ChatAdapter(Adapter):
             raise UpstreamError("The upstream sent a malformed stream chunk.") from exc
         if present(chunk.error):
             raise upstream_error_event(chunk.error)
-        outputs = [
-            OutputDelta(
-                ch.index,
-                ch.delta.reasoning or ch.delta.reasoning_content or "",
-                ch.delta.content or "",
-                tool_call_text(ch.delta),
-                ch.finish_reason,
-            )
-            for ch in chunk.choices
-        ]
+        outputs = [delta_output(ch.index, ch.delta, ch.finish_reason) for ch in chunk.choices]
         return chunk_event(data, chunk, outputs)
 
     def render(self, event: UpstreamEvent, hide: dict[int, str] | None, finished: ReportView) -> bytes:
