@@ -144,6 +144,7 @@ class FlexGuard:
             latency_s=latency,
             prompt_tokens=generation.prompt_tokens,
             cached_tokens=generation.cached_tokens,
+            completion_tokens=generation.completion_tokens,
         )
 
 
@@ -187,4 +188,5 @@ class ReasoningShield:
             latency_s=latency,
             prompt_tokens=generation.prompt_tokens,
             cached_tokens=generation.cached_tokens,
+            completion_tokens=generation.completion_tokens,
         )

@@ -33,6 +33,8 @@ class Generation(msgspec.Struct, frozen=True, kw_only=True):
     text: str
     prompt_tokens: int | None = None
     cached_tokens: int | None = None
+    # Tokens the guard generated (its analysis or thinking and its verdict).
+    completion_tokens: int | None = None
     # Why generation ended, in OpenAI's words: "stop" (an end-of-turn or stop token),
     # "length" (max_tokens reached: the verdict may be cut), None when unknown.
     finish_reason: str | None = None

@@ -183,4 +183,5 @@ def _generation(data: Any) -> Generation:
         prompt_tokens=usage.get("prompt_tokens"),
         cached_tokens=details.get("cached_tokens"),
         finish_reason=choice.get("finish_reason"),
+        completion_tokens=usage.get("completion_tokens"),
     )

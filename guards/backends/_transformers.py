@@ -189,6 +189,7 @@ class TransformersBackend:
                     text=text,
                     prompt_tokens=int(enc["attention_mask"][row].sum()),
                     finish_reason=finish_reason,
+                    completion_tokens=len(ids) + (finish_reason == "stop"),
                 )
             )
         return results

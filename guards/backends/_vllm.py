@@ -100,6 +100,7 @@ class VLLMBackend:
             prompt_tokens=len(ids),
             cached_tokens=getattr(final, "num_cached_tokens", None),
             finish_reason=completion.finish_reason,
+            completion_tokens=len(completion.token_ids),
         )
 
     async def ready(self) -> bool:

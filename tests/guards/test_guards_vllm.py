@@ -49,7 +49,7 @@ class FakeEngine:
             raise RuntimeError("engine dead")
         for text, finish_reason in (("SA", None), ("SAFE\n1", self.finish_reason)):
             yield SimpleNamespace(
-                outputs=[SimpleNamespace(text=text, finish_reason=finish_reason)],
+                outputs=[SimpleNamespace(text=text, finish_reason=finish_reason, token_ids=[1] * len(text.split()))],
                 num_cached_tokens=4,
             )
 
