@@ -16,11 +16,13 @@ from ._guards import (
     REASONINGSHIELD_DATE,
     REASONINGSHIELD_MAX_TOKENS,
     FlexGuard,
+    GrowingChecks,
     ReasoningShield,
 )
 from ._parse import judgment_to_risk_score, parse_flexguard, parse_reasoningshield
 from ._prompts import (
     KNOWN_ADDED_TOKENS,
+    GrowingSlot,
     SlotSanitizer,
     flexguard_prompt_messages,
     flexguard_response_messages,
@@ -58,11 +60,13 @@ __all__ = [
     "ChatPrompt",
     "FlexGuard",
     "Generation",
+    "GrowingChecks",
     "GuardBackend",
     "GuardBackendError",
     "GuardError",
     "GuardModelConfig",
     "GuardName",
+    "GrowingSlot",
     "GuardTimeout",
     "ReasoningShield",
     "ScriptedBackend",

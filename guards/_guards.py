@@ -16,15 +16,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 from ._config import GuardModelConfig
 from ._parse import judgment_to_risk_score, parse_flexguard, parse_reasoningshield
 from ._prompts import (
+    FLEXGUARD_PREAMBLE,
+    GrowingSlot,
     SlotSanitizer,
     flexguard_prompt_messages,
     flexguard_response_messages,
+    json_string,
     reasoningshield_messages,
+    system_prompt,
 )
 from ._structured import flexguard_regex, reasoningshield_regex
 from ._verdict import Stage, Verdict
@@ -33,6 +37,7 @@ from .exceptions import GuardBackendError, GuardError, GuardTimeout, VerdictTrun
 
 __all__ = [
     "FLEXGUARD_MAX_TOKENS",
+    "GrowingChecks",
     "REASONINGSHIELD_DATE",
     "REASONINGSHIELD_MAX_TOKENS",
     "FlexGuard",
@@ -96,6 +101,42 @@ async def _run(
     return generation, time.perf_counter() - start
 
 
+class GrowingChecks:
+    """The checks of one text that only grows (the reasoning of one output, its answer)
+    by one guard: what :meth:`FlexGuard.check_response` and
+    :meth:`ReasoningShield.check_reasoning` send for the text so far, built without
+    redoing what earlier checks built. The system prompt and the user message's fixed
+    head are sanitised and encoded once; the slot text grows with :class:`GrowingSlot`.
+    """
+
+    __slots__ = ("_run", "_prompt", "_system", "_head", "_head_json", "_slot")
+
+    def __init__(
+        self,
+        run: Callable[[ChatPrompt], Awaitable[Verdict]],
+        prompt: Callable[[tuple[ChatMessage, ...]], ChatPrompt],
+        system: str,
+        head: str,
+        slot: GrowingSlot,
+    ) -> None:
+        self._run = run
+        self._prompt = prompt
+        self._system = ChatMessage("system", system)
+        self._head = head
+        self._head_json = json_string(head)[:-1]  # the opening quote and the head
+        self._slot = slot
+
+    def request(self, text: str) -> ChatPrompt:
+        """The prompt of a check of ``text``, the whole text so far."""
+        self._slot.update(text)
+        slot_text, slot_json = self._slot.render()
+        user = ChatMessage("user", self._head + slot_text, content_json=self._head_json + slot_json + b'"')
+        return self._prompt((self._system, user))
+
+    async def check(self, text: str) -> Verdict:
+        return await self._run(self.request(text))
+
+
 class FlexGuard:
     """FlexGuard (Qwen3-8B): categories and a 0-100 risk score for prompts and answers."""
 
@@ -124,6 +165,15 @@ class FlexGuard:
         return self._prompt(
             flexguard_response_messages(user_text, assistant_text, sanitize=self.sanitize)
         )
+
+    def answer_checks(self, user_text: str) -> GrowingChecks:
+        """The response-mode checks of an answer to ``user_text`` as it grows."""
+        head = FLEXGUARD_PREAMBLE + "[User]: " + self.sanitize(user_text) + "\n" + "[Assistant]: "
+
+        async def run(prompt: ChatPrompt) -> Verdict:
+            return await self._check(prompt, "answer")
+
+        return GrowingChecks(run, self._prompt, system_prompt("flexguard_response"), head, GrowingSlot(self.sanitize))
 
     async def check_prompt(self, user_text: str) -> Verdict:
         return await self._check(self.prompt_check(user_text), "prompt")
@@ -158,15 +208,28 @@ class ReasoningShield:
         self.config = config
         self.sanitize = SlotSanitizer(backend.added_tokens())
 
-    def reasoning_check(self, query: str, thought: str) -> ChatPrompt:
-        """Exactly what :meth:`check_reasoning` (and :meth:`check_answer`) sends."""
+    def _prompt(self, messages: tuple[ChatMessage, ...]) -> ChatPrompt:
         cfg = self.config
         return ChatPrompt(
-            messages=reasoningshield_messages(query, thought, sanitize=self.sanitize),
+            messages=messages,
             max_tokens=cfg.max_tokens or REASONINGSHIELD_MAX_TOKENS,
             chat_template_kwargs={"date_string": REASONINGSHIELD_DATE},
             regex=reasoningshield_regex(cfg.max_thinking_tokens) if cfg.structured_output else None,
         )
+
+    def reasoning_check(self, query: str, thought: str) -> ChatPrompt:
+        """Exactly what :meth:`check_reasoning` (and :meth:`check_answer`) sends."""
+        return self._prompt(reasoningshield_messages(query, thought, sanitize=self.sanitize))
+
+    def growing_checks(self, query: str, stage: Stage = "reasoning") -> GrowingChecks:
+        """The checks of the reasoning (or, with ``stage="answer"``, the final answer) to
+        ``query`` as it grows."""
+        head = f"Query: {self.sanitize(query)}\nThought: "
+
+        async def run(prompt: ChatPrompt) -> Verdict:
+            return await self._check(prompt, stage)
+
+        return GrowingChecks(run, self._prompt, system_prompt("reasoningshield"), head, GrowingSlot(self.sanitize))
 
     async def check_reasoning(self, query: str, thought: str) -> Verdict:
         return await self._check(self.reasoning_check(query, thought), "reasoning")

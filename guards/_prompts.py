@@ -81,11 +81,14 @@ import unicodedata
 from collections.abc import Callable, Iterable
 from typing import Literal
 
+import msgspec
+
 from ._categories import FLEXGUARD_CATEGORIES
 from .backends._base import ChatMessage
 
 __all__ = [
     "BREAK",
+    "GrowingSlot",
     "FLEXGUARD_PREAMBLE",
     "KNOWN_ADDED_TOKENS",
     "Sanitize",
@@ -130,6 +133,7 @@ def system_prompt(name: SystemPromptName) -> str:
 # Characters the model may read as a line break (str.splitlines' set).
 _NL = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 _LINE_START = rf"(?:^|(?<=[{_NL}]))"
+_LINE_BREAK = re.compile(f"[{_NL}]")
 _CODES = "|".join(["SAFE", *FLEXGUARD_CATEGORIES])
 
 _PIPE_TOKEN = re.compile(r"<(?=\|)")
@@ -270,6 +274,63 @@ class SlotSanitizer:
 
 
 _STATIC = SlotSanitizer()
+_ENCODE = msgspec.json.Encoder().encode
+
+
+def json_string(text: str) -> bytes:
+    """``text`` as a JSON string literal. Escaping is per character, so the literal of a
+    concatenation is the concatenation of the literals' insides."""
+    return _ENCODE(text)
+
+
+class GrowingSlot:
+    """The sanitised slot text, and its JSON form, of a text that only grows: the
+    reasoning between ReasoningShield checks, an answer between FlexGuard checks.
+
+    Each :meth:`update` sanitises and escapes only the new text and the line it
+    continues, never what came before: every rule of :class:`SlotSanitizer` is decided
+    within one line (markers, category lines and the added tokens hold no line break),
+    so the sanitised form of every line before the last one is final. The work of a
+    check is the new text plus the current line; the text already seen is only copied
+    when the check is sent.
+    """
+
+    __slots__ = ("_sanitize", "_seen", "_settled", "_settled_json", "_open", "_exact")
+
+    def __init__(self, sanitize: SlotSanitizer) -> None:
+        self._sanitize = sanitize
+        self._seen = 0  # characters of the raw text received
+        self._settled: list[str] = []  # sanitised whole lines
+        self._settled_json = bytearray()  # their JSON-escaped form, without quotes
+        self._open = ""  # the raw text of the current (last) line
+        # A tokenizer whose added tokens span lines would break the per-line rule:
+        # then every update sanitises the whole text again.
+        self._exact = not any(_LINE_BREAK.search(t) for t in sanitize.added_tokens)
+
+    def update(self, text: str) -> None:
+        """``text``: the whole raw text so far, an extension of the previous one."""
+        if len(text) < self._seen or not self._exact:
+            self._settled, self._settled_json, self._open = [], bytearray(), text
+        else:
+            self._open += text[self._seen :]
+        self._seen = len(text)
+        if not self._exact:
+            return
+        breaks = [i for i in map(self._open.rfind, _NL) if i >= 0]
+        if breaks:
+            cut = max(breaks) + 1
+            lines = self._sanitize(self._open[:cut])
+            self._settled.append(lines)
+            self._settled_json += json_string(lines)[1:-1]
+            self._open = self._open[cut:]
+
+    def render(self) -> tuple[str, bytes]:
+        """The sanitised slot text, ``sanitize(text)``, and its JSON string literal's
+        inside (``json_string(...)[1:-1]``), from the kept lines and escapes."""
+        if len(self._settled) > 1:
+            self._settled = ["".join(self._settled)]
+        tail = self._sanitize(self._open)
+        return "".join((*self._settled, tail)), bytes(self._settled_json) + json_string(tail)[1:-1]
 
 
 def sanitize_slot_text(text: str) -> str:

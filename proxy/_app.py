@@ -6,6 +6,8 @@ The upstream client and the guard backends are created when the app starts, kept
 
 from __future__ import annotations
 
+import functools
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,12 +26,12 @@ from ._routes import ROUTES
 from .exceptions import ProxyError
 from .ops._metrics import METRICS_ROUTES
 from .ops._shutdown import Drain
-from .ops._startup import Readiness, open_guard
+from .ops._startup import Readiness, open_guard, settle_heap
 from .ops._telemetry import Telemetry
 from .pipeline._guardset import GuardSet
 from .pipeline._response import error_response
 from .protocols._wire import error_body
-from .upstream._client import UpstreamClient, create_transport
+from .upstream._client import UpstreamClient, create_transport, guard_transport
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -113,7 +115,9 @@ def create_app(
                 if name in given:
                     backends[name] = given[name]
                 else:
-                    backends[name] = opened[name] = await open_guard(name, getattr(config.guards, name))
+                    backends[name] = opened[name] = await open_guard(
+                        name, getattr(config.guards, name), functools.partial(guard_transport, config.upstream)
+                    )
             flex = backends.get("flexguard")
             shield = backends.get("reasoningshield")
             app.state.config = config
@@ -128,8 +132,10 @@ def create_app(
                 ReasoningShield(shield, config.guards.reasoningshield) if shield is not None else None,
                 config.server,
             )
+            settle_heap()
             yield
         finally:
+            gc.unfreeze()  # what the app held may be freed again
             await upstream.aclose()
             for backend in opened.values():
                 await backend.aclose()

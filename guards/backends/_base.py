@@ -12,6 +12,9 @@ __all__ = ["ChatMessage", "ChatPrompt", "Generation", "GuardBackend"]
 class ChatMessage(msgspec.Struct, frozen=True):
     role: str
     content: str
+    # ``content`` already encoded as a JSON string (quotes included), where the guard
+    # keeps it incrementally for a text that grows; HTTP backends send it as it is.
+    content_json: bytes | None = None
 
 
 class ChatPrompt(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,9 +1,19 @@
 """A guard served by an OpenAI-compatible server (``vllm serve``), over HTTP.
 
-One ``httpx.AsyncClient`` per backend (one connection pool per guard server). Retries
-(tenacity, exponential backoff) on connection errors, HTTP 429 and 5xx, at most
+Checks go straight to an httpx transport, as the proxy's upstream requests do, not
+through ``httpx.AsyncClient``: the client's cookie jar, redirect and auth layers do
+nothing for a guard call, and with httpx's own pool its per-request connection
+bookkeeping grew with the pool and cost more CPU than the rest of the proxy together
+(bench/README.md, guard cost). The proxy passes the transport it measured best for
+the upstream (``open_backend(config, transport=...)``); without one, httpx's own.
+
+Retries (tenacity, exponential backoff) on connection errors, HTTP 429 and 5xx, at most
 ``max_retries`` times; the guard's check deadline bounds them all. httpx's errors are
 translated into the project's in one place, :func:`_translate`.
+
+The body is JSON encoded by msgspec with each message's content taken as the guard
+encoded it (``ChatMessage.content_json``, kept incrementally for text that grows) or,
+for the system prompts, encoded once per backend.
 
 The API key is read from the environment variable ``config.api_key_env`` and sent as a
 Bearer token; it never appears in an exception message (server error bodies are scrubbed
@@ -12,10 +22,12 @@ of it too, in case a server echoes headers).
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
 import httpx
+import msgspec
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -25,11 +37,14 @@ from tenacity import (
 
 from .._config import GuardModelConfig
 from ..exceptions import GuardBackendError, GuardTimeout
-from ._base import ChatPrompt, Generation
+from ._base import ChatMessage, ChatPrompt, Generation
 
 __all__ = ["OpenAIBackend"]
 
 _BODY_EXCERPT = 200
+_MAX_BODY = 1 << 22  # a guard answer is a few KB; more is a broken server
+_ENCODE = msgspec.json.Encoder().encode
+_DECODE = msgspec.json.Decoder().decode
 
 
 class _StatusError(Exception):
@@ -60,24 +75,48 @@ class OpenAIBackend:
     ) -> None:
         self.config = config
         self._api_key = os.environ.get(config.api_key_env) if config.api_key_env else None
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-        self._client = httpx.AsyncClient(
-            base_url=config.base_url.rstrip("/") + "/",
-            headers=headers,
-            timeout=httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s),
-            # httpx's default pool (100) would queue checks beyond it; the server
-            # batches concurrent checks, so let them all reach it.
+        base = config.base_url.rstrip("/")
+        self._completions_url = httpx.URL(f"{base}/chat/completions")
+        self._models_url = httpx.URL(f"{base}/models")
+        # No host header: httpx adds it from the URL, which a replica transport may rewrite.
+        self._headers: list[tuple[bytes, bytes]] = [
+            (b"user-agent", b"guardproxy-guard"),
+            (b"accept", b"application/json"),
+        ]
+        if self._api_key:
+            self._headers.append((b"authorization", f"Bearer {self._api_key}".encode()))
+        # The pool waits at most the connect timeout; the check's deadline bounds the rest.
+        self._timeout = httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s).as_dict()
+        # The backend owns its transport, the proxy's or its own, and closes it.
+        self._transport = transport or httpx.AsyncHTTPTransport(
+            # The server batches concurrent checks, so let them all reach it.
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-            transport=transport,
             trust_env=False,
         )
         self._backoff_s = backoff_s
+        self._encoded: dict[str, msgspec.Raw] = {}
+        self._model_json = msgspec.Raw(_ENCODE(config.model))
+
+    def _content(self, message: ChatMessage) -> msgspec.Raw:
+        if message.content_json is not None:
+            return msgspec.Raw(message.content_json)
+        if message.role != "system":
+            return msgspec.Raw(_ENCODE(message.content))
+        # System prompts are the same few long strings: encoded once. The key's hash is
+        # cached on the string object, which guards.system_prompt hands out each time.
+        raw = self._encoded.get(message.content)
+        if raw is None:
+            raw = self._encoded[message.content] = msgspec.Raw(_ENCODE(message.content))
+        return raw
 
     def request_body(self, prompt: ChatPrompt) -> dict[str, Any]:
         """The JSON body of one check (public so tests can see what is sent)."""
+        return _DECODE(self.encode_body(prompt))  # type: ignore[no-any-return]
+
+    def encode_body(self, prompt: ChatPrompt) -> bytes:
         body: dict[str, Any] = {
-            "model": self.config.model,
-            "messages": [{"role": m.role, "content": m.content} for m in prompt.messages],
+            "model": self._model_json,
+            "messages": [{"role": m.role, "content": self._content(m)} for m in prompt.messages],
             "temperature": 0,
             "max_tokens": prompt.max_tokens,
             # Keep <think> and friends: the parser needs the whole output.
@@ -87,22 +126,22 @@ class OpenAIBackend:
             body["chat_template_kwargs"] = prompt.chat_template_kwargs
         if prompt.regex is not None:
             body["structured_outputs"] = {"regex": prompt.regex}
-        return body
+        return _ENCODE(body)
 
     async def generate(self, prompt: ChatPrompt) -> Generation:
-        body = self.request_body(prompt)
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.config.max_retries + 1),
-            wait=wait_exponential(multiplier=self._backoff_s, max=4 * self._backoff_s),
-            retry=retry_if_exception(_retryable),
-            reraise=True,
-        )
+        body = self.encode_body(prompt)
         try:
-            data: Any = await retrying(self._post, body)
+            try:
+                data: Any = await self._post(body)
+            except Exception as exc:
+                if not (_retryable(exc) and self.config.max_retries):
+                    raise
+                data = await self._retry(body)
             return _generation(data)
         except (
             httpx.HTTPError,
             _StatusError,
+            msgspec.DecodeError,
             ValueError,
             LookupError,
             TypeError,
@@ -110,11 +149,40 @@ class OpenAIBackend:
         ) as exc:
             raise self._translate(exc) from exc
 
-    async def _post(self, body: dict[str, Any]) -> Any:
-        response = await self._client.post("chat/completions", json=body)
-        if response.status_code >= 400:
-            raise _StatusError(response.status_code, response.text[:_BODY_EXCERPT])
-        return response.json()
+    async def _retry(self, body: bytes) -> Any:
+        """The retries after a failed first attempt. tenacity comes in only here: nearly
+        every check succeeds at once, and its per-call state was a visible part of a
+        check's CPU. Backoff b, 2b, 4b, 4b, ... as if tenacity had run from the start."""
+        await asyncio.sleep(self._backoff_s)
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.config.max_retries),
+            wait=wait_exponential(multiplier=2 * self._backoff_s, max=4 * self._backoff_s),
+            retry=retry_if_exception(_retryable),
+            reraise=True,
+        )
+        return await retrying(self._post, body)
+
+    async def _send(self, method: str, url: httpx.URL, body: bytes | None = None) -> tuple[int, bytes]:
+        headers = self._headers if body is None else [*self._headers, (b"content-type", b"application/json")]
+        request = httpx.Request(method, url, headers=headers, content=body, extensions={"timeout": self._timeout})
+        response = await self._transport.handle_async_request(request)
+        try:
+            parts: list[bytes] = []
+            size = 0
+            async for piece in response.aiter_raw():
+                parts.append(piece)
+                size += len(piece)
+                if size > _MAX_BODY:
+                    raise _StatusError(response.status_code, "answer larger than 4 MiB")
+        finally:
+            await response.aclose()
+        return response.status_code, b"".join(parts)
+
+    async def _post(self, body: bytes) -> Any:
+        status, raw = await self._send("POST", self._completions_url, body)
+        if status >= 400:
+            raise _StatusError(status, raw[:_BODY_EXCERPT].decode("utf-8", "replace"))
+        return _DECODE(raw)
 
     def _translate(self, exc: BaseException) -> GuardBackendError:
         """The one place where lower-level errors become the project's."""
@@ -142,15 +210,15 @@ class OpenAIBackend:
         and lists the configured model (a server that serves the model under another
         name answers every check with HTTP 404)."""
         try:
-            response = await self._client.get("models")
-        except httpx.HTTPError as exc:
+            status, raw = await self._send("GET", self._models_url)
+        except (httpx.HTTPError, _StatusError) as exc:
             return f"unreachable ({type(exc).__name__}: {self._scrub(str(exc))})"
-        if response.status_code != 200:
-            return f"GET /models answered HTTP {response.status_code}: {self._scrub(response.text[:_BODY_EXCERPT])}"
+        if status != 200:
+            return f"GET /models answered HTTP {status}: {self._scrub(raw[:_BODY_EXCERPT].decode('utf-8', 'replace'))}"
         try:
-            data = response.json()["data"]
+            data = _DECODE(raw)["data"]
             served = [m["id"] for m in data]
-        except (ValueError, LookupError, TypeError):
+        except (msgspec.DecodeError, ValueError, LookupError, TypeError):
             return "GET /models did not answer with a model list"
         if self.config.model in served:
             return None
@@ -161,7 +229,7 @@ class OpenAIBackend:
         )
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()
 
 
 def _generation(data: Any) -> Generation:

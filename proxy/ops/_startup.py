@@ -16,11 +16,14 @@ while one is not; a log line when a dependency's state changes, not at every pro
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import httpx
 
 from guards import GuardBackend, GuardModelConfig, open_backend
 
@@ -28,7 +31,16 @@ from .._config import UpstreamConfig
 from ..exceptions import UpstreamError
 from ..upstream._client import UpstreamClient, create_transport
 
-__all__ = ["Probe", "Readiness", "check_at_startup", "guard_location", "open_guard", "probe_guard", "probe_upstream"]
+__all__ = [
+    "Probe",
+    "Readiness",
+    "check_at_startup",
+    "guard_location",
+    "open_guard",
+    "probe_guard",
+    "probe_upstream",
+    "settle_heap",
+]
 
 logger = logging.getLogger("guardproxy.startup")
 
@@ -190,10 +202,14 @@ async def check_at_startup(
             await backend.aclose()
 
 
-async def open_guard(name: str, config: GuardModelConfig) -> GuardBackend:
-    """Open a guard's backend; an in-process one loads its model here, and says so."""
+async def open_guard(
+    name: str, config: GuardModelConfig, transport: Callable[[], httpx.AsyncBaseTransport] | None = None
+) -> GuardBackend:
+    """Open a guard's backend; an in-process one loads its model here, and says so.
+    ``transport`` makes a guard server's HTTP transport (the backend owns it)."""
     if config.backend == "openai":
-        return await open_backend(config)  # a client only: check_at_startup probes the server
+        # A client only: check_at_startup probes the server.
+        return await open_backend(config, transport=transport() if transport else None)
     where = guard_location(config)
     logger.info("%s (%s): loading", name, where)
     start = time.monotonic()
@@ -204,3 +220,19 @@ async def open_guard(name: str, config: GuardModelConfig) -> GuardBackend:
         raise
     logger.info("%s (%s): loaded in %.1f s", name, where, time.monotonic() - start)
     return backend
+
+
+def settle_heap() -> None:
+    """Once started: collect, then freeze what survives (the modules, the app, the guard
+    clients) out of the garbage collector's reach, as vLLM's API server does.
+
+    Every full collection walks every object that is not frozen. A proxy with its
+    guards on allocates enough per request (check tasks, verdicts, guard responses) to
+    trigger one every few hundred requests, and walking the libraries' objects each time
+    was the largest part of the CPU the guards added (bench/README.md, guard cost).
+    The young generation's threshold is raised for the same reason: the default 700
+    allocations is a handful of streamed chunks.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 50, 100)

@@ -97,28 +97,35 @@ class GuardSet:
         )
 
     def reasoning_check(self, query: str) -> CheckFn | None:
+        """The check function of one growing reasoning text (one output's): each check
+        extends what the previous one built (guards.GrowingChecks)."""
         shield = self.reasoningshield
         if shield is None:
             return None
         capacity = self.capacity["reasoningshield"]
+        checks = shield.growing_checks(query)
 
         async def check(thought: str) -> tuple[Verdict, ...]:
-            return (await capacity.run(shield.check_reasoning(query, thought)),)
+            return (await capacity.run(checks.check(thought)),)
 
         return check
 
     def answer_check(self, query: str, with_reasoningshield: bool) -> CheckFn | None:
+        """The check function of one growing answer, by FlexGuard and, if asked, by
+        ReasoningShield too."""
         flex, shield = self.flexguard, self.reasoningshield if with_reasoningshield else None
         if flex is None and shield is None:
             return None
         capacity = self.capacity
+        flex_checks = flex.answer_checks(query) if flex is not None else None
+        shield_checks = shield.growing_checks(query, "answer") if shield is not None else None
 
         async def check(answer: str) -> tuple[Verdict, ...]:
             calls = []
-            if flex is not None:
-                calls.append(capacity["flexguard"].run(flex.check_response(query, answer)))
-            if shield is not None:
-                calls.append(capacity["reasoningshield"].run(shield.check_answer(query, answer)))
+            if flex_checks is not None:
+                calls.append(capacity["flexguard"].run(flex_checks.check(answer)))
+            if shield_checks is not None:
+                calls.append(capacity["reasoningshield"].run(shield_checks.check(answer)))
             return await gather_checks(calls)
 
         return check

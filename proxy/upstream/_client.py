@@ -24,7 +24,7 @@ from .._config import UpstreamConfig
 from ..exceptions import UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
 from ..protocols._sse import iter_sse_batches
 
-__all__ = ["UpstreamClient", "UpstreamStream", "create_transport"]
+__all__ = ["UpstreamClient", "UpstreamStream", "create_transport", "guard_transport"]
 
 _MAX_ERROR_BODY = 1 << 20
 
@@ -45,15 +45,26 @@ def create_transport(config: UpstreamConfig) -> httpx.AsyncBaseTransport:
     (encode/httpx#3215). Its errors arrive as httpx's, so the translation below holds
     for both.
     """
-    limits = httpx.Limits(max_connections=config.max_connections, max_keepalive_connections=config.max_connections)
-    if config.http_transport != "aiohttp":
+    return _transport(config.http_transport, config.max_connections)
+
+
+def guard_transport(upstream: UpstreamConfig) -> httpx.AsyncBaseTransport:
+    """A guard server's transport: the kind chosen for the upstream (the measured choice
+    holds for the guard calls too: they are the proxy's other half of its HTTP work),
+    with a pool as large, since a guard server batches whatever checks reach it."""
+    return _transport(upstream.http_transport, upstream.max_connections)
+
+
+def _transport(kind: str, max_connections: int) -> httpx.AsyncBaseTransport:
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    if kind != "aiohttp":
         return httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
     import aiohttp
     from httpx_aiohttp import AiohttpTransport
 
     def session() -> aiohttp.ClientSession:  # called on the first request, inside the event loop
         connector = aiohttp.TCPConnector(
-            limit=config.max_connections, keepalive_timeout=limits.keepalive_expiry, ssl=transport.ssl_context
+            limit=max_connections, keepalive_timeout=limits.keepalive_expiry, ssl=transport.ssl_context
         )
         # No Accept-Encoding: a compressing upstream would hold back stream chunks.
         return aiohttp.ClientSession(
