@@ -150,9 +150,17 @@ def wait_for_quiet() -> list[str]:
 # -- measuring ------------------------------------------------------------------------------
 
 
+def rotations(n: int) -> list[tuple[int, ...]]:
+    """Orders for n targets: each rotation, forwards then backwards, so that every target
+    takes every position and precedes each other one as often as it follows it."""
+    forward = [tuple((i + k) % n for i in range(n)) for k in range(n)]
+    return [o for pair in zip(forward, [tuple(reversed(o)) for o in forward], strict=True) for o in pair]
+
+
 async def rounds(targets: list[Target], concurrency: int, n_rounds: int, duration: float,
-                 client: Client) -> dict[str, dict[str, Any]]:
-    """The targets take turns ``n_rounds`` times (order from ORDERS); merged summary per target.
+                 client: Client, orders: list[tuple[int, ...]] | None = None) -> dict[str, dict[str, Any]]:
+    """The targets take turns ``n_rounds`` times (order from ``orders``, default ORDERS);
+    merged summary per target.
 
     Besides the merged numbers, each proxy's summary keeps its per-round req/s, so the
     after/before ratio can be given per round (its spread shows the noise).
@@ -161,7 +169,8 @@ async def rounds(targets: list[Target], concurrency: int, n_rounds: int, duratio
     round_cpu: dict[str, list[float]] = {t.name: [] for t in targets}
     cpu0 = {t.name: (t.cpu_s, t.cpu_requests) for t in targets}
     for r in range(n_rounds):
-        for i in ORDERS[r % len(ORDERS)]:
+        order = orders or ORDERS
+        for i in order[r % len(order)]:
             t = targets[i]
             c, n = t.cpu_s, t.cpu_requests
             per[t.name].append(await measure(t, concurrency, duration=duration, client=client))
