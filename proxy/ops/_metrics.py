@@ -73,6 +73,31 @@ class ProxyMetrics:
             ["stage", "result"],
             registry=r,
         )
+        # What protection costs: guard tokens per upstream token is the ratio of these.
+        self.guard_prompt_tokens = Counter(
+            "guardproxy_guard_prompt_tokens",
+            "Guard prompt tokens computed (prompt tokens minus those the guard's prefix cache served).",
+            ["guard", "stage"],
+            registry=r,
+        )
+        self.guard_cached_tokens = Counter(
+            "guardproxy_guard_cached_tokens",
+            "Guard prompt tokens served by the guard's prefix cache.",
+            ["guard", "stage"],
+            registry=r,
+        )
+        self.guard_output_tokens = Counter(
+            "guardproxy_guard_output_tokens",
+            "Tokens the guards generated (analysis or thinking, and verdict).",
+            ["guard", "stage"],
+            registry=r,
+        )
+        self.upstream_tokens = Counter(
+            "guardproxy_upstream_tokens",
+            "Tokens the upstream streamed through the proxy, per channel (reasoning, answer).",
+            ["channel"],
+            registry=r,
+        )
         self.ttft = Histogram(
             "guardproxy_upstream_ttft_seconds",
             "Upstream time to first chunk, from the upstream call's start.",
@@ -90,6 +115,15 @@ class ProxyMetrics:
         self._latency = {k: self.guard_seconds.labels(*k) for k in _CHECKS}
         self._checks = {(s, res): self.checks.labels(s, res) for s in _STAGES for res in ("pass", "flag", "error")}
         self._aborts = {s: self.abort_tokens.labels(s) for s in ("reasoning", "answer")}
+        self._usage = {k: self._usage_children(k) for k in _CHECKS}
+        self._upstream_tokens = {c: self.upstream_tokens.labels(c) for c in ("reasoning", "answer")}
+
+    def _usage_children(self, key: tuple[str, str]) -> tuple[Counter, Counter, Counter]:
+        return (
+            self.guard_prompt_tokens.labels(*key),
+            self.guard_cached_tokens.labels(*key),
+            self.guard_output_tokens.labels(*key),
+        )
 
     def check_done(self, decision: Decision) -> None:
         result = "error" if decision.error else ("flag" if decision.flagged else "pass")
@@ -99,6 +133,13 @@ class ProxyMetrics:
             if child is None:
                 child = self._latency[(v.guard, v.stage)] = self.guard_seconds.labels(v.guard, v.stage)
             child.observe(v.latency_s)
+            usage = self._usage.get((v.guard, v.stage))
+            if usage is None:
+                usage = self._usage[(v.guard, v.stage)] = self._usage_children((v.guard, v.stage))
+            cached = v.cached_tokens or 0
+            usage[0].inc(max(0, (v.prompt_tokens or 0) - cached))
+            usage[1].inc(cached)
+            usage[2].inc(v.completion_tokens or 0)
 
     def request_done(self, report: RequestReport | None, outcome: str, seconds: float, ttft_s: float | None) -> None:
         counter = self._outcomes.get(outcome) or self.requests.labels(outcome)
@@ -106,6 +147,12 @@ class ProxyMetrics:
         self.request_seconds.observe(seconds)
         if ttft_s is not None:
             self.ttft.observe(ttft_s)
+        if report is not None:
+            for c in report.choices.values():
+                if c.reasoning.tokens:
+                    self._upstream_tokens["reasoning"].inc(c.reasoning.tokens)
+                if c.answer.tokens:
+                    self._upstream_tokens["answer"].inc(c.answer.tokens)
         if report is not None and report.stop is not None and report.stop_choice is not None:
             choice = report.choices.get(report.stop_choice)
             stage = report.stop.stage

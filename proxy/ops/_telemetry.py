@@ -268,6 +268,7 @@ class RequestTelemetry(RequestObserver):
         attributes: dict[str, Any] = {"guardproxy.outcome": outcome}
         if report is not None:
             attributes.update(_response_attributes(report, self.ttft_s))
+            attributes.update(_guard_usage_attributes(report))
             stop = report.stop or (report.prompt.decision if report.prompt.decision and report.prompt.decision.stops else None)
             if stop is not None:
                 attributes["guardproxy.action"] = stop.action
@@ -309,6 +310,9 @@ def _decision_attributes(d: Decision) -> dict[str, Any]:
         cached = [v.cached_tokens for v in d.verdicts if v.cached_tokens is not None]
         if cached:
             attributes["gen_ai.usage.cache_read.input_tokens"] = sum(cached)
+        output_tokens = [v.completion_tokens for v in d.verdicts if v.completion_tokens is not None]
+        if output_tokens:
+            attributes["gen_ai.usage.output_tokens"] = sum(output_tokens)
     if d.error:
         attributes["guardproxy.guard_error"] = d.error
     return attributes
@@ -331,6 +335,18 @@ def _response_attributes(report: RequestReport, ttft_s: float | None) -> dict[st
             attributes["gen_ai.usage.output_tokens"] = usage["completion_tokens"]
     if ttft_s is not None:
         attributes["gen_ai.response.time_to_first_chunk"] = ttft_s
+    return attributes
+
+
+def _guard_usage_attributes(report: RequestReport) -> dict[str, Any]:
+    """What the guards cost the whole request, per stage (all choices together)."""
+    attributes: dict[str, Any] = {}
+    for stage, r in (("prompt", report.prompt), ("reasoning", report.worst("reasoning")), ("answer", report.worst("answer"))):
+        if r.usage.calls:
+            for key, value in r.usage.summary().items():
+                attributes[f"guardproxy.guard_usage.{stage}.{key}"] = value
+        if r.tokens:
+            attributes[f"guardproxy.upstream_tokens.{stage}"] = r.tokens
     return attributes
 
 

@@ -32,7 +32,15 @@ from .._config import STRICTNESS_THRESHOLDS
 from ._categories import UNCATEGORISED_KEY, keys_of
 from ._policy import Decision
 
-__all__ = ["StageReport", "filter_results", "stage_summary", "decision_headers", "severity"]
+__all__ = [
+    "GuardUsage",
+    "StageReport",
+    "decision_headers",
+    "filter_results",
+    "severity",
+    "stage_summary",
+    "verdict_usage",
+]
 
 _SEVERITIES = ("safe", "low", "medium", "high")
 _SEVERITY_FLOORS = (
@@ -42,16 +50,66 @@ _SEVERITY_FLOORS = (
 )
 
 
+class GuardUsage(msgspec.Struct, kw_only=True):
+    """What the guard calls of one stage cost, from the guards' own usage figures: what
+    protection costs is guard tokens per upstream token (README, "What protection costs")."""
+
+    calls: int = 0  # guard calls that answered (a check may call two guards)
+    prompt_tokens: int = 0  # computed: the prompt tokens the guard's prefix cache did not serve
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    unreported: int = 0  # calls whose guard reported no usage (counted above as 0)
+
+    def add(self, other: GuardUsage) -> None:
+        self.calls += other.calls
+        self.prompt_tokens += other.prompt_tokens
+        self.cached_tokens += other.cached_tokens
+        self.output_tokens += other.output_tokens
+        self.unreported += other.unreported
+
+    def summary(self) -> dict[str, int]:
+        out = {
+            "calls": self.calls,
+            "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
+            "output_tokens": self.output_tokens,
+        }
+        if self.unreported:
+            out["unreported"] = self.unreported
+        return out
+
+
+def verdict_usage(decision: Decision) -> GuardUsage:
+    """The usage of the guard calls behind one decision (none for a failed check)."""
+    usage = GuardUsage()
+    for v in decision.verdicts:
+        usage.calls += 1
+        if v.prompt_tokens is None and v.completion_tokens is None:
+            usage.unreported += 1
+        cached = v.cached_tokens or 0
+        usage.prompt_tokens += max(0, (v.prompt_tokens or 0) - cached)
+        usage.cached_tokens += cached
+        usage.output_tokens += v.completion_tokens or 0
+    return usage
+
+
 class StageReport(msgspec.Struct, kw_only=True):
-    """One stage of one choice: its most severe decision so far, and how it was checked."""
+    """One stage of one choice: its most severe decision so far, how it was checked, and
+    what the checks cost."""
 
     decision: Decision | None = None
     checks: int = 0
     tokens: int = 0
     aborted_at_token: int | None = None
     flagged_check_tokens: int | None = None
+    usage: GuardUsage = msgspec.field(default_factory=GuardUsage)
 
     def record(self, decision: Decision) -> None:
+        """One check's decision: it counts in the usage, and stands if it is the most severe."""
+        self.usage.add(verdict_usage(decision))
+        self.pick(decision)
+
+    def pick(self, decision: Decision) -> None:
         if self.decision is None or _severity(decision) >= _severity(self.decision):
             self.decision = decision
 
@@ -79,6 +137,8 @@ def stage_summary(report: StageReport) -> dict[str, Any]:
             out["flagged_messages"] = list(d.where)
     if report.tokens:
         out["tokens"] = report.tokens
+    if report.usage.calls:
+        out["guard_usage"] = report.usage.summary()
     if report.aborted_at_token is not None:
         out["aborted_at_token"] = report.aborted_at_token
         out["flagged_check_tokens"] = report.flagged_check_tokens

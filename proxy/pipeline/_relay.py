@@ -93,8 +93,9 @@ class RequestReport(msgspec.Struct, kw_only=True):
             r = getattr(c, stage)
             merged.checks += r.checks
             merged.tokens += r.tokens
+            merged.usage.add(r.usage)
             if r.decision is not None:
-                merged.record(r.decision)
+                merged.pick(r.decision)
             if r.aborted_at_token is not None:
                 merged.aborted_at_token = r.aborted_at_token
                 merged.flagged_check_tokens = r.flagged_check_tokens

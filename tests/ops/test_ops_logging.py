@@ -33,6 +33,7 @@ def test_one_json_line_per_request_with_its_decision(make_proxy, caplog):
     assert passed["model"] == "m" and passed["stream"] is False and passed["response_id"] == "chatcmpl-scripted"
     assert len(passed["request_id"]) == 32 and passed["request_id"] != aborted["request_id"]
     assert passed["latency_s"] > 0 and 0 < passed["upstream_ttft_s"] <= passed["latency_s"]
+    usage = passed["prompt"].pop("guard_usage")
     assert passed["prompt"] == {
         "checks": 1,
         "action": "pass",
@@ -42,6 +43,8 @@ def test_one_json_line_per_request_with_its_decision(make_proxy, caplog):
         "threshold": 40,
         "guards": ["flexguard"],
     }
+    # What the guard cost, from its usage: one call, its prompt's tokens, its verdict's.
+    assert usage["calls"] == 1 and usage["prompt_tokens"] > 100 and usage["output_tokens"] >= 2
     assert passed["choices"]["0"]["answer"]["action"] == "pass" and passed["choices"]["0"]["finish_reason"] == "stop"
     assert passed["usage"] == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
     assert "stop" not in passed and "prompt_text" not in passed
@@ -49,6 +52,10 @@ def test_one_json_line_per_request_with_its_decision(make_proxy, caplog):
     assert aborted["outcome"] == "aborted" and aborted["stream"] is True
     reasoning = aborted["choices"]["0"]["reasoning"]
     assert reasoning["action"] == "rewrite" and reasoning["risk_score"] == 100 and reasoning["checks"] >= 3
+    # Every reasoning check's call counted; from the second on the guard's cache served
+    # the system prompt, so fewer prompt tokens were computed than sent.
+    cost = reasoning["guard_usage"]
+    assert cost["calls"] == reasoning["checks"] and cost["cached_tokens"] > 0 and cost["output_tokens"] > 0
     stop = aborted["stop"]
     assert stop["stage"] == "reasoning" and stop["action"] == "rewrite" and stop["choice"] == 0
     assert 20 < stop["flagged_check_tokens"] <= stop["aborted_at_token"] < len(UNSAFE_TRACE)

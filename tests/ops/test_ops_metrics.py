@@ -92,3 +92,38 @@ def test_a_guard_error_and_an_upstream_error_are_counted(make_proxy):
 def test_metrics_off_means_no_endpoint(make_proxy):
     proxy = make_proxy("[telemetry]\nmetrics = false")
     assert httpx.get(f"{proxy.url}/metrics").status_code == 404
+
+
+def test_guard_usage_reaches_the_annotation_and_the_counters(make_proxy):
+    """What the guards cost: each stage's guard calls and tokens in the response's
+    annotation, and the same figures summed in /metrics beside the upstream's tokens."""
+    proxy = make_proxy("[policy.reasoning]\ncheck_every_tokens = 8")
+    script = {"reasoning": "step " * 30, "answer": "fine " * 12, "delay": 0.001}
+    stages = {}
+    for _ in range(2):
+        chunks = list(proxy.client.chat.completions.create(
+            model="m", messages=BENIGN, stream=True, extra_body={"x_script": script}))
+        final = next(c for c in chunks if c.choices and c.choices[0].finish_reason)
+        stages[len(stages)] = final.choices[0].model_extra["content_filter_results"]["guardproxy"]
+    first, second = stages[0], stages[1]
+    reasoning = first["reasoning"]["guard_usage"]
+    # One call per check (150 reasoning tokens, a check every 8 at most).
+    assert reasoning["calls"] == first["reasoning"]["checks"] >= 4
+    assert reasoning["prompt_tokens"] > 0 and reasoning["output_tokens"] > 0
+    # The guard's cache served the system prompt from the second reasoning check on.
+    assert reasoning["cached_tokens"] > 0
+    assert first["answer"]["guard_usage"]["calls"] == first["answer"]["checks"] >= 1
+
+    def scraped():
+        s = _scrape(proxy.url)
+        return s if _value(s, "guardproxy_requests_total", outcome="passed") == 2 else None
+
+    s = eventually(scraped)
+    assert s is not None
+    for stage, guard in (("reasoning", "reasoningshield"), ("answer", "flexguard")):
+        for key in ("prompt_tokens", "cached_tokens", "output_tokens"):
+            total = first[stage]["guard_usage"][key] + second[stage]["guard_usage"][key]
+            assert _value(s, f"guardproxy_guard_{key}_total", guard=guard, stage=stage) == total, (stage, key)
+    # The scripted upstream streams a character per chunk: one token each.
+    assert _value(s, "guardproxy_upstream_tokens_total", channel="reasoning") == 2 * len(script["reasoning"])
+    assert _value(s, "guardproxy_upstream_tokens_total", channel="answer") == 2 * len(script["answer"])

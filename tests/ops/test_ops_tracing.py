@@ -40,6 +40,10 @@ def test_a_passed_stream_has_a_span_per_check_and_one_for_the_upstream(make_prox
     assert a["gen_ai.response.id"] == "chatcmpl-scripted" and a["gen_ai.response.finish_reasons"] == ("stop",)
     assert a["gen_ai.usage.input_tokens"] == 7 and a["gen_ai.usage.output_tokens"] == len(BENIGN_TRACE) + 4
     assert len(a["guardproxy.request_id"]) == 32
+    # What the guards cost, per stage, beside the upstream tokens they protected.
+    assert a["guardproxy.guard_usage.prompt.calls"] == 1 and a["guardproxy.guard_usage.prompt.prompt_tokens"] > 0
+    assert a["guardproxy.guard_usage.reasoning.calls"] >= 2 and a["guardproxy.guard_usage.reasoning.output_tokens"] > 0
+    assert a["guardproxy.upstream_tokens.reasoning"] == len(BENIGN_TRACE)
     # Every span of the request is a direct child of the request span, in one trace.
     assert {s.context.trace_id for s in exporter.get_finished_spans()} == {root.context.trace_id}
     assert len(children) == len(exporter.get_finished_spans()) - 1
@@ -49,7 +53,7 @@ def test_a_passed_stream_has_a_span_per_check_and_one_for_the_upstream(make_prox
     assert p["guardproxy.stage"] == "prompt" and p["guardproxy.guard"] == "flexguard"
     assert p["guardproxy.risk_score"] == 5 and p["gen_ai.evaluation.score.value"] == 5.0
     assert p["guardproxy.action"] == "pass" and p["guardproxy.flagged"] is False and p["guardproxy.categories"] == ()
-    assert p["guardproxy.latency_s"] > 0 and p["gen_ai.usage.input_tokens"] > 0
+    assert p["guardproxy.latency_s"] > 0 and p["gen_ai.usage.input_tokens"] > 0 and p["gen_ai.usage.output_tokens"] > 0
 
     [upstream] = _named(children, "chat m")
     u = upstream.attributes

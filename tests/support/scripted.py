@@ -325,6 +325,7 @@ class GuardServer:
     max_in_flight: int = 0
     # What GET /models lists: the model names tests/conftest.py configures.
     models: tuple[str, ...] = ("flexguard-test", "reasoningshield-test")
+    seen_systems: set[str] = field(default_factory=set)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -352,7 +353,12 @@ class GuardServer:
             if text.startswith("SLOW"):
                 await asyncio.sleep(self.slow_delay)
                 text = text[4:]
+            # Usage as a vLLM server reports it: words for tokens, and a prefix cache that
+            # serves the system prompt from its second use on.
             prompt_tokens = len(system.split()) + len(user.split())
+            cached = len(system.split()) if system in self.seen_systems else 0
+            self.seen_systems.add(system)
+            completion_tokens = len(text.split())
             await _send_json(
                 send,
                 200,
@@ -362,7 +368,12 @@ class GuardServer:
                     "created": 1,
                     "model": body.get("model"),
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 10, "total_tokens": prompt_tokens + 10},
+                    "usage": {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": completion_tokens,
+                        "total_tokens": prompt_tokens + completion_tokens,
+                        "prompt_tokens_details": {"cached_tokens": cached},
+                    },
                 },
             )
         finally:
