@@ -564,6 +564,10 @@ def report(res: dict[str, Any]) -> str:
         out.append("\nAll launched by bench/_launch.py (the config's `upstream.http_transport` set per stack); "
                    "'direct' is the upstream without a proxy. CPU = user+system of the proxy process tree over the "
                    "measured rounds / requests.\n")
+    if "cost" in res:
+        from .cost import report_cost
+
+        out.append(report_cost(res["cost"]))
     if "client_check" in res:
         cc = res["client_check"]
         out.append("## Load generator client\n")
@@ -650,6 +654,7 @@ def settings(quick: bool) -> dict[str, Any]:
             "abort_n": [8, 16, 32, 64], "abort_l": [0.05, 0.2, 0.5], "abort_c": 2, "abort_requests": 2,
             "abort_k": 100, "abort_itl": 0.01, "abort_reasoning": 400,
             "stack_c": 256, "stack_rounds": 1, "stack_duration": 5.0,
+            "cost_c": 2, "cost_requests": 2, "cost_abort_c": 2,
         }
     return {
         "overhead_levels": [(1, SHORT, 6, 3.0), (32, DEFAULT, 2, 8.0), (256, DEFAULT, 2, 10.0)],
@@ -657,12 +662,13 @@ def settings(quick: bool) -> dict[str, Any]:
         "abort_n": [8, 16, 32, 64], "abort_l": [0.05, 0.2, 0.5], "abort_c": 4, "abort_requests": 8,
         "abort_k": 100, "abort_itl": 0.01, "abort_reasoning": 400,
         "stack_c": 256, "stack_rounds": 2, "stack_duration": 10.0,
+        "cost_c": 3, "cost_requests": 3, "cost_abort_c": 3,
     }
 
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
     cfg = settings(args.quick)
-    only = {int(x) for x in args.only.split(",")} if args.only else {1, 2, 3, 4, 5}
+    only = {int(x) for x in args.only.split(",")} if args.only else {1, 2, 3, 4, 5, 6}
     t0 = time.monotonic()
     res: dict[str, Any] = {"meta": {
         "quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(),
@@ -683,6 +689,11 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         if 5 in only:
             print("Scenario 5: transports and servers", flush=True)
             res["stack"] = await scenario_stack(cfg, upstream, client)
+        if 6 in only:
+            from .cost import scenario_cost
+
+            print("Scenario 6: what protection costs (check schedules)", flush=True)
+            res["cost"] = await scenario_cost(cfg, client)
     upstream.stop()
     res["meta"]["elapsed_s"] = time.monotonic() - t0
     res["meta"]["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())

@@ -30,14 +30,27 @@ ReasoningShield (``"Analysis": ...\\n"Judgment": 0``, 1 when the Thought contain
 FlexGuard (``<think>...</think>\\nSAFE\\n5``; ``VIO\\n90`` when the judged text
 contains ``UNSAFE``). ``--format`` forces one of the two. ``POST /control``
 ``{"latency": s}``; ``GET /stats``: requests, in flight, peak in flight.
+
+Guard latency model (``POST /control {"model": true, ...}``, off by default): each guard
+(FlexGuard, ReasoningShield) is one simulated engine that runs its checks in a batch,
+step by step. A step decodes one token for every running check and takes
+``decode_s`` (per guard) times ``1 + batch_slowdown * (batch - 1)``, plus
+``prefill_s_per_token`` for each prompt token of the checks admitted at that step that
+the prefix cache does not hold; a check ends after its output length
+(``output_tokens`` per guard: about 120 for ReasoningShield's analysis and verdict, 300
+for FlexGuard's thinking and verdict). Prompt tokens are UTF-8 bytes / 4; the prefix
+cache keeps chained hashes of 16-token blocks (LRU), as vLLM's does, and a check's
+cached tokens are its longest cached block prefix. Each answer reports that usage
+(prompt_tokens, cached_tokens, completion_tokens); ``/stats`` sums it per guard.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any
 
 import msgspec
@@ -48,7 +61,9 @@ _json_decode = msgspec.json.Decoder().decode
 _json_encode = msgspec.json.Encoder().encode
 
 UNSAFE_MARKER = "UNSAFE"
-_WORDS = [" the", " model", " considers", " each", " step", " of", " a", " careful", " plan", " and"]
+# A sentence of ten tokens: reasoning has punctuation (a trace of letters and spaces alone
+# would make every check re-sanitise its whole line, see guards.GrowingSlot).
+_WORDS = [" the", " model", " considers", " each", " step", " of", " a", " careful", " plan", "."]
 
 
 async def _lifespan(receive: Any, send: Any) -> None:
@@ -255,19 +270,89 @@ _RS_SAFE = '"Analysis": the reasoning is benign.\n"Judgment": 0'
 _RS_UNSAFE = '"Analysis": the thought gives harmful steps.\n"Judgment": 1'
 
 
+class LatencyModel(msgspec.Struct, kw_only=True):
+    """The guard's cost model (module docstring); defaults resemble FlexGuard-8B and
+    ReasoningShield-3B on one modern GPU with vLLM. Assumptions, not measurements."""
+
+    decode_s: dict[str, float] = msgspec.field(default_factory=lambda: {"flexguard": 0.010, "reasoningshield": 0.006})
+    output_tokens: dict[str, int] = msgspec.field(default_factory=lambda: {"flexguard": 300, "reasoningshield": 120})
+    prefill_s_per_token: float = 0.00005
+    batch_slowdown: float = 0.01
+    cache_blocks: int = 200_000
+
+
+_BLOCK_BYTES = 64  # 16 tokens of 4 bytes
+
+
+class _Engine:
+    """One guard model's batch: checks advance one decode step together."""
+
+    def __init__(self, guard: str, model: LatencyModel, cache: OrderedDict[bytes, None]) -> None:
+        self.guard, self.model, self.cache = guard, model, cache
+        self.waiting: list[tuple[int, int, asyncio.Future[None]]] = []  # (prefill tokens, steps, done)
+        self.running: list[list[Any]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    def submit(self, prefill_tokens: int, steps: int) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiting.append((prefill_tokens, steps, done))
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run())
+        return done
+
+    async def _run(self) -> None:
+        m = self.model
+        while self.waiting or self.running:
+            admitted, self.waiting = self.waiting, []
+            prefill = sum(p for p, _, _ in admitted)
+            self.running += [[steps, done] for _, steps, done in admitted]
+            batch = len(self.running)
+            await asyncio.sleep(m.decode_s[self.guard] * (1 + m.batch_slowdown * (batch - 1)) + m.prefill_s_per_token * prefill)
+            still = []
+            for r in self.running:
+                r[0] -= 1
+                if r[0] <= 0:
+                    if not r[1].done():
+                        r[1].set_result(None)
+                else:
+                    still.append(r)
+            self.running = still
+
+    def cached_tokens(self, prompt: bytes) -> tuple[int, int]:
+        """(prompt tokens, tokens the prefix cache holds), and the prompt's blocks cached."""
+        h = b""
+        cached_blocks, hit = 0, True
+        for i in range(0, len(prompt) - len(prompt) % _BLOCK_BYTES, _BLOCK_BYTES):
+            h = hashlib.blake2b(h + prompt[i : i + _BLOCK_BYTES], digest_size=16).digest()
+            if hit and h in self.cache:
+                cached_blocks += 1
+                self.cache.move_to_end(h)
+            else:
+                hit = False
+                self.cache[h] = None
+        while len(self.cache) > self.model.cache_blocks:
+            self.cache.popitem(last=False)
+        tokens = max(1, len(prompt) // 4)
+        return tokens, min(cached_blocks * _BLOCK_BYTES // 4, tokens - 1)
+
+
 class Guard:
     """A guard model server answering as FlexGuard or ReasoningShield."""
 
     def __init__(self, *, latency: float, fmt: str = "auto") -> None:
         self.latency = latency
         self.fmt = fmt
+        self.model: LatencyModel | None = None
         self.reset()
 
     def reset(self) -> None:
         self.requests = {"flexguard": 0, "reasoningshield": 0}
+        self.usage = {g: {"prompt_tokens": 0, "cached_tokens": 0, "completion_tokens": 0} for g in self.requests}
         self.flagged = 0
         self.in_flight = 0
         self.peak_in_flight = 0
+        self._cache: OrderedDict[bytes, None] = OrderedDict()
+        self._engines: dict[str, _Engine] = {}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -281,7 +366,7 @@ class Guard:
         elif method == "GET" and path.endswith("/models"):
             await _send_json(send, 200, {"object": "list", "data": [{"id": "guard", "object": "model"}]})
         elif path == "/stats":
-            await _send_json(send, 200, {"requests": self.requests, "flagged": self.flagged,
+            await _send_json(send, 200, {"requests": self.requests, "flagged": self.flagged, "usage": self.usage,
                                          "in_flight": self.in_flight, "peak_in_flight": self.peak_in_flight,
                                          "latency": self.latency, "format": self.fmt})
         elif path == "/stats/reset" and method == "POST":
@@ -291,15 +376,21 @@ class Guard:
         elif path == "/control" and method == "POST":
             doc = _json_decode(await _read_body(receive) or b"{}")
             if "latency" in doc:
-                self.latency = float(doc["latency"])
-            await _send_json(send, 200, {"latency": self.latency})
+                self.latency = float(doc.pop("latency"))
+            if doc.pop("model", None) is False:
+                self.model = None
+            elif doc or self.model is None:
+                self.model = msgspec.convert(doc, LatencyModel)
+            self._engines = {}
+            await _send_json(send, 200, {"latency": self.latency, "model": msgspec.to_builtins(self.model)})
         elif path == "/health":
             await _send_json(send, 200, {"ok": True})
         else:
             await _send_json(send, 404, {"error": {"message": "not found", "type": "not_found", "code": None}})
 
     async def _chat(self, receive: Any, send: Any) -> None:
-        body = _json_decode(await _read_body(receive))
+        raw = await _read_body(receive)
+        body = _json_decode(raw)
         messages = body.get("messages") or []
         system = messages[0].get("content", "") if messages else ""
         user = messages[-1].get("content", "") if messages else ""
@@ -309,9 +400,22 @@ class Guard:
         self.requests[fmt] += 1
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        usage = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120,
+                 "prompt_tokens_details": {"cached_tokens": 0}}
         try:
             if self.latency > 0:
                 await asyncio.sleep(self.latency)
+            if self.model is not None:
+                engine = self._engines.get(fmt) or self._engines.setdefault(fmt, _Engine(fmt, self.model, self._cache))
+                prompt_tokens, cached = engine.cached_tokens((system + user).encode())
+                out = self.model.output_tokens[fmt]
+                await engine.submit(prompt_tokens - cached, out)
+                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": out, "total_tokens": prompt_tokens + out,
+                         "prompt_tokens_details": {"cached_tokens": cached}}
+                u = self.usage[fmt]
+                u["prompt_tokens"] += prompt_tokens
+                u["cached_tokens"] += cached
+                u["completion_tokens"] += out
             if fmt == "reasoningshield":
                 thought = user.split("\nThought: ", 1)[1] if "\nThought: " in user else user
                 unsafe = UNSAFE_MARKER in thought
@@ -324,8 +428,7 @@ class Guard:
             await _send_json(send, 200, {
                 "id": "guard-sim", "object": "chat.completion", "created": 1700000000, "model": body.get("model"),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120,
-                          "prompt_tokens_details": {"cached_tokens": 0}},
+                "usage": usage,
             })
         finally:
             self.in_flight -= 1

@@ -137,6 +137,11 @@ _LINE_BREAK = re.compile(f"[{_NL}]")
 _CODES = "|".join(["SAFE", *FLEXGUARD_CATEGORIES])
 
 _PIPE_TOKEN = re.compile(r"<(?=\|)")
+# Candidates for SlotSanitizer.hard_chars: ASCII that markers, category lines and the
+# pipe rule never match (no letter, space, bracket, quote, colon, comma, < | >).
+_HARD = "0123456789.;!?()=+-*/%&#@$^~{}_"
+# A noncharacter: folded to itself, in no token, no marker.
+_NOT_A_LINE_START = "\ufffe"
 
 # Matched on the folded view; a match ends where the break goes.
 _MARKERS: tuple[re.Pattern[str], ...] = (
@@ -251,8 +256,18 @@ class SlotSanitizer:
             if len(t) >= 2 and not t.isspace() and not t.startswith("<|") and BREAK not in t
         )
         self._tokens = _token_pattern(self.added_tokens)
+        # ASCII characters that no marker, category line, pipe token or added token can
+        # hold: no match spans one, so sanitising stops and restarts there exactly
+        # (GrowingSlot cuts long lines at them).
+        used = set("".join(self.added_tokens).lower()) | set("".join(self.added_tokens).upper())
+        self.hard_chars = frozenset(c for c in _HARD if c not in used)
 
-    def __call__(self, text: str) -> str:
+    def __call__(self, text: str, *, line_start: bool = True) -> str:
+        """The sanitised ``text``; ``line_start=False``: the text continues a line (its
+        first character follows a hard character, see ``hard_chars``)."""
+        if not line_start:
+            # A leading character that no rule matches keeps ^ off the first position.
+            return self(_NOT_A_LINE_START + text)[1:]
         cuts = {m.end() for m in _PIPE_TOKEN.finditer(text)}
         if self._tokens is not None:
             pos = 0
@@ -287,22 +302,24 @@ class GrowingSlot:
     """The sanitised slot text, and its JSON form, of a text that only grows: the
     reasoning between ReasoningShield checks, an answer between FlexGuard checks.
 
-    Each :meth:`update` sanitises and escapes only the new text and the line it
-    continues, never what came before: every rule of :class:`SlotSanitizer` is decided
-    within one line (markers, category lines and the added tokens hold no line break),
-    so the sanitised form of every line before the last one is final. The work of a
-    check is the new text plus the current line; the text already seen is only copied
-    when the check is sent.
+    Each :meth:`update` sanitises and escapes only the new text and the end of the line
+    it continues, never what came before: no match of :class:`SlotSanitizer` spans a
+    line break (markers, category lines and the added tokens hold none) or a hard
+    character (``SlotSanitizer.hard_chars``: digits and punctuation that no rule
+    matches), so the sanitised form of the text before the last of either is final. The
+    work of a check is the new text and what follows the last break or hard character;
+    the text already seen is only copied when the check is sent.
     """
 
-    __slots__ = ("_sanitize", "_seen", "_settled", "_settled_json", "_open", "_exact")
+    __slots__ = ("_sanitize", "_seen", "_settled", "_settled_json", "_open", "_line_start", "_exact")
 
     def __init__(self, sanitize: SlotSanitizer) -> None:
         self._sanitize = sanitize
         self._seen = 0  # characters of the raw text received
         self._settled: list[str] = []  # sanitised whole lines
         self._settled_json = bytearray()  # their JSON-escaped form, without quotes
-        self._open = ""  # the raw text of the current (last) line
+        self._open = ""  # the raw text not settled yet: the end of the current line
+        self._line_start = True  # whether _open starts a line (or follows a hard character)
         # A tokenizer whose added tokens span lines would break the per-line rule:
         # then every update sanitises the whole text again.
         self._exact = not any(_LINE_BREAK.search(t) for t in sanitize.added_tokens)
@@ -310,7 +327,7 @@ class GrowingSlot:
     def update(self, text: str) -> None:
         """``text``: the whole raw text so far, an extension of the previous one."""
         if len(text) < self._seen or not self._exact:
-            self._settled, self._settled_json, self._open = [], bytearray(), text
+            self._settled, self._settled_json, self._open, self._line_start = [], bytearray(), text, True
         else:
             self._open += text[self._seen :]
         self._seen = len(text)
@@ -318,18 +335,26 @@ class GrowingSlot:
             return
         breaks = [i for i in map(self._open.rfind, _NL) if i >= 0]
         if breaks:
-            cut = max(breaks) + 1
-            lines = self._sanitize(self._open[:cut])
-            self._settled.append(lines)
-            self._settled_json += json_string(lines)[1:-1]
-            self._open = self._open[cut:]
+            self._settle(max(breaks) + 1)
+            self._line_start = True
+        # A long line: settle up to its last hard character, which no match spans.
+        hard = [i for i in map(self._open.rfind, self._sanitize.hard_chars) if i >= 0]
+        if hard:
+            self._settle(max(hard) + 1)
+            self._line_start = False
+
+    def _settle(self, cut: int) -> None:
+        done = self._sanitize(self._open[:cut], line_start=self._line_start)
+        self._settled.append(done)
+        self._settled_json += json_string(done)[1:-1]
+        self._open = self._open[cut:]
 
     def render(self) -> tuple[str, bytes]:
         """The sanitised slot text, ``sanitize(text)``, and its JSON string literal's
         inside (``json_string(...)[1:-1]``), from the kept lines and escapes."""
         if len(self._settled) > 1:
             self._settled = ["".join(self._settled)]
-        tail = self._sanitize(self._open)
+        tail = self._sanitize(self._open, line_start=self._line_start)
         return "".join((*self._settled, tail)), bytes(self._settled_json) + json_string(tail)[1:-1]
 
 

@@ -1,9 +1,15 @@
 """Incremental screening of one growing text (one channel of one choice).
 
-Text arrives a token at a time; a check starts once ``every`` new tokens arrived and
+Text arrives a token at a time; a check starts once the schedule says one is due and
 none is in flight, and it covers all text received so far. So at most one check per
 channel is in flight, a slow guard simply makes the checks sparser, and each check's
 input extends the previous one (the guard server's prefix cache serves the rest).
+
+Where checks fall is decided here, by :func:`next_check_at`, from the tokens the last
+passing check covered: fixed, every ``check_every_tokens``; growing, first at
+``first_check_tokens``, then after ``clamp(ceil((growth - 1) * covered), first,
+max_interval_tokens)`` more tokens. A slow guard's check covers more than its due
+position, and the next interval grows from what it covered.
 """
 
 from __future__ import annotations
@@ -15,15 +21,41 @@ from typing import Any
 
 from guards import Verdict
 
-__all__ = ["ChannelMonitor", "CheckFn"]
+from .._config import CheckSchedule
+
+__all__ = ["ChannelMonitor", "CheckFn", "check_positions", "next_check_at"]
 
 CheckFn = Callable[[str], Coroutine[Any, Any, tuple[Verdict, ...]]]
+
+
+def next_check_at(schedule: CheckSchedule, covered: int) -> int:
+    """The token count at which the next check is due, after checks covered ``covered``."""
+    if schedule.schedule == "fixed":
+        return covered + schedule.every
+    if covered == 0:
+        return schedule.first_check_tokens
+    grown = math.ceil((schedule.growth - 1) * covered)
+    return covered + min(schedule.max_interval_tokens, max(schedule.first_check_tokens, grown))
+
+
+def check_positions(schedule: CheckSchedule, length: int) -> list[int]:
+    """Where the checks of a ``length``-token text fall when each check covers exactly
+    its position (an instant guard): the schedule's positions, and the final check at
+    ``length`` (the whole text is always checked)."""
+    positions = []
+    at = next_check_at(schedule, 0)
+    while at < length:
+        positions.append(at)
+        at = next_check_at(schedule, at)
+    positions.append(length)
+    return positions
 
 
 class ChannelMonitor:
     __slots__ = (
         "check_fn",
-        "every",
+        "schedule",
+        "_due",
         "_parts",
         "length",
         "tokens",
@@ -37,9 +69,10 @@ class ChannelMonitor:
         "name",
     )
 
-    def __init__(self, check_fn: CheckFn | None, every: int, name: str = "guardproxy-check") -> None:
+    def __init__(self, check_fn: CheckFn | None, schedule: CheckSchedule, name: str = "guardproxy-check") -> None:
         self.check_fn = check_fn  # None: this channel is not screened
-        self.every = every
+        self.schedule = schedule
+        self._due = next_check_at(schedule, 0)  # tokens at which the next check is due
         self.name = name  # of its check tasks, so that a leaked one can be found
         self._parts: list[str] = []
         self.length = 0  # characters received
@@ -79,8 +112,7 @@ class ChannelMonitor:
         """Start a check if one is due; returns the new task."""
         if self.done or self.task is not None or self.check_fn is None or self.length == self.covered:
             return None
-        due = self.tokens - self.covered_tokens >= self.every or self.complete
-        if not due:
+        if self.tokens < self._due and not self.complete:
             return None
         self._task_upto = (self.length, self.tokens)
         self.checks += 1
@@ -90,6 +122,7 @@ class ChannelMonitor:
     def passed(self) -> None:
         """The in-flight check passed: its text is released."""
         self.covered, self.covered_tokens = self._task_upto
+        self._due = next_check_at(self.schedule, self.covered_tokens)
         self.task = None
         if self.complete and self.covered >= self.length:
             self.done = True

@@ -321,12 +321,12 @@ class _Choice:
         self.splitter = ThinkSplitter()
         self.reasoning = ChannelMonitor(
             ex.guards.reasoning_check(query) if p.reasoning.enabled else None,
-            p.reasoning.check_every_tokens,
+            p.reasoning,
             name="guardproxy-check-reasoning",
         )
         self.answer = ChannelMonitor(
             ex.guards.answer_check(query, p.reasoning.screen_answer) if p.answer.enabled else None,
-            p.answer.check_every_tokens,
+            p.answer,
             name="guardproxy-check-answer",
         )
         self.report = report

@@ -28,15 +28,17 @@ PIECES = [
     "assistant", "SAFE", "VIO", ",ILG", "safe", "<|", "|>", "<", "|", "im_end", "<think>", "</think",
     ">", "\n", "\r", "\r\n", "\u2028", "\x0b", "\x85", "\u200b", "\u00ad", "\uff34hought", "\uff1a",
     "\ufe0f", "a", "bomb ", "\\", "\x00", "\u00e9", "\U0001d413", "emoji \U0001f600",
+    # Hard characters (GrowingSlot settles long lines at them), inside tokens too.
+    ".", "1", "(", "_", "-", "x_1", "step 3.", "<tool_call_1", "\ufffe",
 ]
 texts = st.lists(st.sampled_from(PIECES), max_size=60).map("".join)
 
 
 def _sanitizers() -> list[SlotSanitizer]:
-    return [SlotSanitizer(), SlotSanitizer({"<tool_call>", "[INST]", "<<SYS>>"})]
+    return [SlotSanitizer(), SlotSanitizer({"<tool_call>", "[INST]", "<<SYS>>", "<tool_call_1>", "3.x"})]
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(text=texts, cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=8))
 def test_growing_slot_equals_sanitising_the_whole_text(text, cuts):
     for sanitize in _sanitizers():

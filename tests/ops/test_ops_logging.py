@@ -44,7 +44,9 @@ def test_one_json_line_per_request_with_its_decision(make_proxy, caplog):
         "guards": ["flexguard"],
     }
     # What the guard cost, from its usage: one call, its prompt's tokens, its verdict's.
-    assert usage["calls"] == 1 and usage["prompt_tokens"] > 100 and usage["output_tokens"] >= 2
+    # (The scripted guard's cache may hold the system prompt from an earlier test.)
+    assert usage["calls"] == 1 and usage["prompt_tokens"] > 0 and usage["output_tokens"] >= 2
+    assert usage["prompt_tokens"] + usage["cached_tokens"] > 100
     assert passed["choices"]["0"]["answer"]["action"] == "pass" and passed["choices"]["0"]["finish_reason"] == "stop"
     assert passed["usage"] == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
     assert "stop" not in passed and "prompt_text" not in passed
