@@ -33,9 +33,14 @@ class GuardModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     max_tokens: int | None = None  # None: the model card's value (2048 / 1024)
     # Constrain the verdict lines with vLLM structured outputs so that they always parse.
     structured_output: bool = False
-    # Cap FlexGuard's <think> block (ReasoningShield's "Analysis") at about this many
-    # tokens (None: uncapped); needs structured_output, see guards/_structured.py.
+    # Cap FlexGuard's <think> block at about this many tokens (None: uncapped); needs
+    # structured_output, see guards/_structured.py. The guard's costliest output: a
+    # trade of check time and guard compute against the verdicts the model was
+    # evaluated with (a cut reasoning may change the verdict).
     max_thinking_tokens: int | None = None
+    # The same for ReasoningShield's "Analysis" (its output before the Judgment). Unset:
+    # max_thinking_tokens, which ReasoningShield read before this option existed.
+    max_analysis_tokens: int | None = None
     # In-process backends.
     device: str = "auto"
     dtype: str = "auto"
@@ -50,11 +55,13 @@ class GuardModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
             raise ValueError("`timeout_s` must be > 0")
         if self.max_retries < 0:
             raise ValueError("`max_retries` must be >= 0")
-        if self.max_thinking_tokens is not None:
-            if self.max_thinking_tokens <= 0:
-                raise ValueError("`max_thinking_tokens` must be > 0")
-            if not self.structured_output:
-                raise ValueError("`max_thinking_tokens` needs `structured_output = true`")
+        for name in ("max_thinking_tokens", "max_analysis_tokens"):
+            cap = getattr(self, name)
+            if cap is not None:
+                if cap <= 0:
+                    raise ValueError(f"`{name}` must be > 0")
+                if not self.structured_output:
+                    raise ValueError(f"`{name}` needs `structured_output = true`")
         if self.structured_output and self.backend == "transformers":
             raise ValueError("`structured_output` needs the openai (vLLM server) or vllm backend")
         if self.max_batch_size < 1:

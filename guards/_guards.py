@@ -101,6 +101,10 @@ async def _run(
     return generation, time.perf_counter() - start
 
 
+def _analysis_cap(config: GuardModelConfig) -> int | None:
+    return config.max_analysis_tokens if config.max_analysis_tokens is not None else config.max_thinking_tokens
+
+
 class GrowingChecks:
     """The checks of one text that only grows (the reasoning of one output, its answer)
     by one guard: what :meth:`FlexGuard.check_response` and
@@ -214,7 +218,7 @@ class ReasoningShield:
             messages=messages,
             max_tokens=cfg.max_tokens or REASONINGSHIELD_MAX_TOKENS,
             chat_template_kwargs={"date_string": REASONINGSHIELD_DATE},
-            regex=reasoningshield_regex(cfg.max_thinking_tokens) if cfg.structured_output else None,
+            regex=reasoningshield_regex(_analysis_cap(cfg)) if cfg.structured_output else None,
         )
 
     def reasoning_check(self, query: str, thought: str) -> ChatPrompt:

@@ -3,9 +3,9 @@
 The trade-off: constrained decoding guarantees an answer that parses (no
 VerdictParseError from a model that drifted out of format), but it overrides the model's
 own wording wherever that wording leaves the format, and the grammar forces the verdict
-lines to follow the think block. With ``max_thinking_tokens`` the think block (FlexGuard)
-or the analysis (ReasoningShield) is capped: the grammar then forces ``</think>`` (or the
-``"Judgment":`` line) once the cap is reached, so the model must decide on a shortened
+lines to follow the think block. With ``max_thinking_tokens`` the think block
+(FlexGuard), with ``max_analysis_tokens`` the analysis (ReasoningShield), is capped:
+the grammar then forces ``</think>`` (or the ``"Judgment":`` line) once the cap is reached, so the model must decide on a shortened
 reasoning, and a capped think may change the verdict. Leave both off to get the verdicts
 the guard models were evaluated with.
 
@@ -46,6 +46,6 @@ def flexguard_regex(max_thinking_tokens: int | None = None) -> str:
     )
 
 
-def reasoningshield_regex(max_thinking_tokens: int | None = None) -> str:
+def reasoningshield_regex(max_analysis_tokens: int | None = None) -> str:
     """``"Analysis": …`` then ``"Judgment": 0``, ``0.5`` or ``1``."""
-    return '"Analysis": ' + _bounded_any(max_thinking_tokens) + r'\n"Judgment": (?:0|0\.5|1)'
+    return '"Analysis": ' + _bounded_any(max_analysis_tokens) + r'\n"Judgment": (?:0|0\.5|1)'

@@ -305,6 +305,12 @@ class GuardsConfig(_Struct):
     flexguard: GuardModelConfig = msgspec.field(default_factory=_default_flexguard)
     reasoningshield: GuardModelConfig = msgspec.field(default_factory=_default_reasoningshield)
 
+    def __post_init__(self) -> None:
+        # One model config type serves both guards; a cap the guard has no output for
+        # would be ignored, so it is refused.
+        if self.flexguard.max_analysis_tokens is not None:
+            raise ValueError("`guards.flexguard.max_analysis_tokens`: FlexGuard has no analysis; use max_thinking_tokens")
+
 
 _PASSTHROUGH_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 

@@ -108,11 +108,15 @@ def test_structured_output_on_the_real_server(vllm_flexguard, vllm_reasoningshie
             model=vllm_flexguard.model, base_url=vllm_flexguard.base_url, timeout_s=120, structured_output=True, max_thinking_tokens=2
         )
         shield_cfg = GuardModelConfig(model=vllm_reasoningshield.model, base_url=vllm_reasoningshield.base_url, timeout_s=120, structured_output=True)
+        shield_capped = GuardModelConfig(
+            model=vllm_reasoningshield.model, base_url=vllm_reasoningshield.base_url, timeout_s=120, structured_output=True,
+            max_analysis_tokens=2,
+        )
         out = {}
-        for name, cfg in (("flex", flex_cfg), ("capped", capped_cfg), ("shield", shield_cfg)):
+        for name, cfg in (("flex", flex_cfg), ("capped", capped_cfg), ("shield", shield_cfg), ("shield_capped", shield_capped)):
             backend = await open_backend(cfg)
             try:
-                if name == "shield":
+                if name.startswith("shield"):
                     out[name] = [await ReasoningShield(backend, cfg).check_reasoning(QUERY, t) for t in THOUGHTS]
                 else:
                     out[name] = [await FlexGuard(backend, cfg).check_prompt(t) for t in TEXTS[:2]]
@@ -126,3 +130,8 @@ def test_structured_output_on_the_real_server(vllm_flexguard, vllm_reasoningshie
     for v in out["capped"]:
         think = v.output.split("</think>")[0].removeprefix("<think>")
         assert len(think) <= 2 * 4  # the cap, in characters (4 a token)
+    # ReasoningShield's analysis capped the same way: still a Judgment the parser reads.
+    for v in out["shield_capped"]:
+        analysis = v.output.split('\n"Judgment":')[0].removeprefix('"Analysis": ')
+        assert len(analysis) <= 2 * 4 and v.judgment in (0, 0.5, 1)
+        assert v.completion_tokens is not None and v.completion_tokens < max(w.completion_tokens or 0 for w in out["shield"])

@@ -138,6 +138,8 @@ def test_scripted_backend_lifecycle():
     [
         ({"max_thinking_tokens": 100}, "max_thinking_tokens"),
         ({"max_thinking_tokens": 0, "structured_output": True}, "max_thinking_tokens"),
+        ({"max_analysis_tokens": 64}, "max_analysis_tokens"),
+        ({"max_analysis_tokens": 0, "structured_output": True}, "max_analysis_tokens"),
         ({"backend": "transformers", "structured_output": True}, "structured_output"),
         ({"max_batch_size": 0}, "max_batch_size"),
     ],
@@ -145,3 +147,21 @@ def test_scripted_backend_lifecycle():
 def test_config_rejects_settings_that_would_be_ignored(kwargs, key):
     with pytest.raises(ValueError, match=key):
         GuardModelConfig(model="m", **kwargs)
+
+
+def test_output_caps_bound_each_guard_s_costliest_output():
+    """FlexGuard's thinking and ReasoningShield's analysis each have their cap (in the
+    structured-output grammar, 4 characters a token); a capped answer still parses."""
+    cfg = GuardModelConfig(model="m", structured_output=True, max_thinking_tokens=3, max_analysis_tokens=5)
+    flex = FlexGuard(ScriptedBackend(lambda p: "<think>abc</think>\nSAFE\n3"), cfg)
+    shield = ReasoningShield(ScriptedBackend(lambda p: '"Analysis": short\n"Judgment": 0.5'), cfg)
+    assert flex.prompt_check("x").regex.startswith("<think>[\\s\\S]{0,12}</think>")
+    assert shield.reasoning_check("q", "t").regex == '"Analysis": [\\s\\S]{0,20}\\n"Judgment": (?:0|0\\.5|1)'
+    assert shield.growing_checks("q").request("t").regex == shield.reasoning_check("q", "t").regex
+    assert run(flex.check_prompt("x")).risk_score == 3
+    assert run(shield.check_reasoning("q", "t")).judgment == 0.5
+    # ReasoningShield read max_thinking_tokens before max_analysis_tokens existed.
+    old = GuardModelConfig(model="m", structured_output=True, max_thinking_tokens=5)
+    assert ReasoningShield(ScriptedBackend(lambda p: ""), old).reasoning_check("q", "t").regex.startswith(
+        '"Analysis": [\\s\\S]{0,20}'
+    )

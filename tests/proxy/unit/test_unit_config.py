@@ -218,3 +218,11 @@ def test_example_config_has_no_section_the_config_lacks() -> None:
     sections = {s for s in _example_sections() if s}
     known = {section for section, _ in _options(ProxyConfig)} | {"tenants.policy", "tenants.policy.answer"}
     assert sections <= known
+
+
+def test_a_cap_the_guard_has_no_output_for_is_refused() -> None:
+    from proxy._config import ProxyConfig
+
+    doc = {"guards": {"flexguard": {"model": "f", "structured_output": True, "max_analysis_tokens": 8}}}
+    with pytest.raises(msgspec.ValidationError, match="FlexGuard has no analysis"):
+        msgspec.convert(doc, ProxyConfig)
