@@ -717,17 +717,20 @@ def main(argv: list[str] | None = None) -> int:
         res = asyncio.run(amain(args))
     finally:
         Proc.stop_all()
-    (RESULTS / "results.json").write_text(json.dumps(res, indent=2, default=str))
+    # Scenario 6 alone keeps its own file: results.md holds the last full run.
+    name = "cost" if args.only.replace(" ", "") == "6" else "results"
+    (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=2, default=str))
     md = report(res)
-    try:
-        plot(res, RESULTS / "results.png")
-        md += "\n![results](results.png)\n"
-    except Exception as exc:  # the tables matter more than the picture
-        print(f"plot failed: {exc!r}", file=sys.stderr)
-    (RESULTS / "results.md").write_text(md)
+    if name == "results":
+        try:
+            plot(res, RESULTS / "results.png")
+            md += "\n![results](results.png)\n"
+        except Exception as exc:  # the tables matter more than the picture
+            print(f"plot failed: {exc!r}", file=sys.stderr)
+    (RESULTS / f"{name}.md").write_text(md)
     print()
     print(md)
-    print(f"wrote {RESULTS / 'results.md'}, results.json, results.png")
+    print(f"wrote {RESULTS / name}.md and {name}.json")
     return 0
 
 
