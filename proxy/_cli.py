@@ -78,17 +78,24 @@ def _lookup(doc: Any, path: tuple[str, ...]) -> Any:
 
 def _serve(args: argparse.Namespace) -> int:
     from ._app import create_app, guards_needed
+    from ._auth import check_secrets
     from .ops._shutdown import server_for
     from .ops._startup import check_at_startup
+    from .ops._workers import check_workers, resolve_workers, run_workers
 
     logging.basicConfig(level=args.log_level.upper(), format="%(message)s")
     config = serve_config(args)
     host = args.host or config.server.host
     port = args.port or config.server.port
     needed = {name: getattr(config.guards, name) for name, on in guards_needed(config).items() if on}
+    workers = resolve_workers(args.workers)
+    check_workers(config, workers, needed)
+    check_secrets(config)  # before any worker starts: one clear error, not one per worker
     ready = asyncio.run(check_at_startup(config.upstream, needed, wait_s=args.wait))
     if not ready and args.wait > 0:
         return 1
+    if workers > 1:
+        return run_workers(config, host, port, workers, args.log_level)
     # On SIGTERM: stop accepting, give streams in flight shutdown_grace_s, then end
     # them well-formed (see _shutdown).
     server = server_for(
@@ -167,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="wait up to SECONDS for the upstream and the guard servers to be ready (containers start in "
         "any order); exit 1 if they are not. Default 0: check once, log what is wrong, and start anyway",
+    )
+    serve.add_argument(
+        "--workers",
+        default="1",
+        metavar="N",
+        help="proxy processes on the one port (auto: one per core). /metrics reports them all, SIGTERM "
+        "drains them all; guards run in process (vllm, transformers) need 1",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=_serve)

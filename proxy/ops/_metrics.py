@@ -14,11 +14,12 @@ observation per guard verdict, and two more at its end.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from litestar import Response, get
 from litestar.datastructures import State
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 if TYPE_CHECKING:
@@ -53,7 +54,11 @@ class ProxyMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=False)
         self.requests = Counter("guardproxy_requests", "Chat completions by how they ended.", ["outcome"], registry=r)
-        self.in_flight = Gauge("guardproxy_requests_in_flight", "Chat completions being served.", registry=r)
+        # With several workers (ops/_workers.py) the value lives in a file per process and
+        # a scrape sums the live ones.
+        self.in_flight = Gauge(
+            "guardproxy_requests_in_flight", "Chat completions being served.", registry=r, multiprocess_mode="livesum"
+        )
         self.request_seconds = Histogram(
             "guardproxy_request_duration_seconds",
             "Chat completion time, first byte in to last byte out.",
@@ -162,6 +167,11 @@ class ProxyMetrics:
                     self._aborts[stage].observe(at)
 
     def exposition(self) -> bytes:
+        """This process's metrics, or with several workers the whole instance's."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
         return generate_latest(self.registry)
 
 
