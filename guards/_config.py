@@ -23,6 +23,10 @@ class GuardModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     backend: BackendKind = "openai"
     model: str = ""
     base_url: str = "http://127.0.0.1:8001/v1"
+    # Replicas of the guard server (openai backend; base_url: the first). The proxy
+    # balances checks over them and retries a refused connection on another replica
+    # within the check's deadline.
+    base_urls: list[str] = msgspec.field(default_factory=list)
     # Name of the environment variable holding the guard server's API key; the key
     # itself never appears in config files, logs or errors.
     api_key_env: str | None = None
@@ -49,6 +53,8 @@ class GuardModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     max_model_len: int | None = None
 
     def __post_init__(self) -> None:
+        self.base_urls = [u.rstrip("/") for u in self.base_urls] or [self.base_url.rstrip("/")]
+        self.base_url = self.base_urls[0]
         if self.enabled and not self.model:
             raise ValueError("`model` is required for an enabled guard")
         if self.timeout_s <= 0:

@@ -116,7 +116,7 @@ def create_app(
                     backends[name] = given[name]
                 else:
                     backends[name] = opened[name] = await open_guard(
-                        name, getattr(config.guards, name), functools.partial(guard_transport, config.upstream)
+                        name, getattr(config.guards, name), functools.partial(guard_transport, config.upstream, getattr(config.guards, name))
                     )
             flex = backends.get("flexguard")
             shield = backends.get("reasoningshield")

@@ -108,6 +108,12 @@ class ServerConfig(_Struct):
 
 class UpstreamConfig(_Struct):
     base_url: str = "http://127.0.0.1:8000/v1"
+    # Replicas of the upstream (base_url: the first). Requests go to the healthy one
+    # with the fewest outstanding requests (upstream/_replicas.py).
+    base_urls: list[str] = msgspec.field(default_factory=list)
+    # Replica health checks: GET <base>/models this often; out after this many failures.
+    health_interval_s: float = 5.0
+    unhealthy_after: int = 2
     # "config": send the key from `api_key_env`; "passthrough": forward the client's
     # Authorization header (then proxy keys go in `X-Guardproxy-Key`).
     auth: Literal["config", "passthrough"] = "config"
@@ -119,9 +125,15 @@ class UpstreamConfig(_Struct):
     http_transport: Literal["aiohttp", "httpx"] = "aiohttp"
 
     def __post_init__(self) -> None:
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError("`base_url` must start with http:// or https://")
-        self.base_url = self.base_url.rstrip("/")
+        self.base_urls = [u.rstrip("/") for u in self.base_urls] or [self.base_url.rstrip("/")]
+        for url in self.base_urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError("`base_url` and `base_urls` must start with http:// or https://")
+        if len(set(self.base_urls)) != len(self.base_urls):
+            raise ValueError("`base_urls` lists a replica twice")
+        self.base_url = self.base_urls[0]
+        if self.health_interval_s <= 0 or self.unhealthy_after < 1:
+            raise ValueError("`health_interval_s` must be > 0 and `unhealthy_after` >= 1")
 
 
 class PromptStage(_Struct):

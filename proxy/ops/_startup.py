@@ -29,7 +29,7 @@ from guards import GuardBackend, GuardModelConfig, open_backend
 
 from .._config import UpstreamConfig
 from ..exceptions import UpstreamError
-from ..upstream._client import UpstreamClient, create_transport
+from ..upstream._client import UpstreamClient, create_transport, guard_transport
 
 __all__ = [
     "Probe",
@@ -179,7 +179,7 @@ async def check_at_startup(
     backends: dict[str, GuardBackend] = {}
     try:
         for name, config in served.items():
-            backends[name] = await open_backend(config)
+            backends[name] = await open_backend(config, transport=guard_transport(upstream_config, config))
         readiness = Readiness(upstream, upstream_config, {n: (backends[n], served[n]) for n in served})
         start = time.monotonic()
         probes = await readiness.check(log_all=True)

@@ -20,9 +20,12 @@ from importlib.metadata import PackageNotFoundError, version
 
 import httpx
 
+from guards import GuardModelConfig
+
 from .._config import UpstreamConfig
 from ..exceptions import UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
 from ..protocols._sse import iter_sse_batches
+from ._replicas import with_replicas
 
 __all__ = ["UpstreamClient", "UpstreamStream", "create_transport", "guard_transport"]
 
@@ -45,14 +48,29 @@ def create_transport(config: UpstreamConfig) -> httpx.AsyncBaseTransport:
     (encode/httpx#3215). Its errors arrive as httpx's, so the translation below holds
     for both.
     """
-    return _transport(config.http_transport, config.max_connections)
+    inner = _transport(config.http_transport, config.max_connections)
+    return with_replicas(
+        config.base_urls,
+        inner,
+        name="upstream",
+        health_interval_s=config.health_interval_s,
+        unhealthy_after=config.unhealthy_after,
+    )
 
 
-def guard_transport(upstream: UpstreamConfig) -> httpx.AsyncBaseTransport:
+def guard_transport(upstream: UpstreamConfig, guard: GuardModelConfig) -> httpx.AsyncBaseTransport:
     """A guard server's transport: the kind chosen for the upstream (the measured choice
     holds for the guard calls too: they are the proxy's other half of its HTTP work),
-    with a pool as large, since a guard server batches whatever checks reach it."""
-    return _transport(upstream.http_transport, upstream.max_connections)
+    with a pool as large, since a guard server batches whatever checks reach it, over the
+    guard's replicas."""
+    inner = _transport(upstream.http_transport, upstream.max_connections)
+    return with_replicas(
+        guard.base_urls,
+        inner,
+        name=f"guard {guard.model}",
+        health_interval_s=upstream.health_interval_s,
+        unhealthy_after=upstream.unhealthy_after,
+    )
 
 
 def _transport(kind: str, max_connections: int) -> httpx.AsyncBaseTransport:

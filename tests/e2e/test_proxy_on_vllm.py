@@ -31,9 +31,10 @@ REASONING_EVERY = 8  # deltas between reasoning checks in this tier
 GUARD_MAX_TOKENS = 96
 
 
-def _guard_section(name: str, backend: str, server: _servers.VLLMServer) -> str:
+def _guard_section(name: str, backend: str, server: _servers.VLLMServer, dead: str | None = None) -> str:
     if backend == "openai":
-        where = f'model = "{server.model}"\nbase_url = "{server.base_url}"'
+        urls = f'base_urls = ["{dead}", "{server.base_url}"]' if dead else f'base_url = "{server.base_url}"'
+        where = f'model = "{server.model}"\n{urls}'
     else:
         where = f'model = "{MODELS / name}"\ndevice = "cpu"\nmax_model_len = 4096'
     # The tiny guards answer in under 30 tokens. On text unlike their training (what the
@@ -43,8 +44,14 @@ def _guard_section(name: str, backend: str, server: _servers.VLLMServer) -> str:
 
 
 @contextlib.contextmanager
-def run_proxy(backend: str, upstream, flexguard, reasoningshield, workdir: Path, extra: str = "", reasoning_every: int = REASONING_EVERY):
+def run_proxy(
+    backend: str, upstream, flexguard, reasoningshield, workdir: Path, extra: str = "", reasoning_every: int = REASONING_EVERY,
+    dead_replica: str | None = None,
+):
     """guardproxy in its own process (`python -m proxy serve`), ready to serve.
+
+    ``dead_replica``: a base URL where nothing listens, listed first among the replicas
+    of the upstream and of each guard server.
 
     The tiny ReasoningShield was trained on prefixes of reasoning traces, so reasoning is
     checked incrementally; the tiny FlexGuard only on whole answers, so the answer gets
@@ -58,7 +65,7 @@ def run_proxy(backend: str, upstream, flexguard, reasoningshield, workdir: Path,
 port = {port}
 
 [upstream]
-base_url = "{upstream.base_url}"
+{f'base_urls = ["{dead_replica}", "{upstream.base_url}"]' if dead_replica else f'base_url = "{upstream.base_url}"'}
 
 [policy]
 refusal_message = "{REFUSAL}"
@@ -70,8 +77,8 @@ check_every_tokens = {reasoning_every}
 check_every_tokens = 100000
 {extra}
 
-{_guard_section("flexguard", backend, flexguard)}
-{_guard_section("reasoningshield", backend, reasoningshield)}
+{_guard_section("flexguard", backend, flexguard, dead_replica)}
+{_guard_section("reasoningshield", backend, reasoningshield, dead_replica)}
 """
     )
     log_path = workdir / "proxy.log"
