@@ -52,9 +52,15 @@ class GuardModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     max_batch_size: int = 8
     max_model_len: int | None = None
 
+    @property
+    def replica_urls(self) -> list[str]:
+        """Every replica's base URL; the first is base_url."""
+        return self.base_urls or [self.base_url]
+
     def __post_init__(self) -> None:
-        self.base_urls = [u.rstrip("/") for u in self.base_urls] or [self.base_url.rstrip("/")]
-        self.base_url = self.base_urls[0]
+        self.base_urls = [u.rstrip("/") for u in self.base_urls]
+        if self.base_urls:
+            self.base_url = self.base_urls[0]
         if self.enabled and not self.model:
             raise ValueError("`model` is required for an enabled guard")
         if self.timeout_s <= 0:

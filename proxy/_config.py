@@ -125,15 +125,22 @@ class UpstreamConfig(_Struct):
     http_transport: Literal["aiohttp", "httpx"] = "aiohttp"
 
     def __post_init__(self) -> None:
-        self.base_urls = [u.rstrip("/") for u in self.base_urls] or [self.base_url.rstrip("/")]
-        for url in self.base_urls:
+        # base_urls stays as written (empty: one replica, base_url), so that a config
+        # rebuilt from this one (the serve flags) can still set base_url.
+        self.base_urls = [u.rstrip("/") for u in self.base_urls]
+        self.base_url = (self.base_urls[0] if self.base_urls else self.base_url).rstrip("/")
+        for url in self.replica_urls:
             if not url.startswith(("http://", "https://")):
-                raise ValueError("`base_url` and `base_urls` must start with http:// or https://")
-        if len(set(self.base_urls)) != len(self.base_urls):
+                raise ValueError(f"`{'base_urls' if self.base_urls else 'base_url'}` must start with http:// or https://")
+        if len(set(self.replica_urls)) != len(self.replica_urls):
             raise ValueError("`base_urls` lists a replica twice")
-        self.base_url = self.base_urls[0]
         if self.health_interval_s <= 0 or self.unhealthy_after < 1:
             raise ValueError("`health_interval_s` must be > 0 and `unhealthy_after` >= 1")
+
+    @property
+    def replica_urls(self) -> list[str]:
+        """Every replica's base URL; the first is base_url."""
+        return self.base_urls or [self.base_url]
 
 
 class PromptStage(_Struct):

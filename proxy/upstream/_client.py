@@ -50,7 +50,7 @@ def create_transport(config: UpstreamConfig) -> httpx.AsyncBaseTransport:
     """
     inner = _transport(config.http_transport, config.max_connections)
     return with_replicas(
-        config.base_urls,
+        config.replica_urls,
         inner,
         name="upstream",
         health_interval_s=config.health_interval_s,
@@ -65,7 +65,7 @@ def guard_transport(upstream: UpstreamConfig, guard: GuardModelConfig) -> httpx.
     guard's replicas."""
     inner = _transport(upstream.http_transport, upstream.max_connections)
     return with_replicas(
-        guard.base_urls,
+        guard.replica_urls,
         inner,
         name=f"guard {guard.model}",
         health_interval_s=upstream.health_interval_s,
