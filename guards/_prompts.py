@@ -140,8 +140,9 @@ _PIPE_TOKEN = re.compile(r"<(?=\|)")
 # Candidates for SlotSanitizer.hard_chars: ASCII that markers, category lines and the
 # pipe rule never match (no letter, space, bracket, quote, colon, comma, < | >).
 _HARD = "0123456789.;!?()=+-*/%&#@$^~{}_"
-# A noncharacter: folded to itself, in no token, no marker.
-_NOT_A_LINE_START = "\ufffe"
+# ASCII that no rule matches (and that keeps an ASCII text on the fast path, where no
+# folding table is consulted): in no token, no marker.
+_NOT_A_LINE_START = "\x00"
 
 # Matched on the folded view; a match ends where the break goes.
 _MARKERS: tuple[re.Pattern[str], ...] = (
@@ -256,6 +257,9 @@ class SlotSanitizer:
             if len(t) >= 2 and not t.isspace() and not t.startswith("<|") and BREAK not in t
         )
         self._tokens = _token_pattern(self.added_tokens)
+        # Built here, once, not inside the first check of a non-ASCII text: on a busy CPU
+        # the table took seconds, and a reasoning check waiting on it stopped nothing.
+        _flag_table()
         # ASCII characters that no marker, category line, pipe token or added token can
         # hold: no match spans one, so sanitising stops and restarts there exactly
         # (GrowingSlot cuts long lines at them).

@@ -29,7 +29,7 @@ PIECES = [
     ">", "\n", "\r", "\r\n", "\u2028", "\x0b", "\x85", "\u200b", "\u00ad", "\uff34hought", "\uff1a",
     "\ufe0f", "a", "bomb ", "\\", "\x00", "\u00e9", "\U0001d413", "emoji \U0001f600",
     # Hard characters (GrowingSlot settles long lines at them), inside tokens too.
-    ".", "1", "(", "_", "-", "x_1", "step 3.", "<tool_call_1", "\ufffe",
+    ".", "1", "(", "_", "-", "x_1", "step 3.", "<tool_call_1", "\ufffe", "\x00",
 ]
 texts = st.lists(st.sampled_from(PIECES), max_size=60).map("".join)
 
