@@ -102,7 +102,9 @@ def test_two_workers_serve_one_port_report_the_instance_and_drain_on_sigterm(wor
         t.join(60)
     assert answers == ["Photosynthesis."] * 24
     used = {pid: psutil.Process(pid).cpu_times().user + psutil.Process(pid).cpu_times().system - before[pid] for pid in pids}
-    assert all(v > 0.05 for v in used.values()), used
+    # An idle worker uses next to no CPU; one that served its share of 24 requests uses
+    # a few tens of milliseconds (0.04 s was the least seen in CI).
+    assert all(v > 0.015 for v in used.values()), used
 
     # The instance's metrics, whichever worker answers the scrape.
     assert [_requests_total(url) for _ in range(6)] == [24.0] * 6
