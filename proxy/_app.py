@@ -31,7 +31,8 @@ from .ops._telemetry import Telemetry
 from .pipeline._guardset import GuardSet
 from .pipeline._response import error_response
 from .protocols._wire import error_body
-from .upstream._client import UpstreamClient, create_transport, guard_transport
+from .upstream._client import guard_transport
+from .upstream._router import open_upstreams
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -97,13 +98,14 @@ def create_app(
     span_exporter: SpanExporter | None = None,
 ) -> Litestar:
     """Build the proxy. ``guard_backends`` replaces the configured backends (tests);
+    ``upstream_transport`` the only upstream's transport (bench);
     ``span_exporter`` receives every span, whatever ``telemetry.traces`` says (tests)."""
     given = dict(guard_backends or {})
     check_secrets(config)  # a named secret that is absent stops the start, naming it
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        upstream = UpstreamClient(config.upstream, upstream_transport or create_transport(config.upstream))
+        upstreams = open_upstreams(config, upstream_transport)
         opened: dict[str, GuardBackend] = {}
         backends: dict[str, GuardBackend] = {}
         telemetry: Telemetry | None = None
@@ -121,12 +123,10 @@ def create_app(
             flex = backends.get("flexguard")
             shield = backends.get("reasoningshield")
             app.state.config = config
-            app.state.upstream = upstream
+            app.state.upstreams = upstreams
             app.state.keyring = KeyRing.from_config(config)
             app.state.guard_backends = backends
-            app.state.readiness = Readiness(
-                upstream, config.upstream, {n: (b, getattr(config.guards, n)) for n, b in backends.items()}
-            )
+            app.state.readiness = Readiness(upstreams, {n: (b, getattr(config.guards, n)) for n, b in backends.items()})
             app.state.guards = GuardSet(
                 FlexGuard(flex, config.guards.flexguard) if flex is not None else None,
                 ReasoningShield(shield, config.guards.reasoningshield) if shield is not None else None,
@@ -136,7 +136,7 @@ def create_app(
             yield
         finally:
             gc.unfreeze()  # what the app held may be freed again
-            await upstream.aclose()
+            await upstreams.aclose()
             for backend in opened.values():
                 await backend.aclose()
             if telemetry is not None:

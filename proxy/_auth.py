@@ -129,6 +129,7 @@ def check_secrets(config: ProxyConfig, environ: Mapping[str, str] = os.environ) 
     """
     KeyRing.from_config(config, environ)
     named = [("upstream.api_key_env", config.upstream.api_key_env)]
+    named += [(f"upstreams[{i}].api_key_env", route.api_key_env) for i, route in enumerate(config.upstreams)]
     named += [(f"guards.{g}.api_key_env", getattr(config.guards, g).api_key_env) for g in ("flexguard", "reasoningshield")
               if getattr(config.guards, g).enabled]
     for option, name in named:

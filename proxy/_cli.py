@@ -43,6 +43,8 @@ def serve_config(args: argparse.Namespace) -> ProxyConfig:
     base = load_config(args.config) if args.config else ProxyConfig()
     if not flags:
         return base
+    if "upstream" in flags and base.upstreams:
+        raise ConfigError(f"--upstream: {args.config} routes by model with [[upstreams]]; give each entry its base_url there")
     if args.config:
         written = msgspec.toml.decode(Path(args.config).read_bytes())
         for dest in list(flags):
@@ -91,7 +93,7 @@ def _serve(args: argparse.Namespace) -> int:
     workers = resolve_workers(args.workers)
     check_workers(config, workers, needed)
     check_secrets(config)  # before any worker starts: one clear error, not one per worker
-    ready = asyncio.run(check_at_startup(config.upstream, needed, wait_s=args.wait))
+    ready = asyncio.run(check_at_startup(config, needed, wait_s=args.wait))
     if not ready and args.wait > 0:
         return 1
     if workers > 1:

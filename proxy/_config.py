@@ -6,7 +6,9 @@ in step. Secrets never live here: options ending in ``_env`` name environment va
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +23,7 @@ __all__ = [
     "ProxyConfig",
     "ServerConfig",
     "UpstreamConfig",
+    "UpstreamRoute",
     "Timeouts",
     "PolicyConfig",
     "PromptStage",
@@ -141,6 +144,41 @@ class UpstreamConfig(_Struct):
     def replica_urls(self) -> list[str]:
         """Every replica's base URL; the first is base_url."""
         return self.base_urls or [self.base_url]
+
+
+# The keys of [upstream] that say where an upstream is: with [[upstreams]] they belong in
+# each entry, and every other key of [upstream] is the entries' shared default.
+_WHERE_KEYS = ("base_url", "base_urls")
+
+
+class UpstreamRoute(UpstreamConfig, kw_only=True):
+    """One named upstream of ``[[upstreams]]``: the requests whose ``model`` it serves.
+
+    ``models`` holds exact names or globs (``qwen3-*``). An exact name wins over any
+    glob; among globs, the first entry that matches.
+    """
+
+    name: str
+    models: list[str]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.name.strip():
+            raise ValueError("`name` must not be empty")
+        if not self.models or any(not m.strip() for m in self.models):
+            raise ValueError(f"upstream {self.name!r}: `models` must list at least one name or glob")
+
+    @property
+    def exact_models(self) -> list[str]:
+        return [m for m in self.models if not _is_glob(m)]
+
+    @property
+    def model_globs(self) -> list[re.Pattern[str]]:
+        return [re.compile(fnmatch.translate(m)) for m in self.models if _is_glob(m)]
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
 
 
 class PromptStage(_Struct):
@@ -393,6 +431,9 @@ class TenantConfig(_Struct):
 class ProxyConfig(_Struct):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     upstream: UpstreamConfig = msgspec.field(default_factory=UpstreamConfig)
+    # Several upstreams chosen by the request's model; [upstream] then holds their shared
+    # settings (auth, timeouts, transport, health checks) and no base_url.
+    upstreams: list[UpstreamRoute] = msgspec.field(default_factory=list)
     endpoints: EndpointsConfig = msgspec.field(default_factory=EndpointsConfig)
     policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
     guards: GuardsConfig = msgspec.field(default_factory=GuardsConfig)
@@ -405,6 +446,21 @@ class ProxyConfig(_Struct):
             raise ValueError("prompt or answer screening needs `guards.flexguard` enabled")
         if p.reasoning.enabled and not self.guards.reasoningshield.enabled:
             raise ValueError("reasoning screening needs `guards.reasoningshield` enabled")
+        names = [u.name for u in self.upstreams]
+        if len(set(names)) != len(names):
+            raise ValueError("`upstreams`: two entries have the same name")
+        owner: dict[str, str] = {}
+        for route in self.upstreams:
+            for model in route.exact_models:
+                if owner.setdefault(model, route.name) != route.name:
+                    raise ValueError(f"`upstreams`: model {model!r} is listed by both {owner[model]!r} and {route.name!r}")
+
+    def routes(self) -> list[UpstreamRoute]:
+        """The upstreams requests are routed to: ``[[upstreams]]``, or ``[upstream]``
+        alone as "default", serving every model."""
+        if self.upstreams:
+            return self.upstreams
+        return [UpstreamRoute(**msgspec.structs.asdict(self.upstream), name="default", models=["*"])]
 
 
 def parse_config(data: bytes | str, *, source: str = "config") -> ProxyConfig:
@@ -418,10 +474,37 @@ def parse_config(data: bytes | str, *, source: str = "config") -> ProxyConfig:
         for tenant in raw["tenants"]:
             if isinstance(tenant, dict):
                 tenant["policy"] = _merged(base, tenant.get("policy", {}))
+    if isinstance(raw, dict) and isinstance(raw.get("upstreams"), list):
+        _share_upstream_defaults(raw, source)
     try:
         return msgspec.convert(raw, ProxyConfig)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{source}: {_keypath(str(exc))}") from exc
+
+
+def _share_upstream_defaults(raw: dict[str, Any], source: str) -> None:
+    """Lay [upstream]'s settings under each [[upstreams]] entry.
+
+    ``auth`` stays in [upstream] alone: the proxy reads the caller's key before it knows
+    the model, so every upstream must take the same kind of credentials.
+    """
+    shared = raw.get("upstream", {})
+    if not isinstance(shared, dict):
+        return  # msgspec names the type error
+    for key in _WHERE_KEYS:
+        if key in shared:
+            raise ConfigError(
+                f"{source}: `upstream.{key}`: with [[upstreams]], each entry names its own base_url(s); "
+                "[upstream] holds only their shared settings"
+            )
+    for i, entry in enumerate(raw["upstreams"]):
+        if isinstance(entry, dict):
+            if "auth" in entry:
+                raise ConfigError(
+                    f"{source}: `upstreams[{i}].auth`: set auth once, in [upstream]: the caller's key is read "
+                    "before the model is known, so every upstream takes the same kind"
+                )
+            raw["upstreams"][i] = _merged(shared, entry)
 
 
 def _merged(base: Any, override: Any) -> Any:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
+import msgspec
 from litestar import MediaType, Request, Response, get, post, route
 from litestar.datastructures import State
 from litestar.params import FromPath
@@ -31,6 +32,8 @@ from .protocols.chat import ChatAdapter
 from .protocols.completions import CompletionsAdapter
 from .protocols.moderations import moderation_response, moderation_result, parse_moderation_inputs
 from .protocols.responses import ResponsesAdapter
+from .upstream._client import UpstreamClient
+from .upstream._router import Upstreams
 
 __all__ = ["chat_completions", "completions", "responses", "passthrough", "moderations", "list_models", "healthz", "readyz", "read_body", "ROUTES"]
 
@@ -78,12 +81,13 @@ async def _guarded(request: Request[Any, Any, Any], state: State, adapter: Adapt
     principal, authorization = _authenticate(request, state)
     policy = request_policy(principal, request.headers.get(STRICTNESS_HEADER))
     parsed = adapter.parse(await read_body(request, state), policy, state.config.server)
-    telemetry = state.telemetry.request(parsed, request.headers, adapter.name)
+    upstream_name, upstream = state.upstreams.for_model(parsed.model)  # before any guard check
+    telemetry = state.telemetry.request(parsed, request.headers, adapter.name, upstream_name)
     exchange = Exchange(
         request=parsed,
         policy=policy,
         guards=state.guards,
-        upstream=state.upstream,
+        upstream=upstream,
         adapter=adapter,
         authorization=authorization,
         telemetry=telemetry,
@@ -122,7 +126,7 @@ async def passthrough(request: Request[Any, Any, Any], state: State, path: FromP
         )
     _, authorization = _authenticate(request, state)
     body = await read_body(request, state) if request.method in ("POST", "PUT", "PATCH") else None
-    upstream = await state.upstream.forward(
+    upstream = await _passthrough_upstream(state.upstreams, full, body).forward(
         request.method, full[3:], body, authorization, request.scope.get("query_string", b"")
     )
     if upstream.status_code >= 400:
@@ -133,6 +137,26 @@ async def passthrough(request: Request[Any, Any, Any], state: State, path: FromP
         media_type=MediaType.JSON,
         headers={"content-type": upstream.headers.get("content-type", "application/json"), "x-guardproxy-screened": "false"},
     )
+
+
+def _passthrough_upstream(upstreams: Upstreams, path: str, body: bytes | None) -> UpstreamClient:
+    """The upstream of a forwarded request: by the model its body or path names
+    (/v1/embeddings, /v1/models/{id}), else the first upstream."""
+    if len(upstreams.routes) == 1:
+        return upstreams.default
+    model: object = None
+    if path.startswith("/v1/models/"):
+        model = path.removeprefix("/v1/models/")
+    elif body:
+        try:
+            model = msgspec.json.decode(body, type=_NamesModel).model
+        except msgspec.DecodeError:
+            pass  # not JSON: the upstream says what is wrong with it
+    return upstreams.for_model(model)[1] if isinstance(model, str) else upstreams.default
+
+
+class _NamesModel(msgspec.Struct):
+    model: object = None
 
 
 def _listed(method: str, path: str, entries: list[str]) -> bool:
@@ -177,17 +201,10 @@ async def moderations(request: Request[Any, Any, Any], state: State) -> dict[str
 @get("/v1/models")
 async def list_models(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
     _, authorization = _authenticate(request, state)
-    upstream = await state.upstream.get("/models", authorization)
-    if upstream.status_code >= 400:
-        raise UpstreamHTTPError(upstream.status_code, upstream.content, upstream.headers.get("content-type"))
+    body, content_type = await state.upstreams.list_models(authorization)
     # The upstream's content type as sent: Litestar would append a second charset to a
     # media_type that already names one.
-    return Response(
-        upstream.content,
-        status_code=upstream.status_code,
-        media_type=MediaType.JSON,
-        headers={"content-type": upstream.headers.get("content-type", "application/json")},
-    )
+    return Response(body, media_type=MediaType.JSON, headers={"content-type": content_type})
 
 
 @get("/healthz")

@@ -37,6 +37,7 @@ __all__ = [
     "ContentPolicyViolation",
     "GuardUnavailable",
     "GuardOverloaded",
+    "ModelNotFound",
     "UpstreamError",
     "UpstreamHTTPError",
     "UpstreamUnreachable",
@@ -98,6 +99,13 @@ class NotFound(ProxyError):
     status_code = 404
     error_type = "not_found_error"
     code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    """A model no upstream serves: OpenAI's own status, type and code for it."""
+
+    error_type = "invalid_request_error"
+    code = "model_not_found"
 
 
 class ContentPolicyViolation(ProxyError):

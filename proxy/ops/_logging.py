@@ -6,7 +6,7 @@ request's report and nothing else: never a header (so never an API key or an
 Authorization value), never a guard's raw output, and message text only when
 ``telemetry.log_message_text`` is on.
 
-    {"event": "chat_completion", "request_id": "...", "model": "...", "stream": true,
+    {"event": "chat_completion", "request_id": "...", "model": "...", "upstream": "default", "stream": true,
      "outcome": "aborted", "latency_s": 0.84, "upstream_ttft_s": 0.12,
      "prompt": {"checks": 1, "action": "pass", "risk_score": 5, "categories": [], ...},
      "choices": {"0": {"finish_reason": null, "reasoning": {...}, "answer": {...}}},
@@ -52,10 +52,11 @@ class RequestLog:
         trace_id: str | None = None,
         error: BaseException | None = None,
         api: str = "chat",
+        upstream: str = "default",
     ) -> None:
         if not self.logger.isEnabledFor(logging.INFO):
             return
-        record = request_record(request_id, request, report, outcome, latency_s, ttft_s, trace_id, error, api)
+        record = request_record(request_id, request, report, outcome, latency_s, ttft_s, trace_id, error, api, upstream)
         if self.message_text:
             record["prompt_text"] = request.query()
         self.logger.info(encode(record).decode())
@@ -71,11 +72,13 @@ def request_record(
     trace_id: str | None = None,
     error: BaseException | None = None,
     api: str = "chat",
+    upstream: str = "default",
 ) -> dict[str, Any]:
     record: dict[str, Any] = {
         "event": _EVENTS.get(api, api),
         "request_id": request_id,
         "model": request.model,
+        "upstream": upstream,
         "stream": request.stream,
         "outcome": outcome,
         "latency_s": round(latency_s, 4),

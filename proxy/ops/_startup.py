@@ -4,8 +4,8 @@ One probe per dependency, shared by the start of ``guardproxy serve`` (one log l
 dependency; ``--wait`` keeps probing until all are ready) and by ``GET /readyz`` (503
 while one is not; a log line when a dependency's state changes, not at every probe).
 
-- The upstream: ``GET {base_url}/models`` answers with a model list. The proxy forwards
-  whatever model a client names, so no one name is required of it.
+- Each upstream: ``GET {base_url}/models`` answers with a model list, with at least one
+  model that its ``models`` routes to it (``[upstream]`` alone routes every model).
 - A guard on a server (backend ``openai``): the server answers and serves the configured
   model name (a server that serves another name would answer every check with a 404,
   and fail-closed would block every request).
@@ -27,9 +27,10 @@ import httpx
 
 from guards import GuardBackend, GuardModelConfig, open_backend
 
-from .._config import UpstreamConfig
+from .._config import ProxyConfig, UpstreamRoute
 from ..exceptions import UpstreamError
-from ..upstream._client import UpstreamClient, create_transport, guard_transport
+from ..upstream._client import UpstreamClient, guard_transport
+from ..upstream._router import Upstreams, open_upstreams
 
 __all__ = [
     "Probe",
@@ -89,29 +90,36 @@ def _model_ids(payload: Any) -> list[str] | None:
     return [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
 
-async def probe_upstream(upstream: UpstreamClient, config: UpstreamConfig) -> Probe:
-    where = config.base_url
+async def probe_upstream(upstream: UpstreamClient, route: UpstreamRoute, *, named: bool = False) -> Probe:
+    """``named``: there are several upstreams, so the probe says which one."""
+    name = f"upstream {route.name}" if named else "upstream"
+    where = route.base_url if len(route.replica_urls) == 1 else ", ".join(route.replica_urls)
     try:
         response = await upstream.get("/models")
     except UpstreamError as exc:
-        return Probe("upstream", where, f"unreachable ({_root_cause(exc)})")
+        return Probe(name, where, f"unreachable ({_root_cause(exc)})")
     status = response.status_code
-    if status in (401, 403) and config.auth == "passthrough":
+    if status in (401, 403) and route.auth == "passthrough":
         # Its /models wants a client's key, which the proxy only has inside a request.
-        return Probe("upstream", where, note=f"answers (HTTP {status} to GET /models without a client's key)")
+        return Probe(name, where, note=f"answers (HTTP {status} to GET /models without a client's key)")
     if status >= 400:
         hint = " (check upstream.api_key_env)" if status in (401, 403) else ""
-        return Probe("upstream", where, f"GET /models answered HTTP {status}{hint}")
+        return Probe(name, where, f"GET /models answered HTTP {status}{hint}")
     try:
         ids = _model_ids(response.json())
     except ValueError:
         ids = None
     if ids is None:
-        return Probe("upstream", where, note="answers GET /models")
+        return Probe(name, where, note="answers GET /models")
     if not ids:
-        return Probe("upstream", where, "serves no model (GET /models lists none)")
+        return Probe(name, where, "serves no model (GET /models lists none)")
     more = f" and {len(ids) - _LISTED} more" if len(ids) > _LISTED else ""
-    return Probe("upstream", where, note=f"serves {', '.join(ids[:_LISTED])}{more}")
+    served = f"{', '.join(ids[:_LISTED])}{more}"
+    # Requests for its models would all come back 404 from it: a config error.
+    globs = route.model_globs
+    if not any(i in route.exact_models or any(g.match(i) for g in globs) for i in ids):
+        return Probe(name, where, f"serves none of the models routed to it ({', '.join(route.models)}); it serves {served}")
+    return Probe(name, where, note=f"serves {served}")
 
 
 async def probe_guard(name: str, backend: GuardBackend, config: GuardModelConfig) -> Probe:
@@ -138,20 +146,19 @@ class Readiness:
 
     def __init__(
         self,
-        upstream: UpstreamClient,
-        upstream_config: UpstreamConfig,
+        upstreams: Upstreams,
         guards: Mapping[str, tuple[GuardBackend, GuardModelConfig]],
     ) -> None:
-        self._upstream = upstream
-        self._upstream_config = upstream_config
+        self._upstreams = upstreams
         self._guards = dict(guards)
         # The last problem logged per dependency; a dependency not seen yet counts as ready
         # (the start has logged its state already).
         self._logged: dict[str, str | None] = {}
 
     async def check(self, *, log_all: bool = False) -> list[Probe]:
+        named = len(self._upstreams.routes) > 1
         probes = await asyncio.gather(
-            probe_upstream(self._upstream, self._upstream_config),
+            *(probe_upstream(client, route, named=named) for route, client in self._upstreams.routes),
             *(probe_guard(name, backend, config) for name, (backend, config) in self._guards.items()),
         )
         for probe in probes:
@@ -162,7 +169,7 @@ class Readiness:
 
 
 async def check_at_startup(
-    upstream_config: UpstreamConfig,
+    config: ProxyConfig,
     guards: Mapping[str, GuardModelConfig],
     *,
     wait_s: float = 0.0,
@@ -174,13 +181,13 @@ async def check_at_startup(
     has passed (containers start in any order), logging each change. Guards run in
     process are not probed here: ``open_guard`` reports them as they load.
     """
-    upstream = UpstreamClient(upstream_config, create_transport(upstream_config))
-    served = {name: config for name, config in guards.items() if config.backend == "openai"}
+    upstreams = open_upstreams(config)
+    served = {name: guard for name, guard in guards.items() if guard.backend == "openai"}
     backends: dict[str, GuardBackend] = {}
     try:
-        for name, config in served.items():
-            backends[name] = await open_backend(config, transport=guard_transport(upstream_config, config))
-        readiness = Readiness(upstream, upstream_config, {n: (backends[n], served[n]) for n in served})
+        for name, guard in served.items():
+            backends[name] = await open_backend(guard, transport=guard_transport(config.upstream, guard))
+        readiness = Readiness(upstreams, {n: (backends[n], served[n]) for n in served})
         start = time.monotonic()
         probes = await readiness.check(log_all=True)
         waiting = [p.name for p in probes if not p.ready]
@@ -197,7 +204,7 @@ async def check_at_startup(
                 logger.info("all dependencies ready after %.1f s", time.monotonic() - start)
         return not waiting
     finally:
-        await upstream.aclose()
+        await upstreams.aclose()
         for backend in backends.values():
             await backend.aclose()
 

@@ -73,12 +73,15 @@ class Telemetry:
     def enabled(self) -> bool:
         return self.tracer is not None or self.metrics is not None or self.log is not None
 
-    def request(self, chat: ApiRequest, headers: Mapping[str, str], api: str = "chat") -> RequestObserver:
+    def request(
+        self, chat: ApiRequest, headers: Mapping[str, str], api: str = "chat", upstream: str = "default"
+    ) -> RequestObserver:
         """The observer of one generation request (a shared no-op one when all is off);
-        ``api`` names it: "chat", "responses" or "completions"."""
+        ``api`` names it: "chat", "responses" or "completions"; ``upstream``: the
+        upstream it was routed to."""
         if not self.enabled:
             return NO_TELEMETRY
-        return RequestTelemetry(self, chat, headers, api)
+        return RequestTelemetry(self, chat, headers, api, upstream)
 
     def shutdown(self) -> None:
         if self.provider is not None:
@@ -132,12 +135,15 @@ NO_TELEMETRY = RequestObserver()
 
 
 class RequestTelemetry(RequestObserver):
-    __slots__ = ("_app", "chat", "api", "request_id", "started", "upstream_at", "ttft_s", "span", "_ctx", "_checks", "_upstream")
+    __slots__ = ("_app", "chat", "api", "upstream_name", "request_id", "started", "upstream_at", "ttft_s", "span", "_ctx", "_checks", "_upstream")
 
-    def __init__(self, app: Telemetry, chat: ApiRequest, headers: Mapping[str, str], api: str = "chat") -> None:
+    def __init__(
+        self, app: Telemetry, chat: ApiRequest, headers: Mapping[str, str], api: str = "chat", upstream: str = "default"
+    ) -> None:
         self._app = app
         self.chat = chat
         self.api = api
+        self.upstream_name = upstream
         self.request_id = _request_id(headers.get("x-request-id"))
         self.started = time.perf_counter()
         self.upstream_at: float | None = None
@@ -228,6 +234,7 @@ class RequestTelemetry(RequestObserver):
                 trace_id=trace_id,
                 error=error,
                 api=self.api,
+                upstream=self.upstream_name,
             )
 
     # -- spans -----------------------------------------------------------------------
@@ -246,6 +253,7 @@ class RequestTelemetry(RequestObserver):
             "gen_ai.request.model": chat.model,
             "gen_ai.request.stream": chat.stream,
             "guardproxy.request_id": self.request_id,
+            "guardproxy.upstream": self.upstream_name,
         }
         if chat.n != 1:
             attributes["gen_ai.request.choice.count"] = chat.n

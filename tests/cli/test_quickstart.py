@@ -74,3 +74,12 @@ def test_the_client_asks_for_the_model_the_upstream_serves():
 
 def test_the_demo_is_one_command():
     assert ["pip", "install", ".[demo]", "&&", "guardproxy", "demo"] in _quickstart_commands()
+
+
+def test_every_toml_block_in_the_readme_is_a_config_the_proxy_loads():
+    from proxy import parse_config
+
+    blocks = re.findall(r"```toml\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    assert blocks  # the walk found them
+    for block in blocks:
+        parse_config(block, source="README.md")

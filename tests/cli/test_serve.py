@@ -89,6 +89,14 @@ def test_the_config_file_wins_where_it_sets_a_key(tmp_path, caplog):
     assert "--upstream http://from-flag:9000/v1 ignored" in caplog.text and "upstream.base_url" in caplog.text
 
 
+def test_upstream_flag_is_refused_beside_a_routing_table(tmp_path, capsys):
+    path = tmp_path / "config.toml"
+    path.write_text('[[upstreams]]\nname = "a"\nbase_url = "http://a:8000/v1"\nmodels = ["*"]\n')
+    assert serve_config(build_parser().parse_args(["serve", "--config", str(path), "--flexguard", "http://fg/v1"])).routes()[0].name == "a"
+    assert main(["serve", "--config", str(path), "--upstream", "http://b:8000/v1"]) == 2
+    assert "routes by model with [[upstreams]]" in capsys.readouterr().err
+
+
 def test_a_bad_flag_is_a_config_error_naming_the_key(capsys):
     assert main(["serve", "--upstream", "ftp://nowhere"]) == 2
     err = capsys.readouterr().err
@@ -104,7 +112,7 @@ def test_startup_logs_one_line_per_dependency_with_url_and_cause(guard_server_th
     config = parse_config(config_toml(f"http://127.0.0.1:{upstream_port}", guard_server_thread[1].url))
     guards = {"flexguard": config.guards.flexguard, "reasoningshield": config.guards.reasoningshield}
     with caplog.at_level(logging.INFO):
-        ready = asyncio.run(check_at_startup(config.upstream, guards))
+        ready = asyncio.run(check_at_startup(config, guards))
     assert not ready
     lines = _startup_lines(caplog)
     assert len(lines) == 3, lines
@@ -120,7 +128,7 @@ def test_startup_says_ready_and_what_the_upstream_serves(upstream_server, guard_
     config = parse_config(config_toml(upstream_server[1].url, guard_server_thread[1].url))
     guards = {"flexguard": config.guards.flexguard, "reasoningshield": config.guards.reasoningshield}
     with caplog.at_level(logging.INFO):
-        assert asyncio.run(check_at_startup(config.upstream, guards))
+        assert asyncio.run(check_at_startup(config, guards))
     assert _startup_lines(caplog) == [
         f"upstream ({upstream_server[1].url}/v1): ready, serves scripted-model",
         f"flexguard ({guard_server_thread[1].url}/v1, model flexguard-test): ready, serves it",

@@ -46,12 +46,13 @@ def _guard_section(name: str, backend: str, server: _servers.VLLMServer, dead: s
 @contextlib.contextmanager
 def run_proxy(
     backend: str, upstream, flexguard, reasoningshield, workdir: Path, extra: str = "", reasoning_every: int = REASONING_EVERY,
-    dead_replica: str | None = None,
+    dead_replica: str | None = None, upstreams: str | None = None,
 ):
     """guardproxy in its own process (`python -m proxy serve`), ready to serve.
 
     ``dead_replica``: a base URL where nothing listens, listed first among the replicas
-    of the upstream and of each guard server.
+    of the upstream and of each guard server. ``upstreams``: [[upstreams]] tables that
+    replace [upstream].
 
     The tiny ReasoningShield was trained on prefixes of reasoning traces, so reasoning is
     checked incrementally; the tiny FlexGuard only on whole answers, so the answer gets
@@ -64,8 +65,8 @@ def run_proxy(
 [server]
 port = {port}
 
-[upstream]
-{f'base_urls = ["{dead_replica}", "{upstream.base_url}"]' if dead_replica else f'base_url = "{upstream.base_url}"'}
+{upstreams or "[upstream]"}
+{"" if upstreams else f'base_urls = ["{dead_replica}", "{upstream.base_url}"]' if dead_replica else f'base_url = "{upstream.base_url}"'}
 
 [policy]
 refusal_message = "{REFUSAL}"

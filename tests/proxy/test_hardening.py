@@ -323,8 +323,8 @@ def _leak_probe(proxy) -> list[list[str]]:
             seen.append(sorted(pending))
             self.observer.finish(report, outcome, error)
 
-    def request(chat, headers, api="chat"):
-        return Probe(original(chat, headers, api))
+    def request(chat, headers, api="chat", upstream="default"):
+        return Probe(original(chat, headers, api, upstream))
 
     telemetry.request = request
     return seen

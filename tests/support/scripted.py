@@ -79,9 +79,11 @@ class UpstreamCall:
 
 @dataclass
 class ScriptedUpstream:
-    """A streaming chat-completions server; ``calls`` records every request."""
+    """A streaming chat-completions server; ``calls`` records every request, ``models``
+    is what GET /v1/models lists."""
 
     calls: list[UpstreamCall] = field(default_factory=list)
+    models: list[str] = field(default_factory=lambda: ["scripted-model"])
     default_delay: float = 0.0
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -99,7 +101,8 @@ class ScriptedUpstream:
             await _send_json(send, 200, {"object": "list", "data": data, "model": "scripted-embedder", "usage": {"prompt_tokens": 3, "total_tokens": 3}})
             return
         if scope["method"] == "GET" and path.endswith("/models"):
-            await _send_json(send, 200, {"object": "list", "data": [{"id": "scripted-model", "object": "model", "owned_by": "tests"}]})
+            data = [{"id": m, "object": "model", "owned_by": "tests"} for m in self.models]
+            await _send_json(send, 200, {"object": "list", "data": data})
             return
         if not path.endswith(("/chat/completions", "/v1/completions", "/v1/responses")):
             await _send_json(send, 404, {"error": {"message": "not found", "type": "not_found", "code": None}})

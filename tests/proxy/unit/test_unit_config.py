@@ -189,6 +189,9 @@ def _options(struct: type[msgspec.Struct], prefix: str = "") -> list[tuple[str, 
         if section == "tenants.policy":
             # A tenant's policy is the [policy] table again: its header is the doc.
             out.append(("tenants", "[tenants.policy]"))
+        elif section == "upstreams":
+            # An entry is [upstream] again with a name, its models and where it is.
+            out += [("upstreams", name) for name in ("name", "models", "base_url", "base_urls")]
         elif isinstance(field.type, type) and issubclass(field.type, msgspec.Struct):
             out += _options(field.type, section)
         elif isinstance(element, type) and issubclass(element, msgspec.Struct):
