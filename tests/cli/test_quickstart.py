@@ -83,3 +83,16 @@ def test_every_toml_block_in_the_readme_is_a_config_the_proxy_loads():
     assert blocks  # the walk found them
     for block in blocks:
         parse_config(block, source="README.md")
+
+
+def test_the_sizing_rule_quotes_the_bench_and_the_default_schedules():
+    from proxy import ProxyConfig
+    from proxy.pipeline._monitor import check_positions
+
+    section = (REPO / "README.md").read_text().split("### Sizing\n", 1)[1].split("\n## ", 1)[0]
+    results = (REPO / "bench/results/scaling.md").read_text()
+    for figure in ("72.5", "68.4"):  # CPU ms per request, guards off and defaults
+        assert f"| {figure}" in results and f"{figure} ms" in section
+    policy = ProxyConfig().policy
+    bound = f"would get {len(check_positions(policy.reasoning, 2000))} reasoning and {len(check_positions(policy.answer, 300))} answer checks"
+    assert bound in section.replace("\n  ", " ")
