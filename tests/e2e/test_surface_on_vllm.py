@@ -66,6 +66,7 @@ def test_responses_unsafe_reasoning_is_aborted_and_vllm_drops_it(client, vllm_up
     latest_clean_checks = (_token_count(fixture_spec.UNSAFE_THINK_BENIGN_PART) + 1) // REASONING_EVERY
     asked = 3000
     summary: dict = {}
+    dropped: dict = {}
     for _attempt in range(3):
         vllm_upstream.wait_idle()
         finished_before = vllm_upstream.finished()
@@ -90,10 +91,17 @@ def test_responses_unsafe_reasoning_is_aborted_and_vllm_drops_it(client, vllm_up
         text = "".join(e.delta for e in events if e.type in ("response.reasoning_text.delta", "response.output_text.delta"))
         assert fixture_spec.REASONING_MARKER not in text
         assert text.endswith(REFUSAL)
-        assert vllm_upstream.finished() == finished_before
+        if vllm_upstream.finished() != finished_before:
+            # The stop came after the tiny CPU upstream had made every token asked for: on a
+            # busy 2-core machine three slow checks once let 3,000 tokens go by. The client
+            # still saw nothing unchecked (asserted above); the drop needs another attempt.
+            assert generated == asked
+            continue
         assert generated < asked
+        dropped = summary
         if summary.get("flagged") and summary["checks"] <= latest_clean_checks + 2:
             break
+    assert dropped, "vLLM finished the request in every attempt: the stop never reached it in time"
     assert summary.get("flagged") and summary["checks"] <= latest_clean_checks + 2, summary
 
 
