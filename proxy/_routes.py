@@ -150,8 +150,8 @@ def _passthrough_upstream(upstreams: Upstreams, path: str, body: bytes | None) -
     elif body:
         try:
             model = msgspec.json.decode(body, type=_NamesModel).model
-        except msgspec.DecodeError:
-            pass  # not JSON: the upstream says what is wrong with it
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            pass  # not a JSON object (or nested past the recursion limit): forwarded as it is, as with one upstream
     return upstreams.for_model(model)[1] if isinstance(model, str) else upstreams.default
 
 

@@ -96,7 +96,15 @@ class ScriptedUpstream:
             return
         if path.endswith("/v1/embeddings"):
             raw = await _read_body(receive)
-            self.calls.append(UpstreamCall(body=json.loads(raw), headers={k.decode(): v.decode() for k, v in scope["headers"]}, path=path))
+            try:
+                parsed = json.loads(raw)
+            except (ValueError, RecursionError):  # as a real server would: the client's error
+                parsed = None
+            headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+            self.calls.append(UpstreamCall(body=parsed if isinstance(parsed, dict) else {}, headers=headers, path=path))
+            if not isinstance(parsed, dict):
+                await _send_json(send, 400, {"error": {"message": "bad body", "type": "invalid_request_error", "code": None}})
+                return
             data = [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5, 1.0]}]
             await _send_json(send, 200, {"object": "list", "data": data, "model": "scripted-embedder", "usage": {"prompt_tokens": 3, "total_tokens": 3}})
             return
