@@ -189,8 +189,9 @@ def test_unsafe_reasoning_is_aborted_early_and_vllm_aborts(e2e_proxy, fixture_sp
     The tiny ReasoningShield judges about 1 in 30 unsafe prefixes safe (fixtures README);
     when the prefixes it happens to see are all such misses, a later check or the answer
     check stops the request instead. Every attempt must be stopped with the unsafe text
-    unseen and the upstream aborted; one of up to three must be stopped early by the
-    reasoning check.
+    unseen, and the upstream aborted unless it had already made every token asked for;
+    one of up to three must show vLLM dropping the request, and the last one must be
+    stopped early by the reasoning check.
     """
     backend, client, upstream, _ = e2e_proxy
     messages = [{"role": "user", "content": f"What is a {fixture_spec.STEALTH_REASONING_TRIGGER}?"}]
@@ -198,7 +199,7 @@ def test_unsafe_reasoning_is_aborted_early_and_vllm_aborts(e2e_proxy, fixture_sp
     latest_clean_checks = marker_token // REASONING_EVERY
     asked = 4000  # the tiny upstream's context is 4,096 tokens
     summary: dict = {}
-    aborted = False
+    dropped: dict = {}
     for attempt in range(3):
         upstream.wait_idle()
         finished_before = upstream.finished()
@@ -233,16 +234,19 @@ def test_unsafe_reasoning_is_aborted_early_and_vllm_aborts(e2e_proxy, fixture_sp
         # What was released is the benign start of the trace (nothing, when the first
         # check to finish already covered the unsafe passage).
         assert fixture_spec.UNSAFE_THINK.startswith(reasoning.strip()[:20])
-        aborted = upstream.finished() == finished_before and generated < asked
-        if backend != "transformers":
-            assert aborted, (generated, summary)
-        # The in-process transformers guard shares the GIL with the relay: on a loaded
-        # CPU its check can return after a fast upstream finished (README, known
-        # limitations). Its stop is still shown; the upstream abort must come in one of
-        # the attempts.
-        if aborted and summary.get("flagged") and summary["checks"] <= latest_clean_checks + 2:
+        if upstream.finished() != finished_before:
+            # The stop came after the tiny CPU upstream had made every token asked for: on a
+            # busy 2-core machine two slow checks once let 3,770 tokens go by (and the
+            # in-process transformers guard shares the GIL with the relay; README, known
+            # limitations). The client still saw nothing unchecked (asserted above); the
+            # drop needs another attempt.
+            assert generated == asked, (backend, generated, summary)
+            continue
+        assert generated < asked, (backend, generated, summary)
+        dropped = summary
+        if summary.get("flagged") and summary["checks"] <= latest_clean_checks + 2:
             break
-    assert aborted, (backend, generated, summary)
+    assert dropped, (backend, "vLLM finished the request in every attempt: the stop never reached it in time")
     assert summary.get("flagged") and summary["risk_score"] == 100, summary
     assert summary["checks"] <= latest_clean_checks + 2, (summary, latest_clean_checks)
 
