@@ -190,7 +190,7 @@ def test_unsafe_reasoning_is_aborted_early_and_vllm_aborts(e2e_proxy, fixture_sp
     when the prefixes it happens to see are all such misses, a later check or the answer
     check stops the request instead. Every attempt must be stopped with the unsafe text
     unseen, and the upstream aborted unless it had already made every token asked for;
-    one of up to three must show vLLM dropping the request, and the last one must be
+    one of up to five must show vLLM dropping the request, and the last one must be
     stopped early by the reasoning check.
     """
     backend, client, upstream, _ = e2e_proxy
@@ -200,7 +200,7 @@ def test_unsafe_reasoning_is_aborted_early_and_vllm_aborts(e2e_proxy, fixture_sp
     asked = 4000  # the tiny upstream's context is 4,096 tokens
     summary: dict = {}
     dropped: dict = {}
-    for attempt in range(3):
+    for attempt in range(5):
         upstream.wait_idle()
         finished_before = upstream.finished()
         generated_before = upstream.counter("vllm:generation_tokens_total")

@@ -67,7 +67,7 @@ def test_responses_unsafe_reasoning_is_aborted_and_vllm_drops_it(client, vllm_up
     asked = 3000
     summary: dict = {}
     dropped: dict = {}
-    for _attempt in range(3):
+    for _attempt in range(5):
         vllm_upstream.wait_idle()
         finished_before = vllm_upstream.finished()
         generated_before = vllm_upstream.counter("vllm:generation_tokens_total")
