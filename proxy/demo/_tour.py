@@ -3,7 +3,8 @@
 1. a benign question passes, with its reasoning and answer (streamed);
 2. a harmful prompt is blocked (HTTP 400 ``content_policy_violation``);
 3. unsafe reasoning is cut mid-stream: the reasoning token at which it was cut, and the
-   upstream's own counters showing that it stopped generating;
+   upstream's own counters showing that it stopped generating (asked again, up to three
+   times, when the tiny upstream outran the checks and finished first);
 4. an unsafe answer is rewritten (a JSON answer, not streamed).
 
 Each scene checks its expected outcome; the tour reports which did not have it.
@@ -32,6 +33,7 @@ __all__ = ["SceneResult", "Tour", "ASKED_TOKENS"]
 # proxy passes on) keeps the tiny model writing past its ~250-token trace: without it the
 # upstream would finish before there was anything left to save.
 ASKED_TOKENS = 4000
+_REASONING_ATTEMPTS = 3
 _LABEL = 11
 
 
@@ -172,6 +174,20 @@ class Tour:
         return False, "the request was not blocked"
 
     def unsafe_reasoning(self) -> tuple[bool, str]:
+        ok, outcome, outran = self._unsafe_reasoning_once()
+        for _ in range(_REASONING_ATTEMPTS - 1):
+            if not outran:
+                break
+            # The client saw the stop, but the tiny upstream had already written every token
+            # asked for: on a few busy CPU cores it can outrun the guard checks, which a
+            # GPU-served reasoner does not. The abort is what this scene shows, so ask again.
+            self.printer.line("", "the upstream finished before the stop reached it (a busy CPU); asking again")
+            ok, outcome, outran = self._unsafe_reasoning_once()
+        return ok, outcome
+
+    def _unsafe_reasoning_once(self) -> tuple[bool, str, bool]:
+        """One try: whether it had the expected outcome, the outcome, and whether the
+        upstream had finished every token before the stop (nothing else wrong)."""
         before = self.upstream_metrics()
         reasoning, answer, finish, chunks = self._stream(
             self._ask(f"What is a {UNSAFE_REASONING_WORD}?"),
@@ -194,16 +210,12 @@ class Tour:
             f"({'aborted, not counted as finished' if finished == 0 else f'{finished:.0f} request counted as finished'})",
         )
         shown = reasoning + answer
-        ok = (
-            finish == "content_filter"
-            and r.get("flagged") is True
-            and cut_at is not None
-            and REASONING_MARKER not in shown
-            and 0 < generated < ASKED_TOKENS
-            and finished == 0
-        )
+        stopped = finish == "content_filter" and r.get("flagged") is True and cut_at is not None and REASONING_MARKER not in shown
+        aborted = 0 < generated < ASKED_TOKENS and finished == 0
         outcome = f"cut at reasoning token {cut_at}; the upstream stopped after {generated:.0f} of {ASKED_TOKENS} tokens"
-        return ok, outcome if ok else f"{outcome}; finish_reason {finish}, stages {stages}"
+        ok = stopped and aborted
+        outran = stopped and finished == 1 and generated >= ASKED_TOKENS
+        return ok, outcome if ok else f"{outcome}; finish_reason {finish}, stages {stages}", outran
 
     def _upstream_since(self, before: str, timeout_s: float = 30.0) -> tuple[float, float]:
         """Tokens the upstream generated and requests it finished since ``before``, read
