@@ -7,6 +7,7 @@ Guard prompts are built from guards/data/*.txt with the user slots of the refere
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import openai
@@ -124,30 +125,48 @@ def test_closing_stream_aborts_upstream_request(vllm_upstream, fixture_spec):
     answer can be generated and buffered in the socket before the client has read the
     marker. `min_tokens` (a vLLM sampling parameter) keeps it generating past its end of
     sequence, so the abort saves a measurable number of tokens.
-    """
-    vllm_upstream.wait_idle()
-    finished_before = vllm_upstream.finished()
-    gen_before = vllm_upstream.counter("vllm:generation_tokens_total")
-    stream = _client(vllm_upstream).chat.completions.create(
-        model=vllm_upstream.model, messages=[{"role": "user", "content": "What is zorblax?"}],
-        stream=True, temperature=0, max_tokens=ASKED, extra_body={"min_tokens": ASKED},
-    )
-    seen = ""
-    for chunk in stream:
-        if chunk.choices:
-            seen += _reasoning_of(chunk.choices[0].delta) or ""
-        if fixture_spec.REASONING_MARKER in seen:
-            break
-    stream.close()  # closes the HTTP response: vLLM sees the disconnect and aborts
-    assert fixture_spec.REASONING_MARKER in seen
 
-    vllm_upstream.wait_idle()
-    # The marker comes at ~42 tokens; how many more are made before the close lands
-    # depends on how busy the CPU is, so only "not all of them" is certain.
-    generated = vllm_upstream.counter("vllm:generation_tokens_total") - gen_before
-    finished = vllm_upstream.finished() - finished_before
-    print(f"\n[e2e] closed after the marker: upstream generated {generated:.0f} of {ASKED}")
-    assert (finished, generated < ASKED) == (0, True), f"finished={finished} generated={generated}"
+    On a busy shared CPU the close can still land after all 4,000 tokens (a CI run saw
+    it): the engine process keeps generating while the server's frontend, which must
+    notice the disconnect, waits for a core. Such an attempt shows nothing about the
+    abort, so it is asked again, up to five times; every attempt must see the marker, an
+    attempt that stopped short must not be counted as finished, and one must stop short.
+    """
+    outcomes = []
+    for _ in range(5):
+        vllm_upstream.wait_idle()
+        finished_before = vllm_upstream.finished()
+        gen_before = vllm_upstream.counter("vllm:generation_tokens_total")
+        started = time.monotonic()
+        stream = _client(vllm_upstream).chat.completions.create(
+            model=vllm_upstream.model, messages=[{"role": "user", "content": "What is zorblax?"}],
+            stream=True, temperature=0, max_tokens=ASKED, extra_body={"min_tokens": ASKED},
+        )
+        seen = ""
+        for chunk in stream:
+            if chunk.choices:
+                seen += _reasoning_of(chunk.choices[0].delta) or ""
+            if fixture_spec.REASONING_MARKER in seen:
+                break
+        marker_s = time.monotonic() - started
+        stream.close()  # closes the HTTP response: vLLM sees the disconnect and aborts
+        assert fixture_spec.REASONING_MARKER in seen
+
+        vllm_upstream.wait_idle()
+        # The marker comes at ~42 tokens; how many more are made before the close lands
+        # depends on how busy the CPU is, so only "not all of them" is certain.
+        generated = vllm_upstream.counter("vllm:generation_tokens_total") - gen_before
+        finished = vllm_upstream.finished() - finished_before
+        outcomes.append((finished, generated))
+        print(
+            f"\n[e2e] closed after the marker ({marker_s:.2f} s in): "
+            f"upstream generated {generated:.0f} of {ASKED}, finished {finished:.0f}"
+        )
+        if generated < ASKED:
+            assert finished == 0, outcomes
+            break
+        assert finished == 1, outcomes  # the close landed after the last token
+    assert outcomes[-1][1] < ASKED, f"the upstream made every token in every attempt: {outcomes}"
 
 
 # ---------------------------------------------------------------------------
