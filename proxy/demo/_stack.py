@@ -39,6 +39,7 @@ __all__ = [
     "demo_servers",
     "free_port",
     "log_tail",
+    "lowest_cpu_priority",
 ]
 
 # vLLM's CPU build pulls PyPI's torchvision, torchaudio and torchcodec, which fail to
@@ -52,6 +53,27 @@ _SITECUSTOMIZE = (
     "for _name in ('torchvision', 'torchaudio', 'torchcodec'):\n"
     "    sys.modules.setdefault(_name, None)\n"
 )
+
+
+def lowest_cpu_priority() -> None:
+    """Run this process, and every process it starts, at the lowest CPU priority.
+
+    For the upstream, and its engine process: on a GPU it has its own hardware; here it
+    shares a few cores with the guards, and at full speed the tiny model (hundreds of
+    tokens a second) leaves a guard check so little CPU that a whole unsafe answer is
+    written before the check that stops it is done.
+
+    A nice value alone does not do it on Linux with autogroup scheduling (most
+    distributions): a process in a session of its own, as each server is, gets its own
+    scheduling group, and groups share the CPU equally whatever their members' nice
+    values. So the group's nice value is raised too; that needs no privilege.
+    """
+    os.nice(19)
+    try:
+        with open("/proc/self/autogroup", "w") as autogroup:
+            autogroup.write("19")
+    except OSError:  # no autogroup scheduling (kernel option off, or not Linux): nice suffices
+        pass
 
 
 def log_tail(path: Path, lines: int = 25) -> str:
@@ -147,12 +169,7 @@ class VLLMServer:
         except OSError:
             pass
         if self.low_priority:
-            # The upstream, and its engine process, at the lowest CPU priority: on a GPU
-            # it has its own hardware; here it shares a few cores with the guards, and at
-            # full speed the tiny model (hundreds of tokens a second) would leave a guard
-            # check so little CPU that a whole unsafe answer is written before the check
-            # that stops it is done.
-            os.nice(19)
+            lowest_cpu_priority()
 
     def exit_code(self) -> int | None:
         return None if self.proc is None else self.proc.poll()

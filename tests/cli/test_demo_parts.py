@@ -113,3 +113,22 @@ def test_without_vllm_the_demo_says_what_to_install(monkeypatch, capsys):
 @pytest.mark.parametrize("word", [_models.HARMFUL_PROMPT_WORD, _models.UNSAFE_REASONING_WORD, _models.UNSAFE_ANSWER_WORD])
 def test_the_models_readme_names_each_word(word):
     assert f"`{word}`" in (MODELS_DIR / "README.md").read_text()
+
+
+def test_the_upstream_server_runs_at_the_lowest_priority_even_in_a_session_of_its_own():
+    """Each server runs in a session of its own, and under autogroup scheduling a session
+    is a scheduling group that a nice value alone does not lower: the group's must be
+    raised too, or the tiny upstream takes an equal share of the CPU from the guards."""
+    from proxy.demo._stack import lowest_cpu_priority
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import os, sys; sys.stdin.read(); print(os.getpriority(os.PRIO_PROCESS, 0))"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        start_new_session=True, preexec_fn=lowest_cpu_priority,
+    )
+    autogroup = Path(f"/proc/{child.pid}/autogroup")
+    group = autogroup.read_text() if autogroup.exists() else None
+    out, _ = child.communicate("", timeout=30)
+    assert int(out) == 19
+    if group is not None:  # kernels without autogroup scheduling have no such file
+        assert group.split()[-1] == "19", group

@@ -19,17 +19,19 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from proxy.demo._stack import lowest_cpu_priority
+
 # The tiny models ship in the package, for `guardproxy demo`; the e2e tier serves the same.
 MODELS_DIR = Path(__file__).resolve().parents[2] / "proxy" / "demo" / "models"
 
 # What each fixture model is served as. Guards run WITHOUT a reasoning parser, so that
 # FlexGuard's <think>...</think> stays in `content` like the proxy expects.
 SERVER_SPECS: dict[str, dict] = {
-    # The upstream runs at the lowest CPU priority, as in `guardproxy demo`: on a GPU it has
-    # its own hardware; here the fast tiny model (about 700 tokens a second when the machine
+    # The upstream runs at the lowest CPU priority, as in `guardproxy demo` (see
+    # lowest_cpu_priority): the fast tiny model (about 700 tokens a second when the machine
     # is idle) shares two cores with the guards, and at full priority it can write every
     # token asked for while a few guard checks wait for the CPU, leaving no abort to see.
-    "upstream": {"dir": "upstream", "name": "tiny-upstream", "args": ["--reasoning-parser", "qwen3"], "nice": 19},
+    "upstream": {"dir": "upstream", "name": "tiny-upstream", "args": ["--reasoning-parser", "qwen3"], "low_priority": True},
     "flexguard": {"dir": "flexguard", "name": "tiny-flexguard", "args": []},
     "reasoningshield": {"dir": "reasoningshield", "name": "tiny-reasoningshield", "args": []},
 }
@@ -64,7 +66,7 @@ class VLLMServer:
     port: int
     log_path: Path
     extra_args: list[str] = field(default_factory=list)
-    nice: int = 0  # added to the server's niceness (its engine process inherits it)
+    low_priority: bool = False  # lowest CPU priority, for it and its engine process
     proc: subprocess.Popen | None = None
     started_at: float = 0.0
     ready_s: float | None = None  # seconds from spawn to /health 200
@@ -109,7 +111,7 @@ class VLLMServer:
         self.proc = subprocess.Popen(
             self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
             start_new_session=True,  # own process group: we kill the engine core with it
-            preexec_fn=(lambda: os.nice(self.nice)) if self.nice else None,
+            preexec_fn=lowest_cpu_priority if self.low_priority else None,
         )
         log.close()
 
@@ -188,7 +190,7 @@ def start_servers(keys: list[str], log_dir: Path, timeout_s: float = START_TIMEO
             )
         servers[key] = VLLMServer(
             key=key, model_dir=model_dir, model=spec["name"], port=free_port(),
-            log_path=log_dir / f"vllm-{key}.log", extra_args=list(spec["args"]), nice=spec.get("nice", 0),
+            log_path=log_dir / f"vllm-{key}.log", extra_args=list(spec["args"]), low_priority=spec.get("low_priority", False),
         )
     try:
         for s in servers.values():
