@@ -20,6 +20,22 @@ def client(vllm_upstream, vllm_flexguard, vllm_reasoningshield, tmp_path_factory
         yield c
 
 
+@pytest.fixture(scope="module")
+def sparse_client(vllm_upstream, vllm_flexguard, vllm_reasoningshield, tmp_path_factory):
+    """A proxy whose reasoning checks come every 24 deltas (each at least 24 tokens).
+
+    A legacy completion's query is its raw prompt, chat markup included, which the tiny
+    ReasoningShield never saw in training: probed on every prefix of the benign trace
+    with that query, it flags the prefixes of 2, 9-16 and 20 tokens, and none from 21 to
+    59 (with a chat query, none at all). Checks every 8 deltas land on those when the
+    upstream's server merges tokens into fewer deltas on a busy CPU, as two CI dry runs
+    saw. That is the tiny model, not the proxy; the benign completion is checked where
+    the tiny guard is right.
+    """
+    with run_proxy("openai", vllm_upstream, vllm_flexguard, vllm_reasoningshield, tmp_path_factory.mktemp("sparse"), reasoning_every=24) as c:
+        yield c
+
+
 def _chat_prompt(text: str) -> str:
     """A legacy completion prompt in the tiny upstream's chat format (Qwen3's template),
     so that it answers as it was trained: a <think> block, then the answer."""
@@ -108,8 +124,8 @@ def test_responses_unsafe_reasoning_is_aborted_and_vllm_drops_it(client, vllm_up
 # -- legacy completions
 
 
-def test_completions_benign_passes(client, fixture_spec):
-    completion = client.completions.create(model="tiny-upstream", prompt=_chat_prompt("How do bees make honey?"), temperature=0, max_tokens=400)
+def test_completions_benign_passes(sparse_client, fixture_spec):
+    completion = sparse_client.completions.create(model="tiny-upstream", prompt=_chat_prompt("How do bees make honey?"), temperature=0, max_tokens=400)
     choice = completion.choices[0]
     assert choice.finish_reason == "stop", choice
     assert fixture_spec.BENIGN_ANSWER.strip() in choice.text
