@@ -25,13 +25,10 @@ MODELS_DIR = Path(__file__).resolve().parents[2] / "proxy" / "demo" / "models"
 # What each fixture model is served as. Guards run WITHOUT a reasoning parser, so that
 # FlexGuard's <think>...</think> stays in `content` like the proxy expects.
 SERVER_SPECS: dict[str, dict] = {
-    # Unlike `guardproxy demo`'s, this upstream keeps its normal CPU priority. At the lowest
-    # (lowest_cpu_priority) its server's frontend lags its engine and merges tokens into
-    # fewer, longer deltas, so checks due every 8 deltas cover texts that vary from run to
-    # run, and the tiny ReasoningShield misjudges some of them (a dry run saw it flag the
-    # benign legacy-completions trace at its first check). At normal priority the tiny
-    # model can instead write every token asked for before a stop reaches it; the abort
-    # tests ask again when that happens.
+    # Unlike `guardproxy demo`'s, this upstream keeps its normal CPU priority, as this tier
+    # has always run and passed CI (until 8f32a7c its nice 19 did nothing: see
+    # lowest_cpu_priority). So the tiny model can write every token asked for before a
+    # stop reaches it; the abort tests ask again when that happens.
     "upstream": {"dir": "upstream", "name": "tiny-upstream", "args": ["--reasoning-parser", "qwen3"]},
     "flexguard": {"dir": "flexguard", "name": "tiny-flexguard", "args": []},
     "reasoningshield": {"dir": "reasoningshield", "name": "tiny-reasoningshield", "args": []},
