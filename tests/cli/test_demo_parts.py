@@ -18,7 +18,7 @@ import pytest
 from guards import GuardModelConfig
 from proxy.demo import MODELS_DIR, _models, run_demo
 from proxy.demo._progress import Progress
-from proxy.demo._stack import demo_config, demo_servers
+from proxy.demo._stack import demo_config, demo_servers, lowest_cpu_priority
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -119,8 +119,6 @@ def test_the_upstream_server_runs_at_the_lowest_priority_even_in_a_session_of_it
     """Each server runs in a session of its own, and under autogroup scheduling a session
     is a scheduling group that a nice value alone does not lower: the group's must be
     raised too, or the tiny upstream takes an equal share of the CPU from the guards."""
-    from proxy.demo._stack import lowest_cpu_priority
-
     child = subprocess.Popen(
         [sys.executable, "-c", "import os, sys; sys.stdin.read(); print(os.getpriority(os.PRIO_PROCESS, 0))"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,

@@ -27,10 +27,9 @@ def sparse_client(vllm_upstream, vllm_flexguard, vllm_reasoningshield, tmp_path_
     A legacy completion's query is its raw prompt, chat markup included, which the tiny
     ReasoningShield never saw in training: probed on every prefix of the benign trace
     with that query, it flags the prefixes of 2, 9-16 and 20 tokens, and none from 21 to
-    59 (with a chat query, none at all). Checks every 8 deltas land on those when the
-    upstream's server merges tokens into fewer deltas on a busy CPU, as two CI dry runs
-    saw. That is the tiny model, not the proxy; the benign completion is checked where
-    the tiny guard is right.
+    59 (with a chat query, none at all). Checks every 8 deltas can land on those, and in
+    two CI dry runs the first one, at 8 deltas, flagged the trace. That is the tiny
+    model, not the proxy; the benign completion is checked where the tiny guard is right.
     """
     with run_proxy("openai", vllm_upstream, vllm_flexguard, vllm_reasoningshield, tmp_path_factory.mktemp("sparse"), reasoning_every=24) as c:
         yield c
