@@ -9,6 +9,7 @@ Typical use (the proxy creates backends in its lifespan and closes them in ``fin
     await backend.aclose()
 """
 
+from ._cache import VerdictCache
 from ._categories import FLEXGUARD_CATEGORIES
 from ._config import BackendKind, GuardModelConfig
 from ._guards import (
@@ -31,7 +32,7 @@ from ._prompts import (
     system_prompt,
 )
 from ._structured import flexguard_regex, reasoningshield_regex
-from ._verdict import GuardName, Stage, Verdict
+from ._verdict import CacheResult, GuardName, Stage, Verdict
 from .backends import (
     ChatMessage,
     ChatPrompt,
@@ -45,6 +46,7 @@ from .exceptions import (
     GuardBackendError,
     GuardError,
     GuardTimeout,
+    GuardUnreachable,
     VerdictParseError,
     VerdictTruncated,
 )
@@ -56,6 +58,7 @@ __all__ = [
     "REASONINGSHIELD_DATE",
     "REASONINGSHIELD_MAX_TOKENS",
     "BackendKind",
+    "CacheResult",
     "ChatMessage",
     "ChatPrompt",
     "FlexGuard",
@@ -68,11 +71,13 @@ __all__ = [
     "GuardName",
     "GrowingSlot",
     "GuardTimeout",
+    "GuardUnreachable",
     "ReasoningShield",
     "ScriptedBackend",
     "SlotSanitizer",
     "Stage",
     "Verdict",
+    "VerdictCache",
     "VerdictParseError",
     "VerdictTruncated",
     "flexguard_prompt_messages",

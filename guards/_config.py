@@ -50,7 +50,15 @@ class GuardModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     dtype: str = "auto"
     gpu_memory_utilization: float = 0.4
     max_batch_size: int = 8
+    # The guard's context in tokens. In-process backends start their engine with it; for
+    # a guard server it caps what the server lists (GET /v1/models), or stands in where
+    # the server lists none (unset there: 32768). Every check's prompt fits it: a longer
+    # text is screened in overlapping windows (guards/_context.py).
     max_model_len: int | None = None
+    # At most this many tokens of judged text per check (unset: as many as fit the
+    # context). Smaller windows: more, cheaper checks of long texts, nearer the lengths
+    # the guard was trained on.
+    window_tokens: int | None = None
 
     @property
     def replica_urls(self) -> list[str]:
@@ -76,6 +84,10 @@ class GuardModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
                     raise ValueError(f"`{name}` needs `structured_output = true`")
         if self.structured_output and self.backend == "transformers":
             raise ValueError("`structured_output` needs the openai (vLLM server) or vllm backend")
+        for name in ("max_model_len", "window_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 256:
+                raise ValueError(f"`{name}` must be >= 256")
         if self.max_batch_size < 1:
             raise ValueError("`max_batch_size` must be >= 1")
         if not 0 < self.gpu_memory_utilization <= 1:

@@ -9,16 +9,30 @@ answer cut at ``max_tokens`` :class:`VerdictTruncated`, and an answer out of for
 
 Each guard neutralises slot text with a :class:`SlotSanitizer` that knows its backend's
 added tokens (the tokenizer's, where the backend has one).
+
+Given a :class:`VerdictCache`, a guard answers a check of a whole text (a prompt, an
+earlier turn, a final answer) from it when it has read the same input before; the checks
+of a text that grows (:class:`GrowingChecks`) are new input every time, and skip it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable, Iterator
 
+from ._cache import VerdictCache
 from ._config import GuardModelConfig
+from ._context import (
+    OVERLAP_DIVISOR,
+    QUERY_SHARE_DIVISOR,
+    ContextFit,
+    check_windows,
+    estimate_fit,
+    read_fit,
+)
 from ._parse import judgment_to_risk_score, parse_flexguard, parse_reasoningshield
 from ._prompts import (
     FLEXGUARD_PREAMBLE,
@@ -36,6 +50,7 @@ from .backends._base import ChatMessage, ChatPrompt, Generation, GuardBackend
 from .exceptions import GuardBackendError, GuardError, GuardTimeout, VerdictTruncated
 
 __all__ = [
+    "Admission",
     "FLEXGUARD_MAX_TOKENS",
     "GrowingChecks",
     "REASONINGSHIELD_DATE",
@@ -77,22 +92,34 @@ def _named(name: str, config: GuardModelConfig) -> Iterator[None]:
         raise
 
 
+# What bounds a guard's calls in flight, set by whoever runs the guards (the proxy's
+# GuardCapacity): a slot around each backend call, so that a verdict the cache gives, or
+# shares with an identical call in flight, takes none. By default, no bound.
+Admission = Callable[[], contextlib.AbstractAsyncContextManager[None]]
+
+
+def _unbounded() -> contextlib.AbstractAsyncContextManager[None]:
+    return contextlib.nullcontext()
+
+
 async def _run(
-    backend: GuardBackend, config: GuardModelConfig, prompt: ChatPrompt
+    backend: GuardBackend, config: GuardModelConfig, prompt: ChatPrompt, admit: Admission
 ) -> tuple[Generation, float]:
-    """One backend call under the check's deadline; returns the generation and latency."""
-    start = time.perf_counter()
-    try:
-        async with asyncio.timeout(config.timeout_s):
-            generation = await backend.generate(prompt)
-    except TimeoutError as exc:
-        raise GuardTimeout(f"no verdict within {config.timeout_s:g} s") from exc
-    except GuardError:
-        raise
-    except Exception as exc:
-        # A backend that breaks its contract still must not crash the proxy's stream:
-        # every failure to get a verdict is a GuardError, handled by on_guard_error.
-        raise GuardBackendError(f"guard backend failed: {type(exc).__name__}") from exc
+    """One backend call in a slot from ``admit``, under the check's deadline; returns the
+    generation and latency (from the call's start: the wait for a slot is not the guard's)."""
+    async with admit():
+        start = time.perf_counter()
+        try:
+            async with asyncio.timeout(config.timeout_s):
+                generation = await backend.generate(prompt)
+        except TimeoutError as exc:
+            raise GuardTimeout(f"no verdict within {config.timeout_s:g} s") from exc
+        except GuardError:
+            raise
+        except Exception as exc:
+            # A backend that breaks its contract still must not crash the proxy's stream:
+            # every failure to get a verdict is a GuardError, handled by on_guard_error.
+            raise GuardBackendError(f"guard backend failed: {type(exc).__name__}") from exc
     if generation.finish_reason == "length":
         raise VerdictTruncated(
             f"the guard stopped at max_tokens ({prompt.max_tokens}) before finishing",
@@ -111,9 +138,18 @@ class GrowingChecks:
     :meth:`ReasoningShield.check_reasoning` send for the text so far, built without
     redoing what earlier checks built. The system prompt and the user message's fixed
     head are sanitised and encoded once; the slot text grows with :class:`GrowingSlot`.
+
+    Given a ``window`` (the tokens the guard's context leaves for the text, see
+    guards/_context.py), a check reads the text from the window's start. When the text
+    outgrows the window, the start moves forward to leave half a window: checks then
+    share their prompt's start again until the next move, so that the guard's prefix
+    cache still serves most of each check, and a trace of any length never outgrows the
+    context. Text that would pass out of reach unread (a jump of more than half a window
+    between two checks) is checked in windows of its own, in the same check; every
+    window starts an eighth of a window before the end of what the last check read.
     """
 
-    __slots__ = ("_run", "_prompt", "_system", "_head", "_head_json", "_slot")
+    __slots__ = ("_run", "_prompt", "_system", "_head", "_head_json", "_slot", "_fit", "_window", "_start", "_covered")
 
     def __init__(
         self,
@@ -122,6 +158,9 @@ class GrowingChecks:
         system: str,
         head: str,
         slot: GrowingSlot,
+        *,
+        fit: ContextFit | None = None,
+        window: int | None = None,
     ) -> None:
         self._run = run
         self._prompt = prompt
@@ -129,16 +168,49 @@ class GrowingChecks:
         self._head = head
         self._head_json = json_string(head)[:-1]  # the opening quote and the head
         self._slot = slot
+        self._fit = fit
+        self._window = window
+        self._start = 0  # where in the text the window starts
+        self._covered = 0  # the end of the text the last check read
 
-    def request(self, text: str) -> ChatPrompt:
-        """The prompt of a check of ``text``, the whole text so far."""
-        self._slot.update(text)
-        slot_text, slot_json = self._slot.render()
+    def _growing(self, slot_text: str, slot_json: bytes) -> ChatPrompt:
         user = ChatMessage("user", self._head + slot_text, content_json=self._head_json + slot_json + b'"')
         return self._prompt((self._system, user))
 
+    def requests(self, text: str) -> list[ChatPrompt]:
+        """The prompts of a check of ``text``, the whole text so far: the window's last;
+        before it, those of text the window moved past unread (usually none)."""
+        if len(text) < self._covered:  # not an extension: a new text
+            self._start = self._covered = 0
+            self._slot.reset()
+        self._slot.update(text[self._start :])
+        slot_text, slot_json = self._slot.render()
+        fit, size = self._fit, self._window
+        if fit is None or size is None or fit.measure.fits(slot_text, size):
+            self._covered = len(text)
+            return [self._growing(slot_text, slot_json)]
+        start = fit.start_before(text, self._start, len(text), size // 2)
+        # Where the unread text starts, with an eighth of a window of what was read.
+        unread = fit.start_before(text, self._start, self._covered, size // OVERLAP_DIVISOR)
+        prompts: list[ChatPrompt] = []
+        if start > unread:
+            end = fit.end_from(text, start, size // OVERLAP_DIVISOR)
+            for a, b in fit.windows(text[unread:end], size):
+                user = ChatMessage("user", self._head + fit.sanitize(text[unread + a : unread + b]))
+                prompts.append(self._prompt((self._system, user)))
+        self._start = start
+        self._slot.reset()
+        self._slot.update(text[start:])
+        self._covered = len(text)
+        prompts.append(self._growing(*self._slot.render()))
+        return prompts
+
+    def request(self, text: str) -> ChatPrompt:
+        """The prompt of the window of ``text`` (see :meth:`requests`)."""
+        return self.requests(text)[-1]
+
     async def check(self, text: str) -> Verdict:
-        return await self._run(self.request(text))
+        return await check_windows([functools.partial(self._run, p) for p in self.requests(text)])
 
 
 class FlexGuard:
@@ -146,10 +218,24 @@ class FlexGuard:
 
     name = "flexguard"
 
-    def __init__(self, backend: GuardBackend, config: GuardModelConfig) -> None:
+    def __init__(self, backend: GuardBackend, config: GuardModelConfig, cache: VerdictCache | None = None) -> None:
         self.backend = backend
         self.config = config
+        self.cache = cache
+        self.admit: Admission = _unbounded
         self.sanitize = SlotSanitizer(backend.added_tokens())
+        # Until fit_context reads the guard's own figures: the configured or default
+        # context, the prompts' fixed parts counted as bytes (safe, guards/_context.py).
+        self.context = estimate_fit(backend, config, self._empty(), self.sanitize)
+
+    def _empty(self) -> dict[str, ChatPrompt]:
+        return {"prompt": self.prompt_check(""), "response": self.response_check("", "")}
+
+    async def fit_context(self) -> ContextFit:
+        """Read the guard's context and the size of its prompts' fixed parts from the
+        backend (once, when the guards are opened); every check fits it from then on."""
+        self.context = await read_fit(self.backend, self.config, self._empty(), self.sanitize)
+        return self.context
 
     def _prompt(self, messages: tuple[ChatMessage, ...]) -> ChatPrompt:
         cfg = self.config
@@ -172,22 +258,45 @@ class FlexGuard:
 
     def answer_checks(self, user_text: str) -> GrowingChecks:
         """The response-mode checks of an answer to ``user_text`` as it grows."""
-        head = FLEXGUARD_PREAMBLE + "[User]: " + self.sanitize(user_text) + "\n" + "[Assistant]: "
+        fit = self.context
+        user_text = fit.bounded(user_text, fit.budget("response") // QUERY_SHARE_DIVISOR)
+        clean = self.sanitize(user_text)
+        head = FLEXGUARD_PREAMBLE + "[User]: " + clean + "\n" + "[Assistant]: "
 
         async def run(prompt: ChatPrompt) -> Verdict:
-            return await self._check(prompt, "answer")
+            return await self._call(prompt, "answer")
 
-        return GrowingChecks(run, self._prompt, system_prompt("flexguard_response"), head, GrowingSlot(self.sanitize))
+        window = fit.window("response", fit.measure(clean))
+        return GrowingChecks(
+            run, self._prompt, system_prompt("flexguard_response"), head, GrowingSlot(self.sanitize), fit=fit, window=window
+        )
 
     async def check_prompt(self, user_text: str) -> Verdict:
-        return await self._check(self.prompt_check(user_text), "prompt")
+        """One check, or one per window of a text longer than the guard's context (the
+        worst window's verdict decides)."""
+        _, spans = self.context.plan("prompt", user_text)
+        if len(spans) == 1:
+            return await self._check(self.prompt_check(user_text), "prompt")
+        prompts = [self.prompt_check(user_text[a:b]) for a, b in spans]
+        return await check_windows([functools.partial(self._check, p, "prompt") for p in prompts])
 
     async def check_response(self, user_text: str, assistant_text: str) -> Verdict:
-        return await self._check(self.response_check(user_text, assistant_text), "answer")
+        """As :meth:`check_prompt`, in windows of the answer, each judged against the
+        user's message (its end, where the two do not fit together)."""
+        kept, spans = self.context.plan("response", assistant_text, user_text)
+        user = user_text if kept is None else kept
+        prompts = [self.response_check(user, assistant_text[a:b]) for a, b in spans]
+        return await check_windows([functools.partial(self._check, p, "answer") for p in prompts])
 
     async def _check(self, prompt: ChatPrompt, stage: Stage) -> Verdict:
+        """A check of a whole text: the verdict cache's, where there is one."""
+        if self.cache is None:
+            return await self._call(prompt, stage)
+        return await self.cache.check(self.name, self.config.model, prompt, stage, self._call)
+
+    async def _call(self, prompt: ChatPrompt, stage: Stage) -> Verdict:
         with _named(self.name, self.config):
-            generation, latency = await _run(self.backend, self.config, prompt)
+            generation, latency = await _run(self.backend, self.config, prompt, self.admit)
             categories, risk_score = parse_flexguard(generation.text)
         return Verdict(
             guard="flexguard",
@@ -207,10 +316,21 @@ class ReasoningShield:
 
     name = "reasoningshield"
 
-    def __init__(self, backend: GuardBackend, config: GuardModelConfig) -> None:
+    def __init__(self, backend: GuardBackend, config: GuardModelConfig, cache: VerdictCache | None = None) -> None:
         self.backend = backend
         self.config = config
+        self.cache = cache
+        self.admit: Admission = _unbounded
         self.sanitize = SlotSanitizer(backend.added_tokens())
+        self.context = estimate_fit(backend, config, self._empty(), self.sanitize)
+
+    def _empty(self) -> dict[str, ChatPrompt]:
+        return {"reasoning": self.reasoning_check("", "")}
+
+    async def fit_context(self) -> ContextFit:
+        """As :meth:`FlexGuard.fit_context`."""
+        self.context = await read_fit(self.backend, self.config, self._empty(), self.sanitize)
+        return self.context
 
     def _prompt(self, messages: tuple[ChatMessage, ...]) -> ChatPrompt:
         cfg = self.config
@@ -228,23 +348,44 @@ class ReasoningShield:
     def growing_checks(self, query: str, stage: Stage = "reasoning") -> GrowingChecks:
         """The checks of the reasoning (or, with ``stage="answer"``, the final answer) to
         ``query`` as it grows."""
-        head = f"Query: {self.sanitize(query)}\nThought: "
+        fit = self.context
+        # The query keeps at most a quarter of the context (its end); the reasoning's
+        # window is what remains.
+        clean = self.sanitize(fit.bounded(query, fit.budget("reasoning") // QUERY_SHARE_DIVISOR))
+        head = f"Query: {clean}\nThought: "
 
         async def run(prompt: ChatPrompt) -> Verdict:
-            return await self._check(prompt, stage)
+            return await self._call(prompt, stage)
 
-        return GrowingChecks(run, self._prompt, system_prompt("reasoningshield"), head, GrowingSlot(self.sanitize))
+        window = fit.window("reasoning", fit.measure(clean))
+        return GrowingChecks(
+            run, self._prompt, system_prompt("reasoningshield"), head, GrowingSlot(self.sanitize), fit=fit, window=window
+        )
 
     async def check_reasoning(self, query: str, thought: str) -> Verdict:
-        return await self._check(self.reasoning_check(query, thought), "reasoning")
+        return await self._windows(query, thought, "reasoning")
 
     async def check_answer(self, query: str, answer: str) -> Verdict:
         # The card: the Thought slot also takes a final answer.
-        return await self._check(self.reasoning_check(query, answer), "answer")
+        return await self._windows(query, answer, "answer")
+
+    async def _windows(self, query: str, thought: str, stage: Stage) -> Verdict:
+        """One check, or one per window of a text longer than the guard's context, each
+        with the query (its end, where the two do not fit together)."""
+        kept, spans = self.context.plan("reasoning", thought, query)
+        q = query if kept is None else kept
+        prompts = [self.reasoning_check(q, thought[a:b]) for a, b in spans]
+        return await check_windows([functools.partial(self._check, p, stage) for p in prompts])
 
     async def _check(self, prompt: ChatPrompt, stage: Stage) -> Verdict:
+        """A check of a whole text: the verdict cache's, where there is one."""
+        if self.cache is None:
+            return await self._call(prompt, stage)
+        return await self.cache.check(self.name, self.config.model, prompt, stage, self._call)
+
+    async def _call(self, prompt: ChatPrompt, stage: Stage) -> Verdict:
         with _named(self.name, self.config):
-            generation, latency = await _run(self.backend, self.config, prompt)
+            generation, latency = await _run(self.backend, self.config, prompt, self.admit)
             judgment = parse_reasoningshield(generation.text)
         return Verdict(
             guard="reasoningshield",

@@ -328,6 +328,11 @@ class GrowingSlot:
         # then every update sanitises the whole text again.
         self._exact = not any(_LINE_BREAK.search(t) for t in sanitize.added_tokens)
 
+    def reset(self) -> None:
+        """Forget the text: the next :meth:`update` starts a new one."""
+        self._seen = 0
+        self._settled, self._settled_json, self._open, self._line_start = [], bytearray(), "", True
+
     def update(self, text: str) -> None:
         """``text``: the whole raw text so far, an extension of the previous one."""
         if len(text) < self._seen or not self._exact:

@@ -6,10 +6,11 @@ from typing import Literal
 
 import msgspec
 
-__all__ = ["GuardName", "Stage", "Verdict"]
+__all__ = ["CacheResult", "GuardName", "Stage", "Verdict"]
 
 Stage = Literal["prompt", "reasoning", "answer"]
 GuardName = Literal["flexguard", "reasoningshield"]
+CacheResult = Literal["hit", "miss"]
 
 
 class Verdict(msgspec.Struct, frozen=True, kw_only=True):
@@ -31,6 +32,19 @@ class Verdict(msgspec.Struct, frozen=True, kw_only=True):
     prompt_tokens: int | None = None
     cached_tokens: int | None = None
     completion_tokens: int | None = None
+    # The checks behind this verdict: a text longer than the guard's context is checked
+    # in overlapping windows, and its verdict is the worst window's, with every window's
+    # tokens added up (guards/_context.py).
+    windows: int = 1
+    # The verdict cache: "hit" (no guard call: served from the cache, or shared with an
+    # identical check in flight; tokens 0), "miss" (this check called the guard), None
+    # (not looked up: a growing text's check, or no cache).
+    cache: CacheResult | None = None
+
+    @property
+    def cached(self) -> bool:
+        """Served without a guard call of its own."""
+        return self.cache == "hit"
 
     @property
     def safe_label(self) -> bool:

@@ -2,7 +2,8 @@
 
     GuardError                  anything that kept a guard from giving a verdict
     ├── GuardBackendError       the backend failed: connection, HTTP status, engine error
-    │   └── GuardTimeout        no answer within the check's deadline
+    │   ├── GuardTimeout        no answer within the check's deadline
+    │   └── GuardUnreachable    no connection: refused, no route to the host, unknown name
     └── VerdictParseError       the guard answered, but not in its output format
         └── VerdictTruncated    the guard stopped at max_tokens: its answer may be cut
 
@@ -17,6 +18,7 @@ __all__ = [
     "GuardBackendError",
     "GuardError",
     "GuardTimeout",
+    "GuardUnreachable",
     "VerdictParseError",
     "VerdictTruncated",
 ]
@@ -32,6 +34,11 @@ class GuardBackendError(GuardError):
 
 class GuardTimeout(GuardBackendError):
     """The guard gave no answer within the check's deadline."""
+
+
+class GuardUnreachable(GuardBackendError):
+    """No connection to the guard server could be made (refused, no route to the host,
+    a name that does not resolve): it is down or misaddressed, not slow."""
 
 
 class VerdictParseError(GuardError):

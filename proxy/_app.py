@@ -18,15 +18,16 @@ from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 
-from guards import FlexGuard, GuardBackend, ReasoningShield
+from guards import FlexGuard, GuardBackend, ReasoningShield, VerdictCache
 
 from ._auth import KeyRing, check_secrets
 from ._config import ProxyConfig
 from ._routes import ROUTES
+from .console import ConsoleAccess, Recorder, console_router, split_listeners
 from .exceptions import ProxyError
 from .ops._metrics import METRICS_ROUTES
 from .ops._shutdown import Drain
-from .ops._startup import Readiness, open_guard, settle_heap
+from .ops._startup import Readiness, fit_contexts, open_guard, settle_heap
 from .ops._telemetry import Telemetry
 from .pipeline._guardset import GuardSet
 from .pipeline._response import error_response
@@ -36,6 +37,8 @@ from .upstream._router import open_upstreams
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
+
+    from .ops._reload import ConfigSource
 
 __all__ = ["create_app"]
 
@@ -96,12 +99,17 @@ def create_app(
     guard_backends: dict[str, GuardBackend] | None = None,
     upstream_transport: httpx.AsyncBaseTransport | None = None,
     span_exporter: SpanExporter | None = None,
+    shared_audit: bool = False,
+    config_source: ConfigSource | None = None,
 ) -> Litestar:
     """Build the proxy. ``guard_backends`` replaces the configured backends (tests);
     ``upstream_transport`` the only upstream's transport (bench);
-    ``span_exporter`` receives every span, whatever ``telemetry.traces`` says (tests)."""
+    ``span_exporter`` receives every span, whatever ``telemetry.traces`` says (tests);
+    ``shared_audit``: one of several workers, whose console follows the shared audit log;
+    ``config_source``: where ``config`` came from, read again on a reload (ops/_reload.py)."""
     given = dict(guard_backends or {})
     check_secrets(config)  # a named secret that is absent stops the start, naming it
+    console_access = ConsoleAccess(config) if config.console.enabled else None
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -109,8 +117,14 @@ def create_app(
         opened: dict[str, GuardBackend] = {}
         backends: dict[str, GuardBackend] = {}
         telemetry: Telemetry | None = None
+        recorder: Recorder | None = None
         try:
             app.state.telemetry = telemetry = Telemetry(config.telemetry, span_exporter=span_exporter)
+            if config.console.enabled or config.audit.path:
+                recorder = Recorder(config, telemetry.metrics, follow=shared_audit)
+                recorder.start()
+            app.state.recorder = recorder
+            app.state.console_access = console_access
             for name, needed in guards_needed(config).items():
                 if not needed:
                     continue
@@ -122,16 +136,18 @@ def create_app(
                     )
             flex = backends.get("flexguard")
             shield = backends.get("reasoningshield")
-            app.state.config = config
             app.state.upstreams = upstreams
             app.state.keyring = KeyRing.from_config(config)
             app.state.guard_backends = backends
             app.state.readiness = Readiness(upstreams, {n: (b, getattr(config.guards, n)) for n, b in backends.items()})
+            g = config.guards
+            cache = VerdictCache(g.cache_entries, g.cache_ttl_s) if g.cache_entries else None
             app.state.guards = GuardSet(
-                FlexGuard(flex, config.guards.flexguard) if flex is not None else None,
-                ReasoningShield(shield, config.guards.reasoningshield) if shield is not None else None,
+                FlexGuard(flex, g.flexguard, cache) if flex is not None else None,
+                ReasoningShield(shield, g.reasoningshield, cache) if shield is not None else None,
                 config.server,
             )
+            await fit_contexts(app.state.guards.flexguard, app.state.guards.reasoningshield)
             settle_heap()
             yield
         finally:
@@ -141,11 +157,16 @@ def create_app(
                 await backend.aclose()
             if telemetry is not None:
                 telemetry.shutdown()
+            if recorder is not None:
+                recorder.close()  # writes what is queued for the audit log
 
     return Litestar(
-        route_handlers=ROUTES + (METRICS_ROUTES if config.telemetry.metrics else []),
-        state=State({"drain": Drain()}),
+        route_handlers=ROUTES
+        + (METRICS_ROUTES if config.telemetry.metrics else [])
+        + ([console_router()] if config.console.enabled else []),
+        state=State({"drain": Drain(), "config": config, "config_source": config_source}),
         lifespan=[lifespan],
+        middleware=[split_listeners(config.console.port)] if config.console.enabled and config.console.port else [],
         request_max_body_size=config.server.max_body_bytes,
         exception_handlers={
             ProxyError: _proxy_error,

@@ -132,6 +132,8 @@ def check_secrets(config: ProxyConfig, environ: Mapping[str, str] = os.environ) 
     named += [(f"upstreams[{i}].api_key_env", route.api_key_env) for i, route in enumerate(config.upstreams)]
     named += [(f"guards.{g}.api_key_env", getattr(config.guards, g).api_key_env) for g in ("flexguard", "reasoningshield")
               if getattr(config.guards, g).enabled]
+    if config.console.enabled:  # the console without its admin key would be open, or shut for good
+        named.append(("console.admin_key_env", config.console.admin_key_env))
     for option, name in named:
         if name:
             _secret(environ, name, option)

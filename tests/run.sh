@@ -24,6 +24,20 @@ fi
 "$deploy_venv/bin/python" -m pip install --quiet --upgrade pip
 "$deploy_venv/bin/python" -m pip install --quiet -r deploy/helm/requirements.txt
 "$deploy_venv/bin/python" -m pip install --quiet --no-deps --require-hashes -r deploy/helm/requirements-helm.txt
+# The image tier (tests/image) builds the Dockerfile with buildah on a Debian root made by
+# debootstrap: install the two where they are missing and this Debian machine allows it.
+if { ! command -v buildah >/dev/null || ! command -v debootstrap >/dev/null; } \
+        && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends buildah debootstrap >/dev/null
+fi
+# The console's browser test (tests/console) drives Debian's chromium with chromedriver:
+# installed where missing. Under CI=true that test fails, not skips, without them.
+if { ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; } \
+        && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+fi
 # Lint and types first: ruff on everything, mypy --strict on the product (pyproject.toml).
 "$venv/bin/python" -m ruff check proxy guards bench tests
 "$venv/bin/python" -m mypy proxy guards

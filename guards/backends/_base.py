@@ -45,6 +45,11 @@ class Generation(msgspec.Struct, frozen=True, kw_only=True):
 
 @runtime_checkable
 class GuardBackend(Protocol):
+    """What every backend offers. Backends that can tell the guard's context also offer
+    ``async served_max_model_len() -> int | None`` and ``async count_prompt_tokens(prompt)
+    -> int | None``, and those with a tokenizer ``count_text_tokens(text) -> int``
+    (guards/_context.py fits every check to them)."""
+
     async def generate(self, prompt: ChatPrompt) -> Generation:
         """Greedy generation; raises GuardBackendError / GuardTimeout."""
         ...

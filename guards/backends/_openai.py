@@ -23,7 +23,9 @@ of it too, in case a server echoes headers).
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import socket
 from typing import Any
 
 import httpx
@@ -36,7 +38,7 @@ from tenacity import (
 )
 
 from .._config import GuardModelConfig
-from ..exceptions import GuardBackendError, GuardTimeout
+from ..exceptions import GuardBackendError, GuardTimeout, GuardUnreachable
 from ._base import ChatMessage, ChatPrompt, Generation
 
 __all__ = ["OpenAIBackend"]
@@ -56,10 +58,30 @@ class _StatusError(Exception):
         self.body = body
 
 
+def _unreachable(exc: BaseException) -> str | None:
+    """Why no connection could be made (refused, no route, a name that does not
+    resolve), or None. The OS error behind the transport's decides: httpx-aiohttp
+    reports every aiohttp connection error, a refused connection too, as ConnectTimeout."""
+    cause: BaseException | None = exc
+    for _ in range(8):  # httpx -> httpcore/aiohttp -> OSError: a few links at most
+        if cause is None:
+            return None
+        if isinstance(cause, socket.gaierror):
+            return "the host name does not resolve"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, OSError) and cause.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return "no route to the host"
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, _StatusError):
         return exc.status == 429 or exc.status >= 500
     # Connection refused/reset and broken responses; timeouts are left to the deadline.
+    if _unreachable(exc) is not None:
+        return True
     return isinstance(exc, httpx.TransportError) and not isinstance(exc, httpx.TimeoutException)
 
 
@@ -78,6 +100,8 @@ class OpenAIBackend:
         base = config.base_url.rstrip("/")
         self._completions_url = httpx.URL(f"{base}/chat/completions")
         self._models_url = httpx.URL(f"{base}/models")
+        # vLLM serves /tokenize beside /v1, not under it.
+        self._tokenize_url = httpx.URL(f"{base.removesuffix('/v1')}/tokenize")
         # No host header: httpx adds it from the URL, which a replica transport may rewrite.
         self._headers: list[tuple[bytes, bytes]] = [
             (b"user-agent", b"guardproxy-guard"),
@@ -187,6 +211,9 @@ class OpenAIBackend:
     def _translate(self, exc: BaseException) -> GuardBackendError:
         """The one place where lower-level errors become the project's."""
         where = f"guard server {self.config.base_url}"
+        unreachable = _unreachable(exc)
+        if unreachable is not None:
+            return GuardUnreachable(f"{where}: {unreachable}")
         if isinstance(exc, httpx.TimeoutException):
             return GuardTimeout(f"{where}: {type(exc).__name__}")
         if isinstance(exc, _StatusError):
@@ -202,6 +229,34 @@ class OpenAIBackend:
         # No tokenizer on this side of the wire: the guards' static list applies.
         return frozenset()
 
+    async def served_max_model_len(self) -> int | None:
+        """The context the server serves the model with: vLLM lists ``max_model_len``
+        for each model in GET /models; None where the server does not say."""
+        status, raw = await self._send("GET", self._models_url)
+        if status != 200:
+            return None
+        for model in _DECODE(raw).get("data") or []:
+            if isinstance(model, dict) and model.get("id") == self.config.model:
+                length = model.get("max_model_len")
+                return length if isinstance(length, int) and length > 0 else None
+        return None
+
+    async def count_prompt_tokens(self, prompt: ChatPrompt) -> int | None:
+        """The tokens of ``prompt`` as the server renders it (vLLM's POST /tokenize with
+        the chat messages); None where the server has no such endpoint."""
+        body: dict[str, Any] = {
+            "model": self._model_json,
+            "messages": [{"role": m.role, "content": self._content(m)} for m in prompt.messages],
+            "add_generation_prompt": True,
+        }
+        if prompt.chat_template_kwargs:
+            body["chat_template_kwargs"] = prompt.chat_template_kwargs
+        status, raw = await self._send("POST", self._tokenize_url, _ENCODE(body))
+        if status != 200:
+            return None
+        count = _DECODE(raw).get("count")
+        return count if isinstance(count, int) and count > 0 else None
+
     async def ready(self) -> bool:
         return await self.why_not_ready() is None
 
@@ -212,7 +267,7 @@ class OpenAIBackend:
         try:
             status, raw = await self._send("GET", self._models_url)
         except (httpx.HTTPError, _StatusError) as exc:
-            return f"unreachable ({type(exc).__name__}: {self._scrub(str(exc))})"
+            return f"unreachable ({_unreachable(exc) or type(exc).__name__ + ': ' + self._scrub(str(exc))})"
         if status != 200:
             return f"GET /models answered HTTP {status}: {self._scrub(raw[:_BODY_EXCERPT].decode('utf-8', 'replace'))}"
         try:

@@ -21,7 +21,7 @@ from typing import Any
 from .._config import GuardModelConfig
 from ..exceptions import GuardBackendError
 from ._base import ChatPrompt, Generation
-from ._render import added_tokens_of, render_chat
+from ._render import added_tokens_of, render_chat, tokenize_rendered
 
 __all__ = ["TransformersBackend", "load_transformers_backend"]
 
@@ -108,6 +108,22 @@ class TransformersBackend:
 
     def added_tokens(self) -> frozenset[str]:
         return added_tokens_of(self.tokenizer)
+
+    async def served_max_model_len(self) -> int | None:
+        """The model's trained context (its config's max_position_embeddings), else the
+        tokenizer's limit where it states a real one."""
+        length = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        if isinstance(length, int) and length > 0:
+            return length
+        length = getattr(self.tokenizer, "model_max_length", None)
+        # Tokenizers without a limit state a huge sentinel (int(1e30)).
+        return length if isinstance(length, int) and 0 < length < 10**7 else None
+
+    async def count_prompt_tokens(self, prompt: ChatPrompt) -> int:
+        return len(tokenize_rendered(self.tokenizer, self.render(prompt)))
+
+    def count_text_tokens(self, text: str) -> int:
+        return len(tokenize_rendered(self.tokenizer, text))
 
     async def generate(self, prompt: ChatPrompt) -> Generation:
         if self._closed:

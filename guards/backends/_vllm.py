@@ -80,6 +80,16 @@ class VLLMBackend:
     def added_tokens(self) -> frozenset[str]:
         return added_tokens_of(self.tokenizer)
 
+    async def served_max_model_len(self) -> int | None:
+        length = getattr(getattr(self.engine, "model_config", None), "max_model_len", None)
+        return length if isinstance(length, int) else None
+
+    async def count_prompt_tokens(self, prompt: ChatPrompt) -> int:
+        return len(tokenize_rendered(self.tokenizer, self.render(prompt)))
+
+    def count_text_tokens(self, text: str) -> int:
+        return len(tokenize_rendered(self.tokenizer, text))
+
     async def generate(self, prompt: ChatPrompt) -> Generation:
         ids = tokenize_rendered(self.tokenizer, self.render(prompt))
         params = sampling_params(prompt)

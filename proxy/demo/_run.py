@@ -2,6 +2,9 @@
 
 Exit status: 0 when the demo ran (with ``--tour-only``: when every scene had its
 expected outcome), 1 when a scene did not, 2 when the demo could not start.
+
+The demo's temporary folder (its logs, the servers' shim) is removed at exit, unless a
+server failed: then it stays, for its logs, and the demo says where.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import shutil
 import signal
 import sys
 import tempfile
@@ -45,28 +49,44 @@ def run_demo(*, host: str = "127.0.0.1", port: int = 8080, tour_only: bool = Fal
         )
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="guardproxy-demo-"))
-    _log_to(workdir / "proxy.log")
+    outcome = _Outcome()
+    log_handler = _log_to(workdir / "proxy.log")
     out.write(
         "guardproxy demo: the whole pipeline on this machine, no GPU needed.\n"
         "Its models are tiny and were trained for this demo: they show the pipeline at work,\n"
         "not real moderation (each reacts to a few made-up words).\n"
-        f"Logs: {workdir}\n\nStarting\n"
+        f"Logs: {workdir} (removed at exit, unless a server fails)\n\nStarting\n"
     )
-    with _sigterm_as_interrupt():
-        try:
-            sock = bind(host, port)
-        except OSError as exc:
-            if port == 0:
-                raise
-            out.write(f"  (port {port}: {exc.strerror}; the proxy takes a free port)\n")
-            sock = bind(host, 0)
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        base_url = f"http://{shown}:{sock.getsockname()[1]}/v1"
-        with contextlib.closing(sock):
-            return _run(workdir, sock, host, base_url, tour_only, out)
+    try:
+        with _sigterm_as_interrupt():
+            try:
+                sock = bind(host, port)
+            except OSError as exc:
+                if port == 0:
+                    raise
+                out.write(f"  (port {port}: {exc.strerror}; the proxy takes a free port)\n")
+                sock = bind(host, 0)
+            shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+            base_url = f"http://{shown}:{sock.getsockname()[1]}/v1"
+            with contextlib.closing(sock):
+                return _run(workdir, sock, host, base_url, tour_only, out, outcome)
+    finally:
+        logging.getLogger().removeHandler(log_handler)
+        log_handler.close()
+        if outcome.keep_logs:
+            out.write(f"The logs stay in {workdir}.\n")
+            out.flush()
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _run(workdir: Path, sock: Any, host: str, base_url: str, tour_only: bool, out: TextIO) -> int:
+class _Outcome:
+    """Whether the demo's folder must outlive it: a server failed, and its log says why."""
+
+    keep_logs = False
+
+
+def _run(workdir: Path, sock: Any, host: str, base_url: str, tour_only: bool, out: TextIO, outcome: _Outcome) -> int:
     servers = demo_servers(workdir)
     proxy: ProxyThread | None = None
     try:
@@ -74,6 +94,7 @@ def _run(workdir: Path, sock: Any, host: str, base_url: str, tour_only: bool, ou
             proxy = _start(servers, sock, host, base_url, workdir, out)
         except _StartFailed as exc:
             out.write(f"\nThe demo could not start: {exc}\n")
+            outcome.keep_logs = True
             return 2
         import openai
 
@@ -89,7 +110,7 @@ def _run(workdir: Path, sock: Any, host: str, base_url: str, tour_only: bool, ou
         out.write(f"{passed} of {len(results)} scenes had their expected outcome.\n")
         if tour_only:
             return 0 if passed == len(results) else 1
-        _serve_until_interrupted(base_url, servers, proxy, out)
+        outcome.keep_logs = not _serve_until_interrupted(base_url, servers, proxy, out)
         return 0
     except KeyboardInterrupt:  # before or during the tour: it did not run to its end
         out.write("\nInterrupted.\n")
@@ -152,7 +173,8 @@ def _ready(base_url: str) -> bool:
         return False
 
 
-def _serve_until_interrupted(base_url: str, servers: dict[str, VLLMServer], proxy: ProxyThread, out: TextIO) -> None:
+def _serve_until_interrupted(base_url: str, servers: dict[str, VLLMServer], proxy: ProxyThread, out: TextIO) -> bool:
+    """Serve until Ctrl-C (True) or until a server or the proxy stops by itself (False)."""
     body = f'{{"model": "{UPSTREAM_NAME}", "messages": [{{"role": "user", "content": "What is a {UNSAFE_REASONING_WORD}?"}}]}}'
     out.write(
         "\nguardproxy keeps serving. Point an OpenAI client at it, or try it with curl:\n"
@@ -168,12 +190,13 @@ def _serve_until_interrupted(base_url: str, servers: dict[str, VLLMServer], prox
             time.sleep(0.5)
     except KeyboardInterrupt:  # the way this demo is meant to end
         out.write("\nStopping.\n")
-        return
+        return True
     gone = [key for key, s in servers.items() if s.exit_code() is not None] or ["proxy"]
-    out.write(f"\nThe {gone[0]} stopped; the demo ends (logs in {servers['upstream'].workdir}).\n")
+    out.write(f"\nThe {gone[0]} stopped; the demo ends.\n")
+    return False
 
 
-def _log_to(path: Path) -> None:
+def _log_to(path: Path) -> logging.Handler:
     """The proxy's log (and uvicorn's) goes to a file: the terminal shows the tour."""
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -181,6 +204,7 @@ def _log_to(path: Path) -> None:
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    return handler
 
 
 @contextlib.contextmanager

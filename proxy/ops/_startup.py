@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from guards import GuardBackend, GuardModelConfig, open_backend
+from guards import FlexGuard, GuardBackend, GuardModelConfig, ReasoningShield, open_backend
 
 from .._config import ProxyConfig, UpstreamRoute
 from ..exceptions import UpstreamError
@@ -36,6 +36,7 @@ __all__ = [
     "Probe",
     "Readiness",
     "check_at_startup",
+    "fit_contexts",
     "guard_location",
     "open_guard",
     "probe_guard",
@@ -227,6 +228,27 @@ async def open_guard(
         raise
     logger.info("%s (%s): loaded in %.1f s", name, where, time.monotonic() - start)
     return backend
+
+
+async def fit_contexts(*guards: FlexGuard | ReasoningShield | None) -> None:
+    """Read each guard's context once, as the guards are opened, and log what every
+    check will fit (guards/_context.py). A guard that cannot tell within its check
+    deadline keeps the configured or default context, which the log line names."""
+    for guard in guards:
+        if guard is None:
+            continue
+        where = guard_location(guard.config)
+        try:
+            async with asyncio.timeout(guard.config.timeout_s):
+                fit = await guard.fit_context()
+        except TimeoutError:
+            fit = guard.context
+            logger.warning("%s (%s): could not read its context in %g s", guard.name, where, guard.config.timeout_s)
+        # A default context is a guess: the operator should know it is one.
+        level = logging.WARNING if fit.source == "default" else logging.INFO
+        logger.log(level, "%s (%s): %s", guard.name, where, fit.describe())
+        if fit.problem is not None:
+            logger.error("%s (%s): %s", guard.name, where, fit.problem)
 
 
 def settle_heap() -> None:

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from ..pipeline._relay import RequestReport
     from ..protocols._base import ApiRequest
 
-__all__ = ["Telemetry", "RequestObserver", "RequestTelemetry", "NO_TELEMETRY"]
+__all__ = ["Telemetry", "RequestObserver", "RequestTelemetry", "NO_TELEMETRY", "request_id_of"]
 
 logger = logging.getLogger("guardproxy")
 
@@ -74,14 +74,20 @@ class Telemetry:
         return self.tracer is not None or self.metrics is not None or self.log is not None
 
     def request(
-        self, chat: ApiRequest, headers: Mapping[str, str], api: str = "chat", upstream: str = "default"
+        self,
+        chat: ApiRequest,
+        headers: Mapping[str, str],
+        api: str = "chat",
+        upstream: str = "default",
+        request_id: str | None = None,
     ) -> RequestObserver:
         """The observer of one generation request (a shared no-op one when all is off);
         ``api`` names it: "chat", "responses" or "completions"; ``upstream``: the
-        upstream it was routed to."""
+        upstream it was routed to; ``request_id``: the proxy's id of it (else one is
+        taken from ``X-Request-Id`` or made)."""
         if not self.enabled:
             return NO_TELEMETRY
-        return RequestTelemetry(self, chat, headers, api, upstream)
+        return RequestTelemetry(self, chat, headers, api, upstream, request_id)
 
     def shutdown(self) -> None:
         if self.provider is not None:
@@ -127,6 +133,9 @@ class RequestObserver:
     def upstream_done(self, report: RequestReport) -> None:
         pass
 
+    def upstream_dropped(self, api: str, fields: tuple[str, ...]) -> None:
+        """The upstream sent fields the proxy does not know; they were dropped."""
+
     def finish(self, report: RequestReport | None, outcome: str, error: BaseException | None = None) -> None:
         pass
 
@@ -135,16 +144,23 @@ NO_TELEMETRY = RequestObserver()
 
 
 class RequestTelemetry(RequestObserver):
-    __slots__ = ("_app", "chat", "api", "upstream_name", "request_id", "started", "upstream_at", "ttft_s", "span", "_ctx", "_checks", "_upstream")
+    __slots__ = ("_app", "_log", "chat", "api", "upstream_name", "request_id", "started", "upstream_at", "ttft_s", "span", "_ctx", "_checks", "_upstream")
 
     def __init__(
-        self, app: Telemetry, chat: ApiRequest, headers: Mapping[str, str], api: str = "chat", upstream: str = "default"
+        self,
+        app: Telemetry,
+        chat: ApiRequest,
+        headers: Mapping[str, str],
+        api: str = "chat",
+        upstream: str = "default",
+        request_id: str | None = None,
     ) -> None:
         self._app = app
+        self._log = app.log  # as it was when the request started: a reload may change the app's
         self.chat = chat
         self.api = api
         self.upstream_name = upstream
-        self.request_id = _request_id(headers.get("x-request-id"))
+        self.request_id = request_id or request_id_of(headers.get("x-request-id"))
         self.started = time.perf_counter()
         self.upstream_at: float | None = None
         self.ttft_s: float | None = None
@@ -200,6 +216,12 @@ class RequestTelemetry(RequestObserver):
         if self.ttft_s is None and self.upstream_at is not None:
             self.ttft_s = time.perf_counter() - self.upstream_at
 
+    def upstream_dropped(self, api: str, fields: tuple[str, ...]) -> None:
+        metrics = self._app.metrics
+        if metrics is not None:
+            for field in fields:
+                metrics.upstream_dropped.labels(api, field).inc()
+
     def upstream_done(self, report: RequestReport) -> None:
         span, self._upstream = self._upstream, None
         if span is not None:
@@ -223,8 +245,8 @@ class RequestTelemetry(RequestObserver):
         if app.metrics is not None:
             app.metrics.in_flight.dec()
             app.metrics.request_done(report, outcome, seconds, self.ttft_s)
-        if app.log is not None:
-            app.log.emit(
+        if self._log is not None:
+            self._log.emit(
                 request_id=self.request_id,
                 request=self.chat,
                 report=report,
@@ -323,6 +345,10 @@ def _decision_attributes(d: Decision) -> dict[str, Any]:
             attributes["gen_ai.usage.output_tokens"] = sum(output_tokens)
     if d.error:
         attributes["guardproxy.guard_error"] = d.error
+    if d.shadow:  # shadow mode: what enforcing would have done, when not the same
+        attributes["guardproxy.shadow"] = True
+        if d.would:
+            attributes["guardproxy.would"] = d.would
     return attributes
 
 
@@ -350,7 +376,7 @@ def _guard_usage_attributes(report: RequestReport) -> dict[str, Any]:
     """What the guards cost the whole request, per stage (all choices together)."""
     attributes: dict[str, Any] = {}
     for stage, r in (("prompt", report.prompt), ("reasoning", report.worst("reasoning")), ("answer", report.worst("answer"))):
-        if r.usage.calls:
+        if r.usage.verdicts:
             for key, value in r.usage.summary().items():
                 attributes[f"guardproxy.guard_usage.{stage}.{key}"] = value
         if r.tokens:
@@ -374,7 +400,7 @@ def _set_error(span: Span, description: str) -> None:
     span.set_status(Status(StatusCode.ERROR, description))
 
 
-def _request_id(given: str | None) -> str:
+def request_id_of(given: str | None) -> str:
     """The client's ``X-Request-Id`` when it is a plain token, else a new one."""
     if given and len(given) <= 128 and given.isascii() and given.isprintable() and " " not in given:
         return given

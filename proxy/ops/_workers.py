@@ -18,6 +18,15 @@ process.
   metrics live in files there (prometheus_client's multiprocess mode), and whichever
   worker answers a scrape sums them: counters and histograms over every worker that
   ever ran, the in-flight gauge over the live ones only (``livesum``).
+- Decision records: every worker appends to the one ``[audit] path`` (whole lines under
+  a file lock, rotation included) and every worker's console follows that file, so the
+  console shows all workers' decisions whichever worker answers; the console with
+  several workers therefore needs ``[audit] path``.
+- SIGHUP to the supervisor reloads the config (ops/_reload.py): the supervisor reads
+  the file, and if it is valid passes the signal to every worker, each of which applies
+  it as a single process does, and starts any later worker with it; an invalid file is
+  logged once and changes nothing. Workers start with SIGHUP held (the signal mask is
+  inherited) until they can reload, so that one never ends a starting worker.
 - In-process guard backends (vllm, transformers) are refused with more than one worker:
   each worker would load its own copy of the model.
 """
@@ -38,6 +47,7 @@ from typing import Any
 
 from .._config import ProxyConfig
 from ..exceptions import ConfigError
+from ._reload import SUPERVISOR_PID_ENV, ConfigSource, ReloadResult, check_reload
 
 __all__ = ["METRICS_DIR_ENV", "check_workers", "resolve_workers", "run_workers"]
 
@@ -64,6 +74,11 @@ def check_workers(config: ProxyConfig, workers: int, needed: dict[str, Any]) -> 
     """More than one worker with a guard model in process would load it once per worker."""
     if workers <= 1:
         return
+    if config.console.enabled and not config.audit.path:
+        raise ConfigError(
+            f"--workers {workers}: the console shows every worker's decisions by following the one audit log; "
+            "set [audit] path (or run one worker)"
+        )
     for name, guard in needed.items():
         if guard.backend != "openai":
             raise ConfigError(
@@ -83,37 +98,81 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker(config: ProxyConfig, sock: socket.socket, log_level: str) -> None:
-    """One worker process: the single-process proxy, on the supervisor's socket."""
+def _worker(
+    config: ProxyConfig,
+    sock: socket.socket,
+    log_level: str,
+    source: ConfigSource | None = None,
+    console_sock: socket.socket | None = None,
+) -> None:
+    """One worker process: the single-process proxy, on the supervisor's socket (and the
+    console's, with ``[console] port``)."""
     from .._app import create_app
     from ._shutdown import server_for
 
     logging.basicConfig(level=log_level.upper(), format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     server = server_for(
-        create_app(config), grace_s=config.server.shutdown_grace_s, log_level=log_level, access_log=False
+        create_app(config, shared_audit=True, config_source=source),
+        grace_s=config.server.shutdown_grace_s,
+        log_level=log_level,
+        access_log=False,
     )
     try:
-        server.run(sockets=[sock])
+        server.run(sockets=[sock] if console_sock is None else [sock, console_sock])
     except KeyboardInterrupt:
         pass
     raise SystemExit(0 if server.started else 1)
 
 
-def run_workers(config: ProxyConfig, host: str, port: int, workers: int, log_level: str) -> int:
-    """Run ``workers`` processes on ``host:port`` until SIGTERM or SIGINT; the exit status."""
+def run_workers(
+    config: ProxyConfig, host: str, port: int, workers: int, log_level: str, source: ConfigSource | None = None
+) -> int:
+    """Run ``workers`` processes on ``host:port`` until SIGTERM or SIGINT, reloading
+    ``source`` on SIGHUP; the exit status."""
+    from .._app import guards_needed
+    from ..console import console_socket
+
     sock = _bind(host, port)
+    console_sock = console_socket(config) if config.console.enabled and config.console.port else None
     metrics_dir = tempfile.mkdtemp(prefix="guardproxy-metrics-")
     os.environ[METRICS_DIR_ENV] = metrics_dir  # inherited by the spawned workers
+    os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())  # a worker asked to reload asks this process
     ctx = multiprocessing.get_context("spawn")
     procs: dict[int, tuple[BaseProcess, float]] = {}
+    opened = {name for name, on in guards_needed(config).items() if on}
     stopping = False
     failed = False
+    hangup = False
 
     def start() -> None:
-        p = ctx.Process(target=_worker, args=(config, sock, log_level), name="guardproxy-worker", daemon=False)
-        p.start()
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            p = ctx.Process(target=_worker, args=(config, sock, log_level, source, console_sock), name="guardproxy-worker", daemon=False)
+            p.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         procs[p.pid or 0] = (p, time.monotonic())
+
+    def on_hangup(_signum: int, _frame: FrameType | None) -> None:
+        nonlocal hangup
+        hangup = True  # handled by the loop below, not inside a signal handler
+
+    def reload_workers() -> None:
+        nonlocal config
+        if source is None:
+            logger.warning("guardproxy: SIGHUP: started without a config file (serve --config): nothing to reload")
+            return
+        try:
+            config, _, result = check_reload(config, source, opened)
+        except ConfigError as exc:
+            result = ReloadResult(ok=False, source=source.path, error=str(exc).removeprefix(f"{source.path}: "))
+            logger.warning("guardproxy: %s", result.message())
+            return
+        logger.info("guardproxy: SIGHUP: %d workers reload %s", len(procs), source.path)
+        for p, _ in procs.values():
+            if p.is_alive() and p.pid:
+                os.kill(p.pid, signal.SIGHUP)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
@@ -125,12 +184,16 @@ def run_workers(config: ProxyConfig, host: str, port: int, workers: int, log_lev
                 os.kill(p.pid, signal.SIGTERM)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
     try:
         for _ in range(workers):
             start()
         logger.info("guardproxy: %d workers on http://%s:%d", workers, host, port)
         while procs:
             time.sleep(0.2)
+            if hangup and not stopping:
+                hangup = False
+                reload_workers()
             for pid, (p, started) in list(procs.items()):
                 if p.is_alive():
                     continue
@@ -151,8 +214,11 @@ def run_workers(config: ProxyConfig, host: str, port: int, workers: int, log_lev
         for s, handler in previous.items():
             signal.signal(s, handler)
         sock.close()
+        if console_sock is not None:
+            console_sock.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
         os.environ.pop(METRICS_DIR_ENV, None)
+        os.environ.pop(SUPERVISOR_PID_ENV, None)
     return 1 if failed else 0
 
 

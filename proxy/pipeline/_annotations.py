@@ -59,6 +59,10 @@ class GuardUsage(msgspec.Struct, kw_only=True):
     cached_tokens: int = 0
     output_tokens: int = 0
     unreported: int = 0  # calls whose guard reported no usage (counted above as 0)
+    # The verdict cache: verdicts it served (no guard call, no tokens: not in `calls`),
+    # and the calls above that it looked up first and then kept.
+    cache_hits: int = 0
+    cache_misses: int = 0
 
     def add(self, other: GuardUsage) -> None:
         self.calls += other.calls
@@ -66,6 +70,13 @@ class GuardUsage(msgspec.Struct, kw_only=True):
         self.cached_tokens += other.cached_tokens
         self.output_tokens += other.output_tokens
         self.unreported += other.unreported
+        self.cache_hits += other.cache_hits
+        self.cache_misses += other.cache_misses
+
+    @property
+    def verdicts(self) -> int:
+        """Verdicts behind the stage: guard calls and cache hits."""
+        return self.calls + self.cache_hits
 
     def summary(self) -> dict[str, int]:
         out = {
@@ -76,6 +87,9 @@ class GuardUsage(msgspec.Struct, kw_only=True):
         }
         if self.unreported:
             out["unreported"] = self.unreported
+        if self.cache_hits or self.cache_misses:
+            out["cache_hits"] = self.cache_hits
+            out["cache_misses"] = self.cache_misses
         return out
 
 
@@ -83,7 +97,14 @@ def verdict_usage(decision: Decision) -> GuardUsage:
     """The usage of the guard calls behind one decision (none for a failed check)."""
     usage = GuardUsage()
     for v in decision.verdicts:
-        usage.calls += 1
+        if v.cache == "hit":
+            usage.cache_hits += 1
+            continue
+        # A text longer than the guard's context was checked in windows, a call each (a
+        # window the cache served counts too, when others were not).
+        usage.calls += v.windows
+        if v.cache == "miss":
+            usage.cache_misses += 1
         if v.prompt_tokens is None and v.completion_tokens is None:
             usage.unreported += 1
         cached = v.cached_tokens or 0
@@ -103,10 +124,16 @@ class StageReport(msgspec.Struct, kw_only=True):
     aborted_at_token: int | None = None
     flagged_check_tokens: int | None = None
     usage: GuardUsage = msgspec.field(default_factory=GuardUsage)
+    # Every check in order, with the tokens it covered (None for the prompt): the
+    # decision record's timeline (proxy/console).
+    history: list[tuple[int | None, Decision]] = msgspec.field(default_factory=list)
+    # The screened text, kept only when the audit log captures content.
+    text: str | None = None
 
-    def record(self, decision: Decision) -> None:
+    def record(self, decision: Decision, at_token: int | None = None) -> None:
         """One check's decision: it counts in the usage, and stands if it is the most severe."""
         self.usage.add(verdict_usage(decision))
+        self.history.append((at_token, decision))
         self.pick(decision)
 
     def pick(self, decision: Decision) -> None:
@@ -115,8 +142,9 @@ class StageReport(msgspec.Struct, kw_only=True):
 
 
 def _severity(d: Decision) -> tuple[bool, bool, int]:
-    # A failed check outranks any verdict: nothing after it was screened.
-    return (d.action == "fail", d.flagged, d.risk_score or 0)
+    # A failed check outranks any verdict: nothing after it was screened (in shadow
+    # mode too, where it passed but enforcing would have failed).
+    return ((d.would or d.action) == "fail", d.flagged, d.risk_score or 0)
 
 
 def stage_summary(report: StageReport) -> dict[str, Any]:
@@ -131,16 +159,21 @@ def stage_summary(report: StageReport) -> dict[str, Any]:
             threshold=d.threshold,
             guards=sorted({v.guard for v in d.verdicts}),
         )
+        if d.shadow:
+            out["shadow"] = True
+            if d.would:
+                out["would"] = d.would
         if d.error:
             out["guard_error"] = d.error
         if d.where:
             out["flagged_messages"] = list(d.where)
     if report.tokens:
         out["tokens"] = report.tokens
-    if report.usage.calls:
+    if report.usage.verdicts:
         out["guard_usage"] = report.usage.summary()
     if report.aborted_at_token is not None:
-        out["aborted_at_token"] = report.aborted_at_token
+        # In shadow mode: where enforcing would have stopped the stage (nothing stopped).
+        out["would_abort_at_token" if d is not None and d.shadow else "aborted_at_token"] = report.aborted_at_token
         out["flagged_check_tokens"] = report.flagged_check_tokens
     return out
 
@@ -178,7 +211,8 @@ def filter_results(stages: dict[str, StageReport]) -> dict[str, Any]:
 
 
 def decision_headers(stages: dict[str, StageReport]) -> list[tuple[bytes, bytes]]:
-    """``x-guardproxy-<stage>``: the action; ``-risk-score`` and ``-categories`` beside it."""
+    """``x-guardproxy-<stage>``: the action; ``-risk-score`` and ``-categories`` beside it,
+    and in shadow mode ``-would``: what enforcing would have done (block, rewrite, fail)."""
     headers: list[tuple[bytes, bytes]] = []
     for stage, report in stages.items():
         d = report.decision
@@ -191,4 +225,6 @@ def decision_headers(stages: dict[str, StageReport]) -> list[tuple[bytes, bytes]
         headers.append((f"{prefix}-categories".encode(), ",".join(d.categories).encode()))
         if d.error:
             headers.append((f"{prefix}-guard-error".encode(), d.error.encode()))
+        if d.would:
+            headers.append((f"{prefix}-would".encode(), d.would.encode()))
     return headers

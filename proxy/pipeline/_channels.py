@@ -1,17 +1,19 @@
 """Where the reasoning ends and the answer begins, for every upstream format.
 
-Upstreams deliver reasoning three ways: ``delta.reasoning`` (vLLM since late 2025),
-``delta.reasoning_content`` (earlier vLLM, DeepSeek), or inline as
-``<think>…</think>`` at the start of ``delta.content``, where a tag may be split
-across chunks. ``split_delta`` turns one delta into (reasoning, answer) text.
+Upstreams deliver reasoning in a field of its own (``delta.reasoning`` from vLLM since
+late 2025, ``delta.reasoning_content`` from earlier vLLM and DeepSeek, and the other
+names in ``REASONING_FIELDS``), or inline as ``<think>…</think>`` at the start of
+``delta.content``, where a tag may be split across chunks. Everything else a delta says
+in words is the answer's: content, refusal, tool-call and legacy function-call names and
+arguments, audio transcripts. ``split_delta`` turns one delta into (reasoning, answer).
 """
 
 from __future__ import annotations
 
 from ..protocols._base import OutputDelta
-from ..protocols._wire import Delta
+from ..protocols._wire import REASONING_FIELDS, Delta
 
-__all__ = ["ThinkSplitter", "delta_output", "split_delta", "split_output", "tool_call_text"]
+__all__ = ["ThinkSplitter", "delta_output", "reasoning_of", "split_delta", "split_output", "tool_call_text"]
 
 _OPEN = "<think>"
 _CLOSE = "</think>"
@@ -26,6 +28,8 @@ class ThinkSplitter:
     """
 
     __slots__ = ("_state", "_held")
+
+    CLOSE = _CLOSE  # what a stop sends first where the client saw the block open
 
     def __init__(self) -> None:
         self._state = "start"  # start -> reasoning -> answer, or start -> answer
@@ -82,22 +86,45 @@ def _partial_suffix(text: str, tag: str) -> int:
 
 
 def tool_call_text(delta: Delta) -> str:
-    """Tool-call names and arguments, screened as part of the answer."""
-    if not delta.tool_calls:
+    """Tool-call and legacy function-call names and arguments, screened as part of the
+    answer."""
+    if not delta.tool_calls and delta.function_call is None:
         return ""
     parts = []
-    for call in delta.tool_calls:
-        if call.function is not None:
-            if call.function.name:
-                parts.append(f"\n[tool call {call.function.name}] ")
-            if call.function.arguments:
-                parts.append(call.function.arguments)
+    functions = [call.function for call in delta.tool_calls or () if call.function is not None]
+    if delta.function_call is not None:
+        functions.append(delta.function_call)
+    for function in functions:
+        if function.name:
+            parts.append(f"\n[tool call {function.name}] ")
+        if function.arguments:
+            parts.append(function.arguments)
     return "".join(parts)
+
+
+def reasoning_of(delta: Delta) -> str:
+    """The delta's reasoning, whichever field carries it (a server that fills two of them
+    with the same text is read once)."""
+    if delta.reasoning_content is None and delta.thinking is None and delta.reasoning_text is None:
+        return delta.reasoning or ""  # the common case, without the loop
+    texts: list[str] = []
+    for name in REASONING_FIELDS:
+        text = getattr(delta, name)
+        if text and text not in texts:
+            texts.append(text)
+    return "".join(texts)
 
 
 def delta_output(index: int, delta: Delta, finish: str | None = None) -> OutputDelta:
     """What one chat delta adds to its choice, before any inline <think> is split."""
-    return OutputDelta(index, delta.reasoning or delta.reasoning_content or "", delta.content or "", tool_call_text(delta), finish)
+    d = delta
+    if d.tool_calls is None and d.function_call is None and d.refusal is None and d.audio is None:
+        other = ""  # the common case: content or reasoning only
+    else:
+        other = tool_call_text(d) + (d.refusal or "") + (d.audio.transcript or "" if d.audio is not None else "")
+    if d.reasoning_content is None and d.thinking is None and d.reasoning_text is None:
+        return OutputDelta(index, d.reasoning or "", d.content or "", other, finish)
+    return OutputDelta(index, reasoning_of(d), d.content or "", other, finish)
 
 
 def split_output(out: OutputDelta, splitter: ThinkSplitter) -> tuple[str, str]:

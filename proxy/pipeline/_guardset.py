@@ -4,12 +4,15 @@ bound on the guard work of the whole process.
 The pipeline asks for checks ("is this prompt / reasoning / answer acceptable?") and
 gets verdicts; how a guard is prompted and parsed stays in ``guards``.
 
-Every check takes a slot of its guard's ``GuardCapacity`` first: at most
-``server.guard_concurrency`` checks per guard are in flight, at most ``guard_queue``
-wait, each for at most ``guard_queue_timeout_s``. Past that a check fails at once with
-``GuardOverloadedError`` (a guard error: the client gets 503 ``guard_overloaded`` with
-Retry-After). Without the bound one request with thousands of checks once queued
-thousands of connections in httpx's pool, and assigning them froze the event loop.
+Every guard call takes a slot of its guard's ``GuardCapacity`` first (the guard's
+``admit``): at most ``server.guard_concurrency`` calls per guard are in flight, at most
+``guard_queue`` wait, each for at most ``guard_queue_timeout_s``. Past that a check fails
+at once with ``GuardOverloadedError`` (a guard error: the client gets 503
+``guard_overloaded`` with Retry-After). Without the bound one request with thousands of
+checks once queued thousands of connections in httpx's pool, and assigning them froze
+the event loop. A verdict from the verdict cache, or shared with an identical call in
+flight, is no call and takes no slot: it neither waits behind a busy guard nor holds a
+slot while the call it shares runs.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ T = TypeVar("T")
 
 
 class GuardOverloadedError(GuardError):
-    """No slot for this check within the bounded wait: the guard is overloaded."""
+    """No slot for this guard call within the bounded wait: the guard is overloaded."""
 
 
 class GuardCapacity:
@@ -46,7 +49,7 @@ class GuardCapacity:
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         if self._slots.locked() and self.waiting >= self._queue:
-            raise GuardOverloadedError(f"{self.waiting} checks already wait for this guard")
+            raise GuardOverloadedError(f"{self.waiting} calls already wait for this guard")
         self.waiting += 1
         try:
             async with asyncio.timeout(self._wait_s):
@@ -60,14 +63,6 @@ class GuardCapacity:
         finally:
             self._slots.release()
 
-    async def run(self, call: Awaitable[T]) -> T:
-        try:
-            async with self.slot():
-                return await call
-        finally:
-            if asyncio.iscoroutine(call):
-                call.close()  # never started (overloaded or cancelled): no "never awaited"
-
 
 class GuardSet:
     def __init__(
@@ -80,10 +75,13 @@ class GuardSet:
             name: GuardCapacity(s.guard_concurrency, s.guard_queue, s.guard_queue_timeout_s)
             for name in ("flexguard", "reasoningshield")
         }
+        for guard in (flexguard, reasoningshield):
+            if guard is not None:
+                guard.admit = self.capacity[guard.name].slot
 
     async def check_prompt(self, text: str) -> tuple[Verdict, ...]:
         assert self.flexguard is not None
-        return (await self.capacity["flexguard"].run(self.flexguard.check_prompt(text)),)
+        return (await self.flexguard.check_prompt(text),)
 
     async def check_conversation(self, turns: Sequence[Turn]) -> tuple[Verdict, ...]:
         """One check per turn, concurrently, in the format FlexGuard was trained on; the
@@ -91,9 +89,8 @@ class GuardSet:
         makes, so the guard server's prefix cache serves both."""
         flex = self.flexguard
         assert flex is not None
-        capacity = self.capacity["flexguard"]
         return await gather_checks(
-            [capacity.run(flex.check_prompt(t.text) if t.user is None else flex.check_response(t.user, t.text)) for t in turns]
+            [flex.check_prompt(t.text) if t.user is None else flex.check_response(t.user, t.text) for t in turns]
         )
 
     def reasoning_check(self, query: str) -> CheckFn | None:
@@ -102,11 +99,10 @@ class GuardSet:
         shield = self.reasoningshield
         if shield is None:
             return None
-        capacity = self.capacity["reasoningshield"]
         checks = shield.growing_checks(query)
 
         async def check(thought: str) -> tuple[Verdict, ...]:
-            return (await capacity.run(checks.check(thought)),)
+            return (await checks.check(thought),)
 
         return check
 
@@ -116,16 +112,15 @@ class GuardSet:
         flex, shield = self.flexguard, self.reasoningshield if with_reasoningshield else None
         if flex is None and shield is None:
             return None
-        capacity = self.capacity
         flex_checks = flex.answer_checks(query) if flex is not None else None
         shield_checks = shield.growing_checks(query, "answer") if shield is not None else None
 
         async def check(answer: str) -> tuple[Verdict, ...]:
             calls = []
             if flex_checks is not None:
-                calls.append(capacity["flexguard"].run(flex_checks.check(answer)))
+                calls.append(flex_checks.check(answer))
             if shield_checks is not None:
-                calls.append(capacity["reasoningshield"].run(shield_checks.check(answer)))
+                calls.append(shield_checks.check(answer))
             return await gather_checks(calls)
 
         return check

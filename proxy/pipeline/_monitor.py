@@ -127,6 +127,11 @@ class ChannelMonitor:
         if self.complete and self.covered >= self.length:
             self.done = True
 
+    @property
+    def checking_tokens(self) -> int:
+        """Tokens the last started check covers."""
+        return self._task_upto[1]
+
     def flagged_at(self) -> int:
         """Tokens the flagged in-flight check covered."""
         self.task = None

@@ -9,11 +9,15 @@ the named strictness decides it (strict and moderate 0.5, as the authors count i
 A guard error is not a verdict: under ``on_guard_error = "block"`` (fail-closed, the
 default) the stage fails (HTTP 503 ``guard_unavailable``, or that error event
 mid-stream), under ``"allow"`` it passes; either way it is reported.
+
+Shadow mode (``[policy] enforce = false``) is decided here too: a decision that would
+block or rewrite becomes a flag, a failed check passes, and ``would`` keeps what
+enforcing would have done; ``releases`` makes every stage release at once.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import msgspec
 
@@ -21,7 +25,10 @@ from guards import GuardError, Stage, Verdict, judgment_to_risk_score
 
 from .._config import Action, PolicyConfig
 
-__all__ = ["Decision", "decide", "decide_error", "flagged", "stage_action", "threshold_for"]
+__all__ = ["Decision", "Would", "decide", "decide_error", "flagged", "releases", "stage_action", "threshold_for"]
+
+# What an enforcing policy would have done with content that shadow mode let through.
+Would = Literal["block", "rewrite", "fail"]
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
@@ -39,6 +46,12 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     # The messages whose verdicts flagged, when a conversation was screened message by
     # message (for example "messages[2] (tool)").
     where: tuple[str, ...] = ()
+    # Decided under shadow mode ([policy] enforce = false), and what enforcing would
+    # have done instead of ``action``: "block" or "rewrite" (a flag that stops; on the
+    # reasoning stage it would also have aborted the upstream), "fail" (a failed check
+    # under on_guard_error = "block"). None: enforcing would have done the same.
+    shadow: bool = False
+    would: Would | None = None
 
     @property
     def stops(self) -> bool:
@@ -91,12 +104,18 @@ def flagged(verdict: Verdict, policy: PolicyConfig) -> bool:
 def decide(stage: Stage, verdicts: tuple[Verdict, ...], policy: PolicyConfig) -> Decision:
     flagged_ = any(flagged(v, policy) for v in verdicts)
     guard = "reasoningshield" if stage == "reasoning" else "flexguard"
+    action: Literal["pass", "block", "rewrite", "flag"] = stage_action(stage, policy) if flagged_ else "pass"
+    would: Would | None = None
+    if not policy.enforce and action in ("block", "rewrite"):
+        action, would = "flag", cast(Would, action)
     return Decision(
         stage=stage,
         flagged=flagged_,
-        action=stage_action(stage, policy) if flagged_ else "pass",
+        action=action,
         threshold=threshold_for(guard, policy),
         verdicts=verdicts,
+        shadow=not policy.enforce,
+        would=would,
     )
 
 
@@ -108,7 +127,18 @@ def decide_error(stage: Stage, error: GuardError, policy: PolicyConfig) -> Decis
     return Decision(
         stage=stage,
         flagged=False,
-        action="fail" if fail_closed else "pass",
+        action="fail" if fail_closed and policy.enforce else "pass",
         threshold=threshold_for("reasoningshield" if stage == "reasoning" else "flexguard", policy),
         error=type(error).__name__,
+        shadow=not policy.enforce,
+        would="fail" if fail_closed and not policy.enforce else None,
     )
+
+
+def releases(policy: PolicyConfig) -> tuple[Literal["immediate", "checked", "hidden"], Literal["final", "checked", "immediate"]]:
+    """How the reasoning and the answer are released: as configured, or at once (reasoning
+    shown) in shadow mode, where the checks run alongside and nothing is held back. A
+    choice's finish still waits for its checks, so that its annotation has their verdicts."""
+    if not policy.enforce:
+        return "immediate", "immediate"
+    return policy.reasoning.release, policy.answer.release

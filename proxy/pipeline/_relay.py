@@ -39,7 +39,7 @@ from ..exceptions import (
     UpstreamTruncated,
 )
 from ..ops._telemetry import NO_TELEMETRY, RequestObserver
-from ..protocols._base import Adapter, ApiRequest, UpstreamEvent
+from ..protocols._base import Adapter, ApiRequest, CountedUsage, UpstreamEvent
 from ..protocols._sse import DONE
 from ..protocols.chat import ChatAdapter
 from ..upstream._client import UpstreamClient, UpstreamStream
@@ -47,7 +47,7 @@ from ._annotations import StageReport
 from ._channels import ThinkSplitter, split_output
 from ._guardset import GuardSet
 from ._monitor import ChannelMonitor
-from ._policy import Decision, decide, decide_error, flagged
+from ._policy import Decision, decide, decide_error, flagged, releases
 
 __all__ = [
     "ChoiceReport",
@@ -59,6 +59,7 @@ __all__ = [
     "RequestReport",
     "Started",
     "Stopped",
+    "answer_usage",
     "request_outcome",
     "run_exchange",
     "stop_error",
@@ -71,6 +72,9 @@ class ChoiceReport(msgspec.Struct, kw_only=True):
     reasoning: StageReport = msgspec.field(default_factory=StageReport)
     answer: StageReport = msgspec.field(default_factory=StageReport)
     finish_reason: str | None = None
+    # Upstream tokens (deltas) of each channel in the chunks released to the client.
+    released_reasoning_tokens: int = 0
+    released_answer_tokens: int = 0
 
     def stages(self) -> dict[str, StageReport]:
         return {"reasoning": self.reasoning, "answer": self.answer}
@@ -85,6 +89,8 @@ class RequestReport(msgspec.Struct, kw_only=True):
     usage: Any = None
     stop: Decision | None = None
     stop_choice: int | None = None
+    # The proxy's id of the request (x-request-id, the log line, the span, the record).
+    request_id: str = ""
 
     def worst(self, stage: str) -> StageReport:
         """One report per stage over all choices, for headers and logs."""
@@ -115,6 +121,8 @@ class Exchange(msgspec.Struct, kw_only=True):
     # Spans, metrics and the request log; the default observes nothing.
     telemetry: RequestObserver = NO_TELEMETRY
     report: RequestReport = msgspec.field(default_factory=RequestReport)
+    # Keep each channel's screened text in the report (the audit log captures content).
+    capture: bool = False
 
 
 class Started(msgspec.Struct):
@@ -142,6 +150,9 @@ class Stopped(msgspec.Struct):
 
     decision: Decision
     choices: tuple[int, ...]
+    # Text each named choice's ending starts with: "</think>" where the client was sent
+    # an inline <think> and no </think>, so that the refusal is not inside the block.
+    closing: dict[int, str] = msgspec.field(default_factory=dict)
 
 
 class Ended(msgspec.Struct):
@@ -163,11 +174,11 @@ async def run_exchange(ex: Exchange) -> AsyncGenerator[Event, None]:
     opened: _Opened | None = None
     try:
         if policy.prompt.enabled and ex.guards.flexguard is not None:
-            turns = ex.request.conversation(policy.prompt.screen_system) if policy.prompt.screen == "conversation" else []
+            turns = ex.request.conversation(policy.prompt.screen_system) if policy.prompt.screen != "last_user" else []
             check = ex.guards.check_conversation(turns) if turns else ex.guards.check_prompt(ex.request.screened_prompt("last_user"))
             prompt_task = asyncio.create_task(check, name="guardproxy-check-prompt")
             ex.telemetry.check_started("prompt", prompt_task)
-            if policy.prompt.mode == "parallel":
+            if policy.prompt.mode == "parallel" or not policy.enforce:  # shadow mode: the call never waits for the check
                 open_task = asyncio.create_task(_open(ex, body), name="guardproxy-upstream-open")
             decision = await _verdict_of(prompt_task, "prompt", policy)
             if turns and decision.flagged:  # the worst verdict decides; name its message
@@ -279,12 +290,28 @@ def request_outcome(report: RequestReport, error: BaseException | None) -> str:
         if stop.stage == "reasoning":
             return "aborted"
         return "blocked" if stop.action == "block" else "rewritten"
+    # Shadow mode: what enforcing would have done, from the stage that would have
+    # stopped first (prompt, then reasoning, then answer).
+    stages = [report.prompt] + [c.reasoning for c in report.choices.values()] + [c.answer for c in report.choices.values()]
+    would = next((r.decision for r in stages if r.decision is not None and r.decision.would in ("block", "rewrite")), None)
+    if would is not None:
+        return "would_abort" if would.stage == "reasoning" else f"would_{would.would}"
     decisions = [report.prompt.decision] + [s.decision for c in report.choices.values() for s in (c.reasoning, c.answer)]
     if any(d is not None and d.error for d in decisions):
         return "passed_unscreened"  # on_guard_error = "allow": passed, but a check failed
     if any(d is not None and d.flagged for d in decisions):
         return "flagged"
     return "passed"
+
+
+def answer_usage(report: RequestReport) -> Any:
+    """The usage a JSON answer reports: the upstream's own, the last it sent; where a
+    stop closed the upstream before it sent any, what the proxy counted of the output
+    (``CountedUsage``: never a guessed prompt size). A finished upstream that sent no
+    usage is reported as it was: null."""
+    if report.usage is not None or report.stop is None:
+        return report.usage
+    return CountedUsage(sum(c.reasoning.tokens + c.answer.tokens for c in report.choices.values()))
 
 
 async def _verdict_of(task: asyncio.Future[tuple[Verdict, ...]], stage: Stage, policy: PolicyConfig) -> Decision:
@@ -312,10 +339,11 @@ def _guard_error(stage: Stage, exc: GuardError, policy: PolicyConfig) -> Decisio
 
 
 class _Choice:
-    __slots__ = ("index", "splitter", "reasoning", "answer", "report")
+    __slots__ = ("index", "splitter", "reasoning", "answer", "report", "think_open")
 
     def __init__(self, ex: Exchange, index: int, report: ChoiceReport) -> None:
         self.index = index
+        self.think_open = False  # the released content opened an inline <think> and did not close it
         p = ex.policy
         query = ex.request.query(index)
         self.splitter = ThinkSplitter()
@@ -341,9 +369,12 @@ class _Choice:
 
 class _Held(msgspec.Struct):
     event: UpstreamEvent
-    # (choice, reasoning chars needed, answer chars needed, is its finish)
-    needs: list[tuple[_Choice, float, float, bool]]
+    # (choice, reasoning chars needed, answer chars needed, is its finish, reasoning
+    # and answer tokens received up to this event)
+    needs: list[tuple[_Choice, float, float, bool, int, int]]
     answer_pieces: dict[int, str]
+    # Choices whose inline <think> block is open once this event's content is out.
+    think_open: set[int] = msgspec.field(default_factory=set)
 
 
 class _Relay:
@@ -418,6 +449,9 @@ class _Relay:
         finally:
             await _cancel_and_wait(read, *self.checks)
             self.checks.clear()
+            if self.ex.capture:
+                for c in self.choices.values():
+                    c.report.reasoning.text, c.report.answer.text = c.reasoning.text, c.answer.text
 
     # -- upstream data ---------------------------------------------------------------
 
@@ -448,6 +482,8 @@ class _Relay:
     def _on_data(self, data: bytes) -> bool:
         """Take one upstream event; True when it was the end of the stream."""
         event = self.ex.adapter.read(data)
+        if event.dropped:
+            self.ex.telemetry.upstream_dropped(self.ex.adapter.name, event.dropped)
         if event.done:
             self.done_marker = True
             self._upstream_ended()
@@ -472,9 +508,14 @@ class _Relay:
             if finish:
                 c.report.finish_reason = out.finish
                 c.finish()
-            held.answer_pieces[out.index] = held.answer_pieces.get(out.index, "") + answer
+            # Hidden reasoning leaves a chunk's content only its answer part (the answer's
+            # other text, out.tools, stays in its own fields).
+            shown = answer[: len(answer) - len(out.tools)]
+            held.answer_pieces[out.index] = held.answer_pieces.get(out.index, "") + shown
             r_end = c.reasoning.length + (c.splitter.held if c.splitter.in_reasoning else 0)
-            held.needs.append((c, r_end, c.answer.length, finish))
+            held.needs.append((c, r_end, c.answer.length, finish, c.reasoning.tokens, c.answer.tokens))
+            if c.splitter.in_reasoning:
+                held.think_open.add(out.index)
             self._start_checks(c)
         self.queue.append(held)
         return False
@@ -508,7 +549,10 @@ class _Relay:
         self.ex.telemetry.check_done(task, decision)
         report = c.report.reasoning if stage == "reasoning" else c.report.answer
         report.checks = monitor.checks
-        report.record(decision)
+        report.record(decision, monitor.checking_tokens)
+        if decision.would in ("block", "rewrite") and report.aborted_at_token is None:
+            # Shadow mode: where enforcing would have stopped (the checks go on).
+            report.flagged_check_tokens, report.aborted_at_token = monitor.checking_tokens, monitor.tokens
         if decision.stops:
             report.flagged_check_tokens = monitor.flagged_at()
             report.aborted_at_token = monitor.tokens
@@ -523,24 +567,30 @@ class _Relay:
     # -- release ---------------------------------------------------------------------
 
     def _releasable(self, held: _Held) -> bool:
-        p = self.policy
-        for c, r_end, a_end, finish in held.needs:
+        r_release, a_release = releases(self.policy)
+        for c, r_end, a_end, finish, _, _ in held.needs:
             if finish and not (c.reasoning.done and c.answer.done):
                 return False
-            r_gate = math.inf if p.reasoning.release == "immediate" else c.reasoning.gate
+            r_gate = math.inf if r_release == "immediate" else c.reasoning.gate
             if r_gate < r_end:
                 return False
-            if p.answer.release == "immediate":
+            if a_release == "immediate":
                 continue
-            a_gate = c.answer.gate if p.answer.release == "checked" else (math.inf if c.answer.done else 0)
+            a_gate = c.answer.gate if a_release == "checked" else (math.inf if c.answer.done else 0)
             if a_gate < a_end:
                 return False
         return True
 
     def _render(self, held: _Held) -> Output:
         event = held.event
-        hide = held.answer_pieces if self.policy.reasoning.release == "hidden" else None
-        finished = {c.index: c.report.stages() for c, _, _, finish in held.needs if finish}
+        hide = held.answer_pieces if releases(self.policy)[0] == "hidden" else None
+        finished: dict[int, dict[str, StageReport]] = {}
+        for c, _, _, finish, r_tokens, a_tokens in held.needs:
+            c.report.released_reasoning_tokens, c.report.released_answer_tokens = r_tokens, a_tokens
+            if hide is None:  # hidden reasoning: the client sees no tag at all
+                c.think_open = c.index in held.think_open
+            if finish:
+                finished[c.index] = c.report.stages()
         self.ended.update(finished)
         adapter = self.ex.adapter
         data = adapter.render(event, hide, finished)
@@ -551,7 +601,8 @@ class _Relay:
         # Every choice whose finish the client has not seen ends now: one upstream request
         # cannot be stopped for one choice only.
         unfinished = tuple(i for i in sorted(self.report.choices) if i not in self.ended)
-        return Stopped(self.stop, unfinished or (self.stop_choice or 0,))
+        closing = {i: ThinkSplitter.CLOSE for i in unfinished if i in self.choices and self.choices[i].think_open}
+        return Stopped(self.stop, unfinished or (self.stop_choice or 0,), closing)
 
 
 def _decision_of_done(task: asyncio.Task[tuple[Verdict, ...]], stage: Stage, policy: PolicyConfig) -> Decision:

@@ -27,7 +27,18 @@ from ..ops._shutdown import Drain
 from ..protocols._chat_chunks import ResponseIds, guardproxy_summary
 from ..protocols._wire import decode_json, encode, error_body
 from ._annotations import decision_headers, filter_results
-from ._relay import Ended, Exchange, Released, RequestReport, Started, Stopped, request_outcome, run_exchange, stop_error
+from ._relay import (
+    Ended,
+    Exchange,
+    Released,
+    RequestReport,
+    Started,
+    Stopped,
+    answer_usage,
+    request_outcome,
+    run_exchange,
+    stop_error,
+)
 
 __all__ = ["GuardedResponse", "error_response"]
 
@@ -53,10 +64,15 @@ def error_response(exc: ProxyError, report: RequestReport | None = None) -> tupl
     if exc.retry_after_s is not None:
         headers.append((b"retry-after", str(round(exc.retry_after_s)).encode()))
     if report is not None:
-        headers += decision_headers({"prompt": report.prompt})
+        headers += decision_headers({"prompt": report.prompt}) + _id_header(report)
     if isinstance(exc, UpstreamHTTPError):
         return exc.status_code, headers, _upstream_error_body(exc)
     return exc.status_code, headers, error_body(exc.message, exc.error_type, exc.code, exc.param)
+
+
+def _id_header(report: RequestReport) -> list[tuple[bytes, bytes]]:
+    """``x-request-id``: the id the log line, the span and the decision record carry."""
+    return [(b"x-request-id", report.request_id.encode())] if report.request_id else []
 
 
 def _upstream_error_body(exc: UpstreamHTTPError) -> bytes:
@@ -172,7 +188,7 @@ async def _end_for_shutdown(ex: Exchange, state: _State, send: Send) -> None:
     logger.warning("response ended by the shutdown deadline")
     if not state.started:
         body = error_body("The proxy is shutting down; retry the request.", "server_error", "shutting_down")
-        await _send_whole(send, 503, list(_JSON), body)
+        await _send_whole(send, 503, _JSON + _id_header(ex.report), body)
         return
     indexes = set(range(ex.request.n)) | set(ex.report.choices)
     events = ex.adapter.shutdown_ending(state.response_ids(ex), sorted(indexes - state.finished))
@@ -201,7 +217,7 @@ async def _write_stream(ex: Exchange, send: Send, state: _State) -> None:
                     for output in event.outputs:
                         state.finished.update(o.index for o in output.event.outputs if o.finish is not None)
                 elif isinstance(event, Started):
-                    headers = _SSE_HEADERS + decision_headers({"prompt": report.prompt})
+                    headers = _SSE_HEADERS + decision_headers({"prompt": report.prompt}) + _id_header(report)
                     await send({"type": "http.response.start", "status": 200, "headers": headers})
                     state.started = True
                     opening = True
@@ -210,7 +226,7 @@ async def _write_stream(ex: Exchange, send: Send, state: _State) -> None:
                     refusal = ex.policy.refusal_message if event.decision.action == "rewrite" else None
                     stages = {i: report.choices[i].stages() if i in report.choices else {} for i in event.choices}
                     out = adapter.opening(ids, report.prompt) if opening else []
-                    out += adapter.stopped(ids, event.decision, stages, refusal, report.prompt)
+                    out += adapter.stopped(ids, event.decision, stages, refusal, report.prompt, event.closing)
                     await _send_last(send, ex, out)
                     state.closing = True
                     return
@@ -260,7 +276,7 @@ async def _write_json(ex: Exchange, send: Send, state: _State) -> None:
                         raise stop_error(event.decision)
                     for i in event.choices:
                         stages = report.choices[i].stages() if i in report.choices else {}
-                        builder.stop(i, ex.policy.refusal_message, filter_results(stages))
+                        builder.stop(i, ex.policy.refusal_message, filter_results(stages), event.closing.get(i, ""))
                     break
                 elif isinstance(event, Ended):
                     break
@@ -269,10 +285,10 @@ async def _write_json(ex: Exchange, send: Send, state: _State) -> None:
             "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": filter_results({"prompt": report.prompt})}],
             "guardproxy": guardproxy_summary(report.prompt, {i: c.stages() for i, c in report.choices.items()}),
         }
-        body = builder.build(state.response_ids(ex), report.usage, extra, results)
+        body = builder.build(state.response_ids(ex), answer_usage(report), extra, results)
         headers = _JSON + decision_headers(
             {"prompt": report.prompt, "reasoning": report.worst("reasoning"), "answer": report.worst("answer")}
-        )
+        ) + _id_header(report)
         state.closing = True
         await _send_whole(send, 200, headers, body)
     except ProxyError as exc:

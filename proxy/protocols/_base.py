@@ -8,7 +8,9 @@ completions); an adapter per API does three things and decides nothing:
 2. ``read`` turns one upstream SSE event into an ``UpstreamEvent``: per output (a chat
    choice, a completion choice, the one Response), its new reasoning, content and tool
    text, and whether it finished; with the event's raw bytes, which go out unchanged
-   unless ``render`` must change them (hidden reasoning, the verdict on a finish).
+   unless ``render`` must change them (hidden reasoning, the verdict on a finish). What
+   the proxy does not know is dropped here, before anything is released, and named
+   (``UpstreamEvent.dropped``).
 3. The writing methods format the pipeline's released, stopped and ended events, and
    errors, in the API's own shape, streamed (``frame``) or as one JSON body (``builder``).
 """
@@ -16,6 +18,7 @@ completions); an adapter per API does three things and decides nothing:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
@@ -25,8 +28,19 @@ if TYPE_CHECKING:
     from ..pipeline._annotations import StageReport
     from ..pipeline._policy import Decision
     from ._chat_chunks import ResponseIds
+    from ._inventory import ExtraFields, Piece
 
-__all__ = ["Adapter", "ApiRequest", "OutputDelta", "UpstreamEvent", "JsonBuilder", "ReportView", "Turn", "turns_of"]
+__all__ = [
+    "Adapter",
+    "ApiRequest",
+    "CountedUsage",
+    "OutputDelta",
+    "UpstreamEvent",
+    "JsonBuilder",
+    "ReportView",
+    "Turn",
+    "turns_of",
+]
 
 
 class OutputDelta(msgspec.Struct, array_like=True):
@@ -35,7 +49,9 @@ class OutputDelta(msgspec.Struct, array_like=True):
     index: int
     reasoning: str = ""
     content: str = ""  # may hold inline <think>…</think>: the pipeline splits it
-    tools: str = ""  # tool-call names and arguments, screened with the answer
+    # The answer's other text, not part of content: refusal, tool-call and function-call
+    # names and arguments, audio transcripts; screened with the answer.
+    tools: str = ""
     finish: str | None = None  # the output's finish reason, when it ended here
 
 
@@ -52,6 +68,8 @@ class UpstreamEvent(msgspec.Struct):
     model: str = ""
     created: int = 0
     usage_only: bool = False  # carries usage and nothing else (hidden unless asked for)
+    # What the adapter removed because the proxy does not know it (labels, for metrics).
+    dropped: tuple[str, ...] = ()
 
 
 class Turn(msgspec.Struct, array_like=True, frozen=True):
@@ -82,7 +100,7 @@ class ApiRequest(Protocol):
         ...
 
     def conversation(self, screen_system: bool) -> list[Turn]:
-        """Every message ``screen = "conversation"`` reads, in the trained formats."""
+        """Every text the model reads, as FlexGuard checks in the trained formats (``screen = "all"``)."""
         ...
 
     def upstream_body(self) -> bytes:
@@ -93,6 +111,24 @@ class ApiRequest(Protocol):
 ReportView = dict[int, dict[str, "StageReport"]]
 
 
+class CountedUsage(msgspec.Struct, frozen=True):
+    """The usage of an answer a guard stopped before the upstream sent its own: what the
+    proxy knows, never a guess. The prompt's tokens are unknown (null, with the total);
+    the output tokens are the text-bearing deltas the upstream sent for every output,
+    released or not (vLLM sends one token per delta; the inline ``<think>`` tags are not
+    counted)."""
+
+    output_tokens: int
+
+    def chat(self) -> dict[str, Any]:
+        """As chat and legacy completions name it."""
+        return {"prompt_tokens": None, "completion_tokens": self.output_tokens, "total_tokens": None}
+
+    def responses(self) -> dict[str, Any]:
+        """As the Responses API names it."""
+        return {"input_tokens": None, "output_tokens": self.output_tokens, "total_tokens": None}
+
+
 class JsonBuilder(ABC):
     """Accumulates released events into the API's single JSON answer."""
 
@@ -100,7 +136,9 @@ class JsonBuilder(ABC):
     def add(self, event: UpstreamEvent) -> None: ...
 
     @abstractmethod
-    def stop(self, index: int, refusal: str | None, results: dict[str, Any]) -> None: ...
+    def stop(self, index: int, refusal: str | None, results: dict[str, Any], closing: str = "") -> None:
+        """A guard stopped output ``index``: ``closing`` (text its content must end
+        first, such as an open reasoning block's tag) then ``refusal`` end it."""
 
     @abstractmethod
     def build(self, ids: ResponseIds, usage: Any, extra: dict[str, Any], results: dict[int, dict[str, Any]]) -> bytes: ...
@@ -114,7 +152,9 @@ class Adapter(ABC):
     id_prefix: str  # of ids the proxy makes itself
 
     @abstractmethod
-    def parse(self, raw: bytes, policy: PolicyConfig, server: ServerConfig) -> ApiRequest: ...
+    def parse(self, raw: bytes, policy: PolicyConfig, server: ServerConfig, extra: ExtraFields) -> ApiRequest:
+        """The request, every field checked against the inventory (``extra``: the fields
+        the operator allows beyond it); InvalidRequest names what is refused."""
 
     @abstractmethod
     def read(self, data: bytes) -> UpstreamEvent: ...
@@ -143,9 +183,16 @@ class Adapter(ABC):
 
     @abstractmethod
     def stopped(
-        self, ids: ResponseIds, decision: Decision, choices: ReportView, refusal: str | None, prompt: StageReport
+        self,
+        ids: ResponseIds,
+        decision: Decision,
+        choices: ReportView,
+        refusal: str | None,
+        prompt: StageReport,
+        closing: dict[int, str] | None = None,
     ) -> list[bytes]:
-        """The framed events that end a stream a guard stopped."""
+        """The framed events that end a stream a guard stopped (``closing``: text that
+        goes first in a choice's content, before its refusal)."""
 
     @abstractmethod
     def error_event(self, ids: ResponseIds, error: dict[str, Any]) -> bytes:
@@ -163,22 +210,23 @@ class Adapter(ABC):
 
 
 
-def turns_of(messages: list[tuple[str, str, str]], screen_system: bool) -> list[Turn]:
-    """Turns from (label, role, text) messages: user and tool text in prompt mode, an
-    assistant turn in response mode after the last user turn before it, system text only
+def turns_of(pieces: Sequence[Piece], screen_system: bool) -> list[Turn]:
+    """Turns from the texts a request gives the model: user and tool text in prompt mode,
+    assistant text (and client-supplied reasoning) in response mode after the last user
+    turn before it, the operator's text (system prompts, tool and schema definitions) only
     when asked."""
     turns: list[Turn] = []
     last_user = ""
-    for label, role, text in messages:
-        if not text:
+    for piece in pieces:
+        if not piece.text:
             continue
-        if role == "user":
-            last_user = text
-            turns.append(Turn(label, text))
-        elif role in ("tool", "function"):
-            turns.append(Turn(label, text))
-        elif role == "assistant":
-            turns.append(Turn(label, text, last_user))
-        elif screen_system:  # system, developer
-            turns.append(Turn(label, text))
+        if piece.role == "user":
+            last_user = piece.text
+            turns.append(Turn(piece.label, piece.text))
+        elif piece.role == "tool":
+            turns.append(Turn(piece.label, piece.text))
+        elif piece.role == "assistant":
+            turns.append(Turn(piece.label, piece.text, last_user))
+        elif screen_system:
+            turns.append(Turn(piece.label, piece.text))
     return turns

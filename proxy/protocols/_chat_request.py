@@ -1,7 +1,7 @@
-"""The client's chat request: validated, with the texts the guards screen.
+"""The client's request body: decoded, bounded, and the chat request with the texts the guards screen.
 
-The body is kept as the client sent it (a dict) because every field the proxy does not
-act on must reach the upstream unchanged; only the fields the proxy reads are checked.
+The body is kept as the client sent it (a dict): what the inventory (``_inventory``)
+lets through reaches the upstream unchanged, and only what it lists is let through.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import msgspec
 
 from ..exceptions import InvalidRequest
 from ._base import Turn, turns_of
+from ._inventory import NO_EXTRA_FIELDS, ExtraFields, Piece, chat_pieces, check_content, message_text, part_text
 
 __all__ = [
     "ChatRequest",
@@ -37,6 +38,7 @@ class ChatRequest(msgspec.Struct, kw_only=True):
     include_usage: bool
     n: int
     messages: list[dict[str, Any]]
+    pieces: list[Piece] = msgspec.field(default_factory=list)
 
     def query(self, index: int = 0) -> str:
         """The last user message: the question the guards judge answers against (every
@@ -50,21 +52,14 @@ class ChatRequest(msgspec.Struct, kw_only=True):
         return upstream_body(self)
 
     def screened_prompt(self, scope: str) -> str:
-        """The last user message; with "conversation", every message labelled by role
-        (for logs and traces: the conversation is screened message by message)."""
+        """The last user message; otherwise every text the model reads, labelled by role
+        (for logs and traces: the texts are screened one by one)."""
         if scope == "last_user":
             return self.query()
-        return "\n".join(f"{m.get('role')}: {text}" for m in self.messages if (text := message_text(m)))
+        return "\n".join(f"{p.role}: {p.text}" for p in self.pieces if p.text)
 
     def conversation(self, screen_system: bool) -> list[Turn]:
-        messages = []
-        for i, m in enumerate(self.messages):
-            role = str(m.get("role"))
-            text = message_text(m)
-            if role == "assistant":  # its tool calls are part of what it said
-                text += "".join(_tool_call_text(call) for call in m.get("tool_calls") or [])
-            messages.append((f"messages[{i}] ({role})", role, text))
-        return turns_of(messages, screen_system)
+        return turns_of(self.pieces, screen_system)
 
 
 _decoder = msgspec.json.Decoder()
@@ -152,94 +147,23 @@ def streamed_body(body: dict[str, Any], *, usage: bool = True) -> bytes:
 
 
 def parse_chat_request(
-    raw: bytes, unscreened_parts: Collection[str] = (), max_depth: int = MAX_JSON_DEPTH
+    raw: bytes,
+    unscreened_parts: Collection[str] = (),
+    max_depth: int = MAX_JSON_DEPTH,
+    extra: ExtraFields = NO_EXTRA_FIELDS,
 ) -> ChatRequest:
     body = decode_body(raw, max_depth)
     common = common_fields(body)
-
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest("`messages` must be a non-empty array.", param="messages")
-    for i, message in enumerate(messages):
-        _check_message(message, i, unscreened_parts)
-
+    pieces = chat_pieces(body, unscreened_parts, extra)
     return ChatRequest(
-        body=body, model=common.model, stream=common.stream, include_usage=common.include_usage, n=common.n, messages=messages
+        body=body,
+        model=common.model,
+        stream=common.stream,
+        include_usage=common.include_usage,
+        n=common.n,
+        messages=body["messages"],
+        pieces=pieces,
     )
-
-
-def _check_message(message: Any, i: int, unscreened_parts: Collection[str]) -> None:
-    param = f"messages[{i}]"
-    if not isinstance(message, dict):
-        raise InvalidRequest(f"`{param}` must be an object.", param=param)
-    if not isinstance(message.get("role"), str):
-        raise InvalidRequest(f"`{param}.role` is required and must be a string.", param=f"{param}.role")
-    check_content(message.get("content"), f"{param}.content", unscreened_parts)
-
-
-def check_content(content: Any, param: str, unscreened_parts: Collection[str]) -> None:
-    """Refuse content the guards could not read but the upstream might render.
-
-    Content is a string, null, or an array of parts. A part is screened when it carries
-    its text in a string ``text`` (``text``, ``input_text``, ``output_text`` and any other
-    type that does) or is a ``refusal`` with a string ``refusal``; a part of a type in
-    ``unscreened_parts`` (images, audio, files) passes unscreened, as documented. Anything
-    else is refused: forwarding it would let text past the guards that the upstream may
-    render (an ``input_text`` part once did exactly that).
-    """
-    if content is None or isinstance(content, str):
-        return
-    if not isinstance(content, list):
-        raise InvalidRequest(f"`{param}` must be a string or an array of content parts.", param=param)
-    for j, part in enumerate(content):
-        where = f"{param}[{j}]"
-        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-            raise InvalidRequest(f"`{where}` must be an object with a string `type`.", param=where)
-        if part_text(part) is not None:
-            continue
-        kind = part["type"]
-        if "text" in part or kind in _TEXT_PARTS:
-            raise InvalidRequest(f"`{where}.text` must be a string.", param=f"{where}.text")
-        if kind not in unscreened_parts:
-            raise InvalidRequest(
-                f"`{where}` has type {kind!r}, which the guards cannot read: send text parts "
-                f"(or one of the types forwarded unscreened: {', '.join(unscreened_parts) or 'none'}).",
-                param=where,
-            )
-
-
-_TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
-
-
-def part_text(part: dict[str, Any]) -> str | None:
-    """The text a content part carries, or None if it carries none the guards can read."""
-    text = part.get("text")
-    if isinstance(text, str):
-        return text
-    if part.get("type") == "refusal" and isinstance(part.get("refusal"), str):
-        return str(part["refusal"])
-    return None
-
-
-def message_text(message: dict[str, Any]) -> str:
-    """The text of a message: its string content, or the text of every part that has one.
-
-    Parts without text (images, audio, files) are not screened: the guards read text only;
-    ``check_content`` refused every other kind of part when the request was parsed.
-    """
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(t for p in content if isinstance(p, dict) and (t := part_text(p)) is not None)
-    return ""
-
-
-def _tool_call_text(call: Any) -> str:
-    function = call.get("function") if isinstance(call, dict) else None
-    if not isinstance(function, dict):
-        return ""
-    return f"\n[tool call {function.get('name')}] {function.get('arguments') or ''}"
 
 
 def upstream_body(request: ChatRequest) -> bytes:

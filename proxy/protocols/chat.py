@@ -1,7 +1,8 @@
 """Chat completions (``POST /v1/chat/completions``): the adapter.
 
-Chunks pass as the upstream's bytes; the proxy re-encodes one only to hide reasoning or
-to add the verdict (``content_filter_results``) to a choice's finish chunk. Streams end
+Chunks pass as the upstream's bytes; the proxy re-encodes one only to drop what it does
+not know (``_wire.decode_known``), to hide reasoning, or to add the verdict
+(``content_filter_results``) to a choice's finish chunk. Streams end
 with ``data: [DONE]``; a stop ends each unfinished choice with ``finish_reason:
 "content_filter"`` (Azure's and OpenAI's signal), after the refusal for ``rewrite``.
 """
@@ -17,18 +18,21 @@ from ..exceptions import UpstreamError
 from ..pipeline._annotations import StageReport, filter_results
 from ..pipeline._channels import delta_output
 from ..pipeline._policy import Decision
-from ._base import Adapter, ApiRequest, JsonBuilder, OutputDelta, ReportView, UpstreamEvent
+from ._base import Adapter, ApiRequest, CountedUsage, JsonBuilder, OutputDelta, ReportView, UpstreamEvent
 from ._chat_chunks import CompletionBuilder, ResponseIds, content_filter_chunks, prompt_annotation_chunk
 from ._chat_request import parse_chat_request
+from ._inventory import ExtraFields
 from ._sse import DONE, DONE_EVENT, encode_data
-from ._wire import decode_chunk, decode_json, encode, present
+from ._wire import REASONING_FIELDS, Chunk, decode_json, decode_known, encode, present
 
 __all__ = ["ChatAdapter", "chunk_event", "upstream_error_event"]
 
+_chunk_decoder = msgspec.json.Decoder(Chunk)
 
-def chunk_event(data: bytes, chunk: Any, outputs: list[OutputDelta]) -> UpstreamEvent:
+
+def chunk_event(data: bytes, chunk: Any, outputs: list[OutputDelta], dropped: tuple[str, ...] = ()) -> UpstreamEvent:
     """The event of one chunk of a choices-based stream (chat, legacy completions)."""
-    usage = decode_json(chunk.usage) if present(chunk.usage) else None
+    usage = chunk.usage
     return UpstreamEvent(
         data,
         doc=chunk,
@@ -38,6 +42,7 @@ def chunk_event(data: bytes, chunk: Any, outputs: list[OutputDelta]) -> Upstream
         model=chunk.model,
         created=chunk.created,
         usage_only=not chunk.choices and usage is not None,
+        dropped=dropped,
     )
 
 
@@ -63,13 +68,13 @@ class _ChatBuilder(JsonBuilder):
         if event.doc is not None:
             self.completion.add(event.doc)
 
-    def stop(self, index: int, refusal: str | None, results: dict[str, Any]) -> None:
-        self.completion.stop(index, refusal, results)
+    def stop(self, index: int, refusal: str | None, results: dict[str, Any], closing: str = "") -> None:
+        self.completion.stop(index, closing + (refusal or "") or None, results)
 
     def build(self, ids: ResponseIds, usage: Any, extra: dict[str, Any], results: dict[int, dict[str, Any]]) -> bytes:
         for i, r in results.items():
             self.completion.set_filter_results(i, r)
-        return self.completion.build(ids, usage, extra)
+        return self.completion.build(ids, usage.chat() if isinstance(usage, CountedUsage) else usage, extra)
 
 
 class ChatAdapter(Adapter):
@@ -78,20 +83,25 @@ class ChatAdapter(Adapter):
     id_prefix = "chatcmpl-guardproxy-"
     end_of_stream = DONE_EVENT
 
-    def parse(self, raw: bytes, policy: PolicyConfig, server: ServerConfig) -> ApiRequest:
-        return parse_chat_request(raw, policy.prompt.unscreened_parts, server.max_json_depth)
+    def parse(self, raw: bytes, policy: PolicyConfig, server: ServerConfig, extra: ExtraFields) -> ApiRequest:
+        return parse_chat_request(raw, policy.prompt.unscreened_parts, server.max_json_depth, extra)
 
     def read(self, data: bytes) -> UpstreamEvent:
         if data.strip() == DONE:
             return UpstreamEvent(data, done=True)
+        original = data
         try:
-            chunk = decode_chunk(data)
+            chunk, data, dropped = decode_known(_chunk_decoder, data, self.name)
         except msgspec.DecodeError as exc:
             raise UpstreamError("The upstream sent a malformed stream chunk.") from exc
+        if chunk is None:
+            return UpstreamEvent(data, dropped=dropped)
         if present(chunk.error):
             raise upstream_error_event(chunk.error)
+        if chunk.object == "error":  # earlier vLLM: the error object itself, not under "error"
+            raise upstream_error_event(original)
         outputs = [delta_output(ch.index, ch.delta, ch.finish_reason) for ch in chunk.choices]
-        return chunk_event(data, chunk, outputs)
+        return chunk_event(data, chunk, outputs, dropped)
 
     def render(self, event: UpstreamEvent, hide: dict[int, str] | None, finished: ReportView) -> bytes:
         if (hide is None or not event.outputs) and not finished:
@@ -107,16 +117,23 @@ class ChatAdapter(Adapter):
 
     @staticmethod
     def _hide_reasoning(choice: dict[str, Any], answer: str) -> None:
-        """Leave only the answer text in one choice of a chunk."""
+        """Leave only the answer text in one choice of a chunk; the per-token fields
+        (logprobs, token ids) go too where they covered reasoning."""
         delta = choice.get("delta") or {}
-        delta.pop("reasoning", None)
-        delta.pop("reasoning_content", None)
-        if isinstance(delta.get("content"), str):
+        hidden = False
+        for name in REASONING_FIELDS:
+            hidden = delta.pop(name, None) is not None or hidden
+        if isinstance(delta.get("content"), str) and delta["content"] != answer:
             delta["content"] = answer
+            hidden = True
+        if hidden:
+            choice.pop("token_ids", None)
+            if choice.get("logprobs") is not None:
+                choice["logprobs"] = None
 
     @staticmethod
     def _decode_chunk(data: bytes) -> Any:
-        return decode_chunk(data)
+        return _chunk_decoder.decode(data)
 
     def decode_rendered(self, event: UpstreamEvent, data: bytes) -> UpstreamEvent:
         """The event as the client sees it, for the JSON builder."""
@@ -131,9 +148,15 @@ class ChatAdapter(Adapter):
         return [encode_data(prompt_annotation_chunk(ids, prompt))] if prompt.decision is not None else []
 
     def stopped(
-        self, ids: ResponseIds, decision: Decision, choices: ReportView, refusal: str | None, prompt: StageReport
+        self,
+        ids: ResponseIds,
+        decision: Decision,
+        choices: ReportView,
+        refusal: str | None,
+        prompt: StageReport,
+        closing: dict[int, str] | None = None,
     ) -> list[bytes]:
-        return [encode_data(c) for c in content_filter_chunks(ids, decision, choices, refusal)]
+        return [encode_data(c) for c in content_filter_chunks(ids, decision, choices, refusal, closing)]
 
     def error_event(self, ids: ResponseIds, error: dict[str, Any]) -> bytes:
         return encode_data(encode({"error": error}))

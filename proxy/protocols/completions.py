@@ -18,32 +18,18 @@ from .._config import PolicyConfig, ServerConfig
 from ..exceptions import InvalidRequest, UpstreamError
 from ..pipeline._annotations import StageReport, filter_results
 from ..pipeline._policy import Decision
-from ._base import JsonBuilder, OutputDelta, ReportView, Turn, UpstreamEvent
+from ._base import CountedUsage, JsonBuilder, OutputDelta, ReportView, Turn, UpstreamEvent
 from ._chat_chunks import ResponseIds
 from ._chat_request import MAX_N, common_fields, decode_body, streamed_body
+from ._inventory import NO_EXTRA_FIELDS, ExtraFields, Piece, completions_pieces
 from ._sse import DONE, encode_data
-from ._wire import encode, present
+from ._wire import TextChunk, decode_known, encode, present
 from .chat import ChatAdapter, chunk_event, upstream_error_event
 
 __all__ = ["CompletionsAdapter", "CompletionsRequest"]
 
 
-class _Choice(msgspec.Struct):
-    index: int = 0
-    text: str | None = None
-    finish_reason: str | None = None
-
-
-class _Chunk(msgspec.Struct):
-    id: str = ""
-    created: int = 0
-    model: str = ""
-    choices: list[_Choice] = msgspec.field(default_factory=list)
-    usage: msgspec.Raw = msgspec.Raw()
-    error: msgspec.Raw = msgspec.Raw()
-
-
-_decode = msgspec.json.Decoder(_Chunk).decode
+_decoder = msgspec.json.Decoder(TextChunk)
 
 
 class CompletionsRequest(msgspec.Struct, kw_only=True):
@@ -54,6 +40,7 @@ class CompletionsRequest(msgspec.Struct, kw_only=True):
     include_usage: bool
     prompts: list[str]
     per_prompt: int
+    extra: list[Piece] = msgspec.field(default_factory=list)  # allowed extra fields' text
 
     def screened_prompt(self, scope: str) -> str:
         return "\n\n".join(self.prompts)
@@ -62,15 +49,16 @@ class CompletionsRequest(msgspec.Struct, kw_only=True):
         return self.prompts[min(index // self.per_prompt, len(self.prompts) - 1)]
 
     def conversation(self, screen_system: bool) -> list[Turn]:
-        return [Turn(f"prompt[{i}]", p) for i, p in enumerate(self.prompts)]
+        return [Turn(p.label, p.text) for p in self.extra if p.text] + [Turn(f"prompt[{i}]", p) for i, p in enumerate(self.prompts)]
 
     def upstream_body(self) -> bytes:
         return streamed_body(self.body)
 
 
-def parse_completions_request(raw: bytes, max_depth: int) -> CompletionsRequest:
+def parse_completions_request(raw: bytes, max_depth: int, extra: ExtraFields = NO_EXTRA_FIELDS) -> CompletionsRequest:
     body = decode_body(raw, max_depth)
     common = common_fields(body)
+    extra_pieces = completions_pieces(body, extra)
     n = common.n
     prompt = body.get("prompt")
     prompts = [prompt] if isinstance(prompt, str) else prompt
@@ -94,6 +82,7 @@ def parse_completions_request(raw: bytes, max_depth: int) -> CompletionsRequest:
         include_usage=common.include_usage,
         prompts=prompts,
         per_prompt=n,
+        extra=extra_pieces,
     )
 
 
@@ -113,10 +102,10 @@ class _Builder(JsonBuilder):
             if ch.finish_reason is not None:
                 self.finish[ch.index] = ch.finish_reason
 
-    def stop(self, index: int, refusal: str | None, results: dict[str, Any]) -> None:
+    def stop(self, index: int, refusal: str | None, results: dict[str, Any], closing: str = "") -> None:
         self.texts.setdefault(index, [])
-        if refusal is not None:
-            self.texts[index].append(refusal)
+        if closing or refusal:
+            self.texts[index].append(closing + (refusal or ""))
         self.finish[index] = "content_filter"
         self.stopped[index] = results
 
@@ -132,7 +121,7 @@ class _Builder(JsonBuilder):
             for i in sorted(self.texts)
         ]
         doc = {"id": ids.id, "object": "text_completion", "created": ids.created, "model": ids.model, "choices": choices}
-        doc["usage"] = usage
+        doc["usage"] = usage.chat() if isinstance(usage, CountedUsage) else usage
         doc.update(extra)
         return encode(doc)
 
@@ -144,28 +133,37 @@ class CompletionsAdapter(ChatAdapter):
     path = "/completions"
     id_prefix = "cmpl-guardproxy-"
 
-    def parse(self, raw: bytes, policy: PolicyConfig, server: ServerConfig) -> CompletionsRequest:
-        return parse_completions_request(raw, server.max_json_depth)
+    def parse(self, raw: bytes, policy: PolicyConfig, server: ServerConfig, extra: ExtraFields) -> CompletionsRequest:
+        return parse_completions_request(raw, server.max_json_depth, extra)
 
     def read(self, data: bytes) -> UpstreamEvent:
         if data.strip() == DONE:
             return UpstreamEvent(data, done=True)
+        original = data
         try:
-            chunk = _decode(data)
+            chunk, data, dropped = decode_known(_decoder, data, self.name)
         except msgspec.DecodeError as exc:
             raise UpstreamError("The upstream sent a malformed stream chunk.") from exc
+        if chunk is None:
+            return UpstreamEvent(data, dropped=dropped)
         if present(chunk.error):
             raise upstream_error_event(chunk.error)
-        return chunk_event(data, chunk, [OutputDelta(ch.index, "", ch.text or "", "", ch.finish_reason) for ch in chunk.choices])
+        if chunk.object == "error":  # earlier vLLM: the error object itself, not under "error"
+            raise upstream_error_event(original)
+        outputs = [OutputDelta(ch.index, "", ch.text or "", "", ch.finish_reason) for ch in chunk.choices]
+        return chunk_event(data, chunk, outputs, dropped)
 
     @staticmethod
     def _hide_reasoning(choice: dict[str, Any], answer: str) -> None:
-        if isinstance(choice.get("text"), str):
+        if isinstance(choice.get("text"), str) and choice["text"] != answer:
             choice["text"] = answer
+            choice.pop("token_ids", None)  # they covered the reasoning too
+            if choice.get("logprobs") is not None:
+                choice["logprobs"] = None
 
     @staticmethod
     def _decode_chunk(data: bytes) -> Any:
-        return _decode(data)
+        return _decoder.decode(data)
 
     def _chunk(self, ids: ResponseIds, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         doc = {"id": ids.id, "object": "text_completion", "created": ids.created, "model": ids.model, "choices": choices}
@@ -179,12 +177,19 @@ class CompletionsAdapter(ChatAdapter):
         return [self._chunk(ids, [], prompt_filter_results=results)]
 
     def stopped(
-        self, ids: ResponseIds, decision: Decision, choices: ReportView, refusal: str | None, prompt: StageReport
+        self,
+        ids: ResponseIds,
+        decision: Decision,
+        choices: ReportView,
+        refusal: str | None,
+        prompt: StageReport,
+        closing: dict[int, str] | None = None,
     ) -> list[bytes]:
         out = []
         for index, stages in sorted(choices.items()):
-            if refusal is not None:
-                out.append(self._chunk(ids, [{"index": index, "text": refusal, "logprobs": None, "finish_reason": None}]))
+            text = (closing or {}).get(index, "") + (refusal or "")
+            if text:
+                out.append(self._chunk(ids, [{"index": index, "text": text, "logprobs": None, "finish_reason": None}]))
             finish = {
                 "index": index,
                 "text": "",

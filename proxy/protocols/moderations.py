@@ -21,6 +21,7 @@ from ..exceptions import InvalidRequest
 from ..pipeline._categories import CATEGORY_KEYS, UNCATEGORISED_KEY, keys_of
 from ..pipeline._policy import flagged
 from ._chat_request import MAX_JSON_DEPTH, decode_body, part_text
+from ._inventory import MODERATIONS_FIELDS, check_fields
 
 __all__ = ["parse_moderation_inputs", "moderation_result", "moderation_response", "OPENAI_KEYS"]
 
@@ -46,6 +47,7 @@ _ALL_KEYS = tuple(
 def parse_moderation_inputs(raw: bytes, max_inputs: int = 64, max_depth: int = MAX_JSON_DEPTH) -> tuple[list[str], str]:
     """The texts to classify and the model name to report; at most ``max_inputs``."""
     body = decode_body(raw, max_depth)
+    check_fields(body, MODERATIONS_FIELDS)
     model = body.get("model", "flexguard")
     if not isinstance(model, str):
         raise InvalidRequest("`model` must be a string.", param="model")

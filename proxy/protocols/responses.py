@@ -9,14 +9,12 @@ stream. ``previous_response_id`` and ``item_reference`` items pass: what they re
 is screened only if it passed through this proxy (the README says so).
 
 Upstream events (vLLM, ``event: <type>`` then ``data:`` with the same ``type``; no
-``[DONE]``): reasoning arrives as ``response.reasoning_text.delta`` (vLLM) or
-``response.reasoning_summary_text.delta`` (OpenAI); the answer as
-``response.output_text.delta`` and ``response.refusal.delta``; tool calls as an
-``output_item.added`` of a ``function_call`` (its name) and
-``response.function_call_arguments.delta``; any other ``*.delta`` with a string
-``delta`` is model output too and is screened with the answer. The one Response is
-output 0, and it finishes at ``response.completed`` (or an upstream ``incomplete``);
-``response.failed`` and ``error`` events are upstream errors.
+``[DONE]``): ``_responses_events`` knows each event, item and part type and which text
+each carries on which channel (reasoning text and summaries; output text, refusals,
+function-call names and arguments, custom tool input, audio transcripts as the answer),
+and drops what it does not know. The one Response is output 0, and it finishes at
+``response.completed`` (or an upstream ``incomplete``); ``response.failed`` and
+``error`` events are upstream errors.
 
 A stop ends the stream the way the API says a response was cut: for ``rewrite`` a new
 message item whose text is the refusal, then ``response.incomplete`` (status
@@ -39,9 +37,11 @@ from .._config import PolicyConfig, ServerConfig
 from ..exceptions import InvalidRequest, UpstreamError
 from ..pipeline._annotations import StageReport, filter_results, stage_summary
 from ..pipeline._policy import Decision
-from ._base import Adapter, JsonBuilder, OutputDelta, ReportView, Turn, UpstreamEvent, turns_of
+from ._base import Adapter, CountedUsage, JsonBuilder, OutputDelta, ReportView, Turn, UpstreamEvent, turns_of
 from ._chat_chunks import ResponseIds
-from ._chat_request import check_content, common_fields, decode_body, message_text, part_text, streamed_body
+from ._chat_request import common_fields, decode_body, streamed_body
+from ._inventory import NO_EXTRA_FIELDS, ExtraFields, Piece, responses_pieces
+from ._responses_events import EventReader
 from ._wire import decode_json, encode
 
 __all__ = ["ResponsesAdapter", "ResponsesRequest"]
@@ -63,30 +63,30 @@ class ResponsesRequest(msgspec.Struct, kw_only=True):
     stream: bool
     n: int = 1
     include_usage: bool = False
-    # (role, text) per input item, in order; "system" for instructions, "tool" for tool output.
-    turns: list[tuple[str, str]]
+    # Every text the request gives the model, in order (_inventory.responses_pieces).
+    pieces: list[Piece]
 
     def screened_prompt(self, scope: str) -> str:
         if scope == "last_user":
             return self.query()
-        return "\n".join(f"{role}: {text}" for role, text in self.turns if text)
+        return "\n".join(f"{p.role}: {p.text}" for p in self.pieces if p.text)
 
     def query(self, index: int = 0) -> str:
-        for role, text in reversed(self.turns):
-            if role == "user":
-                return text
-        return self.turns[-1][1] if self.turns else ""
+        for piece in reversed(self.pieces):
+            if piece.role == "user":
+                return piece.text
+        return self.pieces[-1].text if self.pieces else ""
 
     def conversation(self, screen_system: bool) -> list[Turn]:
-        offset = 1 if isinstance(self.body.get("instructions"), str) else 0
-        labels = ["instructions" if offset and i == 0 else f"input[{i - offset}] ({role})" for i, (role, _) in enumerate(self.turns)]
-        return turns_of([(label, role, text) for label, (role, text) in zip(labels, self.turns, strict=True)], screen_system)
+        return turns_of(self.pieces, screen_system)
 
     def upstream_body(self) -> bytes:
         return streamed_body(self.body, usage=False)  # usage comes in response.completed
 
 
-def parse_responses_request(raw: bytes, policy: PolicyConfig, server: ServerConfig, allow_background: bool) -> ResponsesRequest:
+def parse_responses_request(
+    raw: bytes, policy: PolicyConfig, server: ServerConfig, allow_background: bool, extra: ExtraFields = NO_EXTRA_FIELDS
+) -> ResponsesRequest:
     body = decode_body(raw, server.max_json_depth)
     common = common_fields(body)  # the Responses API has no n: always one output
     if body.get("background") and not allow_background:
@@ -95,60 +95,8 @@ def parse_responses_request(raw: bytes, policy: PolicyConfig, server: ServerConf
             "proxy could not stop it (the operator may allow it: [endpoints] allow_background_responses).",
             param="background",
         )
-    turns: list[tuple[str, str]] = []
-    instructions = body.get("instructions")
-    if instructions is not None:
-        if not isinstance(instructions, str):
-            raise InvalidRequest("`instructions` must be a string.", param="instructions")
-        turns.append(("system", instructions))
-    value = body.get("input")
-    if isinstance(value, str):
-        turns.append(("user", value))
-    elif isinstance(value, list) and value:
-        for i, item in enumerate(value):
-            turns.append(_item_turn(item, f"input[{i}]", policy.prompt.unscreened_parts))
-    else:
-        raise InvalidRequest("`input` must be a string or a non-empty array of items.", param="input")
-    return ResponsesRequest(body=body, model=common.model, stream=common.stream, turns=turns)
-
-
-def _item_turn(item: Any, param: str, unscreened: list[str]) -> tuple[str, str]:
-    """(role, text) of one input item; an item the guards cannot read is refused."""
-    if not isinstance(item, dict):
-        raise InvalidRequest(f"`{param}` must be an object.", param=param)
-    kind = item.get("type", "message")
-    if kind == "message":
-        role = item.get("role")
-        if not isinstance(role, str):
-            raise InvalidRequest(f"`{param}.role` is required and must be a string.", param=f"{param}.role")
-        check_content(item.get("content"), f"{param}.content", unscreened)
-        return ("user" if role == "user" else "system" if role in ("system", "developer") else role), message_text(item)
-    if kind == "function_call_output":
-        output = item.get("output")
-        if isinstance(output, list):
-            check_content(output, f"{param}.output", unscreened)
-            return "tool", message_text({"content": output})
-        if not isinstance(output, str):
-            raise InvalidRequest(f"`{param}.output` must be a string or an array of parts.", param=f"{param}.output")
-        return "tool", output
-    if kind == "function_call":
-        name, arguments = item.get("name"), item.get("arguments")
-        if not isinstance(name, str) or not isinstance(arguments, str):
-            raise InvalidRequest(f"`{param}` needs string `name` and `arguments`.", param=param)
-        return "assistant", f"[tool call {name}] {arguments}"
-    if kind == "reasoning":
-        texts = []
-        for key in ("summary", "content"):
-            parts = item.get(key)
-            if parts is not None and not isinstance(parts, list):
-                raise InvalidRequest(f"`{param}.{key}` must be an array of parts.", param=f"{param}.{key}")
-            # The same rule as message content: a part the guards cannot read is refused.
-            check_content(parts, f"{param}.{key}", unscreened)
-            texts += [t for p in parts or [] if (t := part_text(p))]
-        return "assistant", "\n".join(texts)
-    if kind == "item_reference":
-        return "reference", ""  # stored upstream: screened when it passed through this proxy
-    raise InvalidRequest(f"`{param}` has type {kind!r}, which this proxy cannot screen.", param=param)
+    pieces = responses_pieces(body, policy.prompt.unscreened_parts, extra)
+    return ResponsesRequest(body=body, model=common.model, stream=common.stream, pieces=pieces)
 
 
 class _Outputs:
@@ -209,12 +157,14 @@ class _Builder(JsonBuilder):
         if isinstance(event.doc, dict):
             self.adapter.outputs.see(event.doc)
 
-    def stop(self, index: int, refusal: str | None, results: dict[str, Any]) -> None:
-        self.adapter.cut(refusal, "content_filter")
+    def stop(self, index: int, refusal: str | None, results: dict[str, Any], closing: str = "") -> None:
+        self.adapter.cut(refusal, "content_filter")  # the refusal is an item of its own: nothing to close
 
     def build(self, ids: ResponseIds, usage: Any, extra: dict[str, Any], results: dict[int, dict[str, Any]]) -> bytes:
         outputs = self.adapter.outputs
         response = dict(outputs.final or self.adapter.response_base(ids))
+        if response.get("usage") is None and usage is not None:  # a cut response: the upstream's or the counted usage
+            response["usage"] = usage.responses() if isinstance(usage, CountedUsage) else usage
         summary = extra["guardproxy"]
         response["guardproxy"] = {"prompt": summary["prompt"], **summary["choices"].get("0", {})}
         response["content_filter_results"] = results.get(0, {})
@@ -230,10 +180,11 @@ class ResponsesAdapter(Adapter):
     def __init__(self, allow_background: bool = False) -> None:
         self.allow_background = allow_background
         self.outputs = _Outputs()
+        self.reader = EventReader()
         self.prompt: StageReport | None = None
 
-    def parse(self, raw: bytes, policy: PolicyConfig, server: ServerConfig) -> ResponsesRequest:
-        return parse_responses_request(raw, policy, server, self.allow_background)
+    def parse(self, raw: bytes, policy: PolicyConfig, server: ServerConfig, extra: ExtraFields) -> ResponsesRequest:
+        return parse_responses_request(raw, policy, server, self.allow_background, extra)
 
     # -- reading --------------------------------------------------------------------
 
@@ -252,33 +203,30 @@ class ResponsesAdapter(Adapter):
         if kind == "response.failed":
             error = (response or {}).get("error") or {}
             raise UpstreamError(f"The upstream's response failed: {str(error.get('message') or error)[:1000]}")
+        text, dropped, changed = self.reader.read(doc)
+        if dropped:
+            event.dropped = tuple(dropped)
+            if not changed:  # dropped whole
+                return UpstreamEvent(b"", kind=kind, dropped=event.dropped)
+            event.data = encode(doc)
         if response is not None:
             event.id = str(response.get("id") or "")
             event.model = str(response.get("model") or "")
             created = response.get("created_at")
             event.created = int(created) if isinstance(created, (int, float)) else 0
-        delta = doc.get("delta")
-        if kind in _REASONING_DELTAS and isinstance(delta, str):
-            event.outputs = [OutputDelta(0, reasoning=delta)]
-        elif kind in ("response.output_text.delta", "response.refusal.delta") and isinstance(delta, str):
-            event.outputs = [OutputDelta(0, content=delta)]
-        elif kind.endswith(".delta") and isinstance(delta, str):
-            event.outputs = [OutputDelta(0, tools=delta)]  # tool-call arguments and the like
-        elif kind == "response.output_item.added" and isinstance(doc.get("item"), dict):
-            item = doc["item"]
-            if item.get("type") == "function_call" and isinstance(item.get("name"), str):
-                event.outputs = [OutputDelta(0, tools=f"\n[tool call {item['name']}] ")]
-        elif kind in _TERMINAL and response is not None:
+        finish = None
+        if kind in _TERMINAL and response is not None:
             status = response.get("status")
             details = response.get("incomplete_details") or {}
             finish = "stop" if status == "completed" else str(details.get("reason") or status or "incomplete")
-            event.outputs = [OutputDelta(0, finish=finish)]
             event.usage = response.get("usage")
+        if finish is not None or text.reasoning or text.content or text.tools:
+            event.outputs = [OutputDelta(0, text.reasoning, text.content, text.tools, finish)]
         return event
 
     def render(self, event: UpstreamEvent, hide: dict[int, str] | None, finished: ReportView) -> bytes:
         doc = event.doc
-        if hide is None and not finished:
+        if (hide is None and not finished) or not event.data:  # unchanged, or dropped whole
             return event.data
         if hide is not None:
             if event.kind in _REASONING_EVENTS:
@@ -289,6 +237,8 @@ class ResponsesAdapter(Adapter):
             for item in _items_of(doc):
                 if item.get("type") == "reasoning":
                     item["content"], item["summary"] = [], []
+                    if item.get("encrypted_content") is not None:
+                        item["encrypted_content"] = None
             part = doc.get("part")
             if isinstance(part, dict) and part.get("type") in ("reasoning_text", "summary_text"):
                 part["text"] = ""
@@ -378,8 +328,16 @@ class ResponsesAdapter(Adapter):
         return out
 
     def stopped(
-        self, ids: ResponseIds, decision: Decision, choices: ReportView, refusal: str | None, prompt: StageReport
+        self,
+        ids: ResponseIds,
+        decision: Decision,
+        choices: ReportView,
+        refusal: str | None,
+        prompt: StageReport,
+        closing: dict[int, str] | None = None,
     ) -> list[bytes]:
+        # The refusal is an output item of its own, and the cut item ends "incomplete":
+        # no text follows an open inline <think>, so nothing needs closing.
         out = self.cut(refusal, "content_filter")
         final = self.outputs.final or {}
         stages = choices.get(0, {})

@@ -65,6 +65,10 @@ def run_proxy(
 [server]
 port = {port}
 
+[endpoints]
+# vLLM sampling parameters the tests send: they carry no text.
+allow_fields = ["min_tokens", "ignore_eos"]
+
 {upstreams or "[upstream]"}
 {"" if upstreams else f'base_urls = ["{dead_replica}", "{upstream.base_url}"]' if dead_replica else f'base_url = "{upstream.base_url}"'}
 

@@ -16,6 +16,7 @@ from guards import (
     GuardBackendError,
     GuardModelConfig,
     GuardTimeout,
+    GuardUnreachable,
     VerdictTruncated,
     open_backend,
 )
@@ -174,16 +175,41 @@ def test_client_error_not_retried(app):
     assert len(app.requests) == 1
 
 
-def test_connection_refused():
+def _aiohttp_transport():
+    from httpx_aiohttp import AiohttpTransport
+
+    return AiohttpTransport()
+
+
+@pytest.mark.parametrize("transport", [None, _aiohttp_transport], ids=["httpx", "aiohttp"])
+def test_connection_refused_is_named_for_what_it_is(transport):
+    """httpx-aiohttp (the proxy's transport) reports a refused connection as
+    ConnectTimeout; it is a GuardUnreachable "connection refused", retried, never a timeout."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
     cfg = GuardModelConfig(model="m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=1)
-    with pytest.raises(GuardBackendError) as info:
-        asyncio.run(generate(OpenAIBackend(cfg, backoff_s=0.01)))
-    assert not isinstance(info.value, GuardTimeout)
-    assert not asyncio.run(OpenAIBackend(cfg).ready())
+
+    async def check():
+        backend = OpenAIBackend(cfg, transport=transport() if transport else None, backoff_s=0.01)
+        try:
+            with pytest.raises(GuardUnreachable, match="connection refused") as info:
+                await FlexGuard(backend, cfg).check_prompt("x")
+            return info.value, await backend.why_not_ready()
+        finally:
+            await backend.aclose()
+
+    error, why = asyncio.run(check())
+    assert not isinstance(error, GuardTimeout) and isinstance(error, GuardBackendError)
+    assert f"127.0.0.1:{port}" in str(error) and "Timeout" not in str(error)
+    assert why == "unreachable (connection refused)"
+
+
+def test_a_name_that_does_not_resolve_is_unreachable():
+    cfg = GuardModelConfig(model="m", base_url="http://guard.invalid:8000/v1", max_retries=0)
+    with pytest.raises(GuardUnreachable, match="does not resolve"):
+        asyncio.run(generate(OpenAIBackend(cfg, transport=_aiohttp_transport())))
 
 
 def test_slow_server_times_out(app):

@@ -22,6 +22,7 @@ PROXY_NAMES = {
     "GuardTimeout",
     "VerdictParseError",
     "FLEXGUARD_CATEGORIES",
+    "VerdictCache",
 }
 
 

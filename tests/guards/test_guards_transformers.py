@@ -240,3 +240,19 @@ def test_install_hint(monkeypatch, module, extra):
     backend = "transformers" if module == "transformers" else "vllm"
     with pytest.raises(ImportError, match=rf"pip install 'guardproxy\[{extra}\]'"):
         asyncio.run(open_backend(GuardModelConfig(backend=backend, model="m")))
+
+
+def test_the_model_tells_its_context_and_the_guard_fits_it(model_dir):
+    async def go():
+        backend = await open_backend(config(model_dir, max_tokens=4, timeout_s=30))
+        try:
+            guard = FlexGuard(backend, backend.config)
+            return backend, guard.prompt_check("hello"), await guard.fit_context()
+        finally:
+            await backend.aclose()
+
+    backend, check, fit = asyncio.run(go())
+    assert (fit.max_model_len, fit.source, fit.counted, fit.measure.unit) == (4096, "served", True, "tokens")
+    rendered = len(backend.tokenizer(backend.render(check), add_special_tokens=False)["input_ids"])
+    empty = rendered - backend.count_text_tokens("hello")
+    assert abs(fit.budget("prompt") - (4096 - empty - 4 - 64)) <= 2

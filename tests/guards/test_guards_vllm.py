@@ -106,3 +106,14 @@ def test_real_sampling_params(monkeypatch):
         params.temperature == 0 and params.max_tokens == 9 and params.skip_special_tokens is False
     )
     assert params.structured_outputs.regex == "SAFE"
+
+
+def test_the_engine_tells_its_context_and_counts_tokens():
+    engine = FakeEngine()
+    engine.model_config = SimpleNamespace(max_model_len=4096)
+    backend = _vllm.VLLMBackend(GuardModelConfig(backend="vllm", model="m"), engine)
+    assert asyncio.run(backend.served_max_model_len()) == 4096
+    text = "system:S|user:U|{'enable_thinking': True}"
+    assert asyncio.run(backend.count_prompt_tokens(PROMPT)) == len(text)  # the rendered prompt's ids
+    assert backend.count_text_tokens("abc") == 3
+    assert asyncio.run(_vllm.VLLMBackend(GuardModelConfig(backend="vllm", model="m"), FakeEngine()).served_max_model_len()) is None

@@ -162,7 +162,7 @@ def test_the_rendered_config_is_one_guardproxy_loads(report):
 
 def test_each_model_server_runs_in_the_chart_or_is_replaced_by_an_endpoint(report):
     default = _docs(report, "default")
-    for component, served in (("upstream", "qwen3"), ("flexguard", "FlexGuard-Qwen3-8B"), ("reasoningshield", "ReasoningShield-3B")):
+    for component, served in (("upstream", "Qwen/Qwen3-8B"), ("flexguard", "FlexGuard-Qwen3-8B"), ("reasoningshield", "ReasoningShield-3B")):
         deployment = _one(default, "Deployment", f"gp-guardproxy-{component}")
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
         assert f"--served-model-name={served}" in container["args"]

