@@ -41,8 +41,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.server == "uvicorn":
         import uvicorn
 
-        uvicorn.run(build_app(args.config, args.transport), host="127.0.0.1", port=args.port, loop="uvloop",
-                    http="httptools", log_level="warning", access_log=False, backlog=4096)
+        uvicorn.run(
+            build_app(args.config, args.transport),
+            host="127.0.0.1",
+            port=args.port,
+            loop="uvloop",
+            http="httptools",
+            log_level="warning",
+            access_log=False,
+            backlog=4096,
+        )
         return 0
     from granian import Granian
 

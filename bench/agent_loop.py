@@ -58,8 +58,18 @@ SYSTEM = (
     "invent a connection that a tool did not return."
 )
 TOOLS = [
-    {"type": "function", "function": {"name": name, "description": desc, "parameters": {
-        "type": "object", "properties": {"query": {"type": "string", "description": "what to look up"}}, "required": ["query"]}}}
+    {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": desc,
+            "parameters": {
+                "type": "object",
+                "properties": {"query": {"type": "string", "description": "what to look up"}},
+                "required": ["query"],
+            },
+        },
+    }
     for name, desc in (
         ("find_trains", "Trains between two stations on a day, with departure and arrival times."),
         ("check_seats", "Free seats and prices on one train."),
@@ -109,8 +119,13 @@ enabled = false
 def _start(name: str, upstream: Proc, guard: Proc, cache_entries: int | None) -> Proc:
     port = free_port()
     config = _config(name, port, upstream, guard, cache_entries)
-    p = Proc(name, [PY, "-m", "proxy", "serve", "--config", config, "--log-level", "warning"], port, "/healthz",
-             env={PROXY_KEYS_ENV: API_KEY})
+    p = Proc(
+        name,
+        [PY, "-m", "proxy", "serve", "--config", config, "--log-level", "warning"],
+        port,
+        "/healthz",
+        env={PROXY_KEYS_ENV: API_KEY},
+    )
     p.wait_ready(60)
     return p
 
@@ -133,10 +148,26 @@ class Agent:
         if turn % 2 == 0:  # the model called a tool; the agent runs it and sends the result
             call_id = f"call_{self.index}_{turn}"
             arguments = json.dumps({"query": f"leg {turn} of trip {self.index}"})
-            self.messages.append({"role": "assistant", "content": answer, "tool_calls": [
-                {"id": call_id, "type": "function", "function": {"name": TOOLS[turn % 3]["function"]["name"], "arguments": arguments}}]})
-            self.messages.append({"role": "tool", "tool_call_id": call_id,
-                                  "content": f"Trip {self.index}, leg {turn}: IC {700 + 10 * self.index + turn} leaves 08:{turn:02d}, 2 seats free."})
+            self.messages.append(
+                {
+                    "role": "assistant",
+                    "content": answer,
+                    "tool_calls": [
+                        {
+                            "id": call_id,
+                            "type": "function",
+                            "function": {"name": TOOLS[turn % 3]["function"]["name"], "arguments": arguments},
+                        }
+                    ],
+                }
+            )
+            self.messages.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": call_id,
+                    "content": f"Trip {self.index}, leg {turn}: IC {700 + 10 * self.index + turn} leaves 08:{turn:02d}, 2 seats free.",
+                }
+            )
         else:  # the traveller answers
             self.messages.append({"role": "assistant", "content": answer})
             self.messages.append({"role": "user", "content": f"Agent {self.index}: fine, and what comes after leg {turn}?"})
@@ -169,15 +200,17 @@ async def _loop(proxy: Proc, guard: Proc, agents: int, turns: int) -> list[dict[
             for agent, (answer, _, _) in zip(team, results, strict=True):
                 agent.answered(turn, answer)
             calls = after["requests"]["flexguard"] - before["requests"]["flexguard"]
-            rows.append({
-                "turn": turn + 1,
-                "messages": screened,
-                "guard_calls": calls / agents,
-                "annotated_calls": sum(u.get("calls", 0) for _, u, _ in results) / agents,
-                "cache_hits": sum(u.get("cache_hits", 0) for _, u, _ in results) / agents,
-                "prompt_tokens": sum(u.get("prompt_tokens", 0) for _, u, _ in results) / agents,
-                "latency_p50": statistics.median(e for _, _, e in results),
-            })
+            rows.append(
+                {
+                    "turn": turn + 1,
+                    "messages": screened,
+                    "guard_calls": calls / agents,
+                    "annotated_calls": sum(u.get("calls", 0) for _, u, _ in results) / agents,
+                    "cache_hits": sum(u.get("cache_hits", 0) for _, u, _ in results) / agents,
+                    "prompt_tokens": sum(u.get("prompt_tokens", 0) for _, u, _ in results) / agents,
+                    "latency_p50": statistics.median(e for _, _, e in results),
+                }
+            )
     rows[-1]["cpu_ms_per_req"] = (proxy.cpu_seconds() - cpu0) * 1000 / (agents * turns)
     return rows
 
@@ -206,41 +239,85 @@ async def amain(agents: int, turns: int, instant: bool) -> dict[str, Any]:
 
 def report(res: dict[str, list[dict[str, Any]]], agents: int, turns: int, instant: bool, elapsed: float, command: str) -> str:
     on, off = res["cache on"], res["cache off"]
-    headers = ["turn", "messages (+ 3 tools)", "guard calls/req, cache off", "guard calls/req, cache on", "cache hits/req",
-               "guard prompt tokens/req, off", "guard prompt tokens/req, on", "p50 latency off (s)", "p50 latency on (s)"]
-    rows = [[str(a["turn"]), str(a["messages"]), fmt(b["guard_calls"], 1), fmt(a["guard_calls"], 1), fmt(a["cache_hits"], 1),
-             fmt(b["prompt_tokens"], 0), fmt(a["prompt_tokens"], 0), fmt(b["latency_p50"], 2), fmt(a["latency_p50"], 2)]
-            for a, b in zip(on, off, strict=True)]
+    headers = [
+        "turn",
+        "messages (+ 3 tools)",
+        "guard calls/req, cache off",
+        "guard calls/req, cache on",
+        "cache hits/req",
+        "guard prompt tokens/req, off",
+        "guard prompt tokens/req, on",
+        "p50 latency off (s)",
+        "p50 latency on (s)",
+    ]
+    rows = [
+        [
+            str(a["turn"]),
+            str(a["messages"]),
+            fmt(b["guard_calls"], 1),
+            fmt(a["guard_calls"], 1),
+            fmt(a["cache_hits"], 1),
+            fmt(b["prompt_tokens"], 0),
+            fmt(a["prompt_tokens"], 0),
+            fmt(b["latency_p50"], 2),
+            fmt(a["latency_p50"], 2),
+        ]
+        for a, b in zip(on, off, strict=True)
+    ]
 
     def mean(rs: list[dict[str, Any]], key: str) -> float:
         return sum(r[key] for r in rs) / len(rs)
 
-    rows.append(["mean", fmt(mean(on, "messages"), 1), fmt(mean(off, "guard_calls"), 1), fmt(mean(on, "guard_calls"), 1),
-                 fmt(mean(on, "cache_hits"), 1), fmt(mean(off, "prompt_tokens"), 0), fmt(mean(on, "prompt_tokens"), 0),
-                 fmt(mean(off, "latency_p50"), 2), fmt(mean(on, "latency_p50"), 2)])
+    rows.append(
+        [
+            "mean",
+            fmt(mean(on, "messages"), 1),
+            fmt(mean(off, "guard_calls"), 1),
+            fmt(mean(on, "guard_calls"), 1),
+            fmt(mean(on, "cache_hits"), 1),
+            fmt(mean(off, "prompt_tokens"), 0),
+            fmt(mean(on, "prompt_tokens"), 0),
+            fmt(mean(off, "latency_p50"), 2),
+            fmt(mean(on, "latency_p50"), 2),
+        ]
+    )
     agree = all(abs(r["guard_calls"] - r["annotated_calls"]) < 1e-9 for r in on + off)
-    guard_model = "guard simulator answering at once" if instant else (
-        "guard simulator with its latency model (bench/sim.py: 300 output tokens per FlexGuard check, batched decode, "
-        "prefill of uncached tokens, prefix cache; an assumption, not a GPU measurement)")
-    return "\n".join([
-        "# The verdict cache in a 10-turn agent loop: guard calls per request, cache on and off\n",
-        f"{time.strftime('%Y-%m-%d %H:%M:%S')} · {os.cpu_count()} CPUs · Python {sys.version.split()[0]} · "
-        f"run took {elapsed:.0f} s · `{command}`\n",
-        table(headers, rows),
-        "",
-        f"Over the {turns} turns: {fmt(mean(off, 'guard_calls'), 1)} guard calls per request without the cache, "
-        f"{fmt(mean(on, 'guard_calls'), 1)} with it ({fmt(mean(off, 'guard_calls') / mean(on, 'guard_calls'), 1)}x fewer). "
-        f"Proxy CPU per request: {fmt(off[-1]['cpu_ms_per_req'], 2)} ms off, {fmt(on[-1]['cpu_ms_per_req'], 2)} ms on.\n",
-        f"{agents} agents run the loop together (all send turn k at once); each request carries the shared system "
-        "prompt and three tool definitions, the history, and one new message: a tool result after the assistant's tool "
-        "call and a user follow-up in turn. Policy: `[policy.prompt] screen = \"conversation\"`, "
-        "`screen_system = true`; reasoning and answer stages off (their checks read new text as it streams and never "
-        "use the cache). The system prompt, every message and each tool definition is one check. Guard calls per request are the guard "
-        "simulator's requests in the turn over the agents"
-        + (" (the proxies' annotations report the same)" if agree else " (the proxies' annotations DISAGREE: see the JSON)")
-        + "; prompt tokens are those the guard's own prefix cache did not serve. "
-        f"Guard: {guard_model}. Upstream: {SHAPE['answer_tokens']} answer tokens, {SHAPE['itl'] * 1000:g} ms apart.\n",
-    ]) + "\n"
+    guard_model = (
+        "guard simulator answering at once"
+        if instant
+        else (
+            "guard simulator with its latency model (bench/sim.py: 300 output tokens per FlexGuard check, batched decode, "
+            "prefill of uncached tokens, prefix cache; an assumption, not a GPU measurement)"
+        )
+    )
+    return (
+        "\n".join(
+            [
+                "# The verdict cache in a 10-turn agent loop: guard calls per request, cache on and off\n",
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')} · {os.cpu_count()} CPUs · Python {sys.version.split()[0]} · "
+                f"run took {elapsed:.0f} s · `{command}`\n",
+                table(headers, rows),
+                "",
+                f"Over the {turns} turns: {fmt(mean(off, 'guard_calls'), 1)} guard calls per request without the cache, "
+                f"{fmt(mean(on, 'guard_calls'), 1)} with it ({fmt(mean(off, 'guard_calls') / mean(on, 'guard_calls'), 1)}x fewer). "
+                f"Proxy CPU per request: {fmt(off[-1]['cpu_ms_per_req'], 2)} ms off, {fmt(on[-1]['cpu_ms_per_req'], 2)} ms on.\n",
+                f"{agents} agents run the loop together (all send turn k at once); each request carries the shared system "
+                "prompt and three tool definitions, the history, and one new message: a tool result after the assistant's tool "
+                'call and a user follow-up in turn. Policy: `[policy.prompt] screen = "conversation"`, '
+                "`screen_system = true`; reasoning and answer stages off (their checks read new text as it streams and never "
+                "use the cache). The system prompt, every message and each tool definition is one check. Guard calls per request are the guard "
+                "simulator's requests in the turn over the agents"
+                + (
+                    " (the proxies' annotations report the same)"
+                    if agree
+                    else " (the proxies' annotations DISAGREE: see the JSON)"
+                )
+                + "; prompt tokens are those the guard's own prefix cache did not serve. "
+                f"Guard: {guard_model}. Upstream: {SHAPE['answer_tokens']} answer tokens, {SHAPE['itl'] * 1000:g} ms apart.\n",
+            ]
+        )
+        + "\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,10 +75,8 @@ CPU_CEIL = 1.1
 def settings(quick: bool) -> dict[str, Any]:
     """(concurrency, stream shape, rounds, seconds per round) for scenario 1, and the guards-on level."""
     if quick:
-        return {"levels": [(1, SHORT, 3, 2.0), (32, DEFAULT, 3, 4.0), (256, DEFAULT, 3, 5.0)],
-                "guards": (64, DEFAULT, 3, 5.0)}
-    return {"levels": [(1, SHORT, 6, 3.0), (32, DEFAULT, 4, 6.0), (256, DEFAULT, 4, 8.0)],
-            "guards": (64, DEFAULT, 4, 8.0)}
+        return {"levels": [(1, SHORT, 3, 2.0), (32, DEFAULT, 3, 4.0), (256, DEFAULT, 3, 5.0)], "guards": (64, DEFAULT, 3, 5.0)}
+    return {"levels": [(1, SHORT, 6, 3.0), (32, DEFAULT, 4, 6.0), (256, DEFAULT, 4, 8.0)], "guards": (64, DEFAULT, 4, 8.0)}
 
 
 # -- trees and processes ------------------------------------------------------------------
@@ -94,14 +92,24 @@ def _short(text: str, n: int = 90) -> str:
 
 def tree_info(tree: Path) -> dict[str, Any]:
     """The commit a tree is at, whether its proxy/ differs from it, and where ``import proxy`` resolves there."""
-    loaded = subprocess.run([PY, "-c", "import proxy; print(proxy.__file__)"], cwd=tree, capture_output=True,
-                            text=True, env=dict(os.environ, PYTHONPATH=str(tree)), check=True).stdout.strip()
+    loaded = subprocess.run(
+        [PY, "-c", "import proxy; print(proxy.__file__)"],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(tree)),
+        check=True,
+    ).stdout.strip()
     expected = tree / "proxy" / "__init__.py"
     if Path(loaded).resolve() != expected.resolve():
         raise SystemExit(f"in {tree}, `import proxy` loads {loaded}, not {expected}")
-    return {"tree": str(tree), "commit": git(tree, "rev-parse", "HEAD"),
-            "subject": git(tree, "log", "-1", "--format=%s"),
-            "dirty": bool(git(tree, "status", "--porcelain", "--", "proxy")), "proxy_file": loaded}
+    return {
+        "tree": str(tree),
+        "commit": git(tree, "rev-parse", "HEAD"),
+        "subject": git(tree, "log", "-1", "--format=%s"),
+        "dirty": bool(git(tree, "status", "--porcelain", "--", "proxy")),
+        "proxy_file": loaded,
+    }
 
 
 # Proxy name -> (commit, proxy/ modified) of its tree when it started: a shared checkout
@@ -116,8 +124,20 @@ def start_tree_proxy(name: str, tree: Path, upstream: Proc, guard: Proc | None =
     """
     port = free_port()
     cfg = proxy_config(name, port, upstream, guard, auth=True, **policy)
-    cmd = ["env", "-C", str(tree), f"PYTHONPATH={tree}", PY, "-m", "proxy", "serve", "--config", str(cfg),
-           "--log-level", "warning"]
+    cmd = [
+        "env",
+        "-C",
+        str(tree),
+        f"PYTHONPATH={tree}",
+        PY,
+        "-m",
+        "proxy",
+        "serve",
+        "--config",
+        str(cfg),
+        "--log-level",
+        "warning",
+    ]
     code = (git(tree, "rev-parse", "HEAD"), bool(git(tree, "status", "--porcelain", "--", "proxy")))
     p = Proc(name, cmd, port, "/healthz", env={PROXY_KEYS_ENV: API_KEY})
     p.wait_ready(60)
@@ -157,8 +177,14 @@ def rotations(n: int) -> list[tuple[int, ...]]:
     return [o for pair in zip(forward, [tuple(reversed(o)) for o in forward], strict=True) for o in pair]
 
 
-async def rounds(targets: list[Target], concurrency: int, n_rounds: int, duration: float,
-                 client: Client, orders: list[tuple[int, ...]] | None = None) -> dict[str, dict[str, Any]]:
+async def rounds(
+    targets: list[Target],
+    concurrency: int,
+    n_rounds: int,
+    duration: float,
+    client: Client,
+    orders: list[tuple[int, ...]] | None = None,
+) -> dict[str, dict[str, Any]]:
     """The targets take turns ``n_rounds`` times (order from ``orders``, default ORDERS);
     merged summary per target.
 
@@ -187,9 +213,12 @@ async def rounds(targets: list[Target], concurrency: int, n_rounds: int, duratio
             n = t.cpu_requests - n0
             s["cpu_ms_per_req"] = (t.cpu_s - c0) / n * 1000 if n else None
         out[t.name] = s
-        print(f"    {t.name:<8} c={concurrency:<4} ok={s['ok']}/{s['requests']} err={s['errors']} "
-              f"rps={s['rps']:.1f} ttft50={ms(s['ttft_p50'])} itl99={ms(s['itl_p99'])}"
-              + (f" cpu/req={s['cpu_ms_per_req']:.2f}ms" if s.get("cpu_ms_per_req") else ""), flush=True)
+        print(
+            f"    {t.name:<8} c={concurrency:<4} ok={s['ok']}/{s['requests']} err={s['errors']} "
+            f"rps={s['rps']:.1f} ttft50={ms(s['ttft_p50'])} itl99={ms(s['itl_p99'])}"
+            + (f" cpu/req={s['cpu_ms_per_req']:.2f}ms" if s.get("cpu_ms_per_req") else ""),
+            flush=True,
+        )
         if s["error_example"]:
             print(f"      first error: {s['error_example']}", flush=True)
     return out
@@ -206,15 +235,16 @@ async def overhead(cfg: dict[str, Any], upstream: Proc, trees: dict[str, Path], 
     levels: dict[str, Any] = {}
     try:
         for c, shape, n_rounds, dur in cfg["levels"]:
-            print(f"  c={c}: stream {shape['reasoning_tokens']}+{shape['answer_tokens']} tokens, "
-                  f"itl {shape['itl'] * 1000:g} ms; {n_rounds} rounds x {dur:g} s per target (load {loadavg()})",
-                  flush=True)
+            print(
+                f"  c={c}: stream {shape['reasoning_tokens']}+{shape['answer_tokens']} tokens, "
+                f"itl {shape['itl'] * 1000:g} ms; {n_rounds} rounds x {dur:g} s per target (load {loadavg()})",
+                flush=True,
+            )
             control(upstream, **shape)
             await warm_up(targets, c, client)
             la0 = loadavg()
             res = await rounds(targets, c, n_rounds, dur, client)
-            levels[str(c)] = {"shape": shape, "rounds": n_rounds, "duration": dur, "loadavg": [la0, loadavg()],
-                              "results": res}
+            levels[str(c)] = {"shape": shape, "rounds": n_rounds, "duration": dur, "loadavg": [la0, loadavg()], "results": res}
         rss = {v: p.peak_rss_mb() for v, p in procs.items()}
     finally:
         for p in procs.values():
@@ -225,13 +255,17 @@ async def overhead(cfg: dict[str, Any], upstream: Proc, trees: dict[str, Path], 
 async def guards_on(cfg: dict[str, Any], upstream: Proc, trees: dict[str, Path], client: Client) -> dict[str, Any]:
     c, shape, n_rounds, dur = cfg["guards"]
     guards = {v: start_guard(f"compare-guard-{v}", latency=0.0) for v in trees}
-    procs = {v: start_tree_proxy(f"compare-{v}-guards", tree, upstream, guards[v], prompt=True, reasoning=True,
-                                 answer=True) for v, tree in trees.items()}
+    procs = {
+        v: start_tree_proxy(f"compare-{v}-guards", tree, upstream, guards[v], prompt=True, reasoning=True, answer=True)
+        for v, tree in trees.items()
+    }
     targets = [Target("direct", upstream.base)] + [Target(v, p.base, p) for v, p in procs.items()]
     try:
-        print(f"  c={c}: all guards on (guard latency 0), stream {shape['reasoning_tokens']}+"
-              f"{shape['answer_tokens']} tokens; {n_rounds} rounds x {dur:g} s per target (load {loadavg()})",
-              flush=True)
+        print(
+            f"  c={c}: all guards on (guard latency 0), stream {shape['reasoning_tokens']}+"
+            f"{shape['answer_tokens']} tokens; {n_rounds} rounds x {dur:g} s per target (load {loadavg()})",
+            flush=True,
+        )
         control(upstream, **shape)
         await warm_up(targets, c, client)
         for g in guards.values():
@@ -249,8 +283,15 @@ async def guards_on(cfg: dict[str, Any], upstream: Proc, trees: dict[str, Path],
     finally:
         for p in [*procs.values(), *guards.values()]:
             p.stop()
-    return {"concurrency": c, "shape": shape, "rounds": n_rounds, "duration": dur, "loadavg": [la0, loadavg()],
-            "results": res, "peak_rss_mb": rss}
+    return {
+        "concurrency": c,
+        "shape": shape,
+        "rounds": n_rounds,
+        "duration": dur,
+        "loadavg": [la0, loadavg()],
+        "results": res,
+        "peak_rss_mb": rss,
+    }
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -276,38 +317,70 @@ def _row(label: str, r: dict[str, Any]) -> tuple[list[str], list[str]]:
         flags.append(f"{label}: req/s after/before {rps_ratio:.2f} < {RPS_FLOOR}")
     if cpu_ratio is not None and cpu_ratio > CPU_CEIL:
         flags.append(f"{label}: CPU/request after/before {cpu_ratio:.2f} > {CPU_CEIL}")
-    row = [label, fmt(d["rps"]), fmt(b["rps"]), fmt(a["rps"]), fmt(rps_ratio, 2), _round_ratios(a, b, "round_rps"),
-           ms(_added(b, d), 2), ms(_added(a, d), 2), ms(d["itl_p99"]), ms(b["itl_p99"]), ms(a["itl_p99"]),
-           ratio(a["itl_p99"], b["itl_p99"]), f"{d['errors']}/{b['errors']}/{a['errors']}",
-           fmt(cpu_b, 2), fmt(cpu_a, 2), fmt(cpu_ratio, 2), _round_ratios(a, b, "round_cpu_ms_per_req")]
+    row = [
+        label,
+        fmt(d["rps"]),
+        fmt(b["rps"]),
+        fmt(a["rps"]),
+        fmt(rps_ratio, 2),
+        _round_ratios(a, b, "round_rps"),
+        ms(_added(b, d), 2),
+        ms(_added(a, d), 2),
+        ms(d["itl_p99"]),
+        ms(b["itl_p99"]),
+        ms(a["itl_p99"]),
+        ratio(a["itl_p99"], b["itl_p99"]),
+        f"{d['errors']}/{b['errors']}/{a['errors']}",
+        fmt(cpu_b, 2),
+        fmt(cpu_a, 2),
+        fmt(cpu_ratio, 2),
+        _round_ratios(a, b, "round_cpu_ms_per_req"),
+    ]
     return row, flags
 
 
-HEADERS = ["c", "req/s direct", "req/s before", "req/s after", "req/s a/b", "req/s a/b per round",
-           "added TTFT p50 before",
-           "added TTFT p50 after", "ITL p99 direct", "ITL p99 before", "ITL p99 after", "ITL p99 a/b",
-           "errors d/b/a", "CPU ms/req before", "CPU ms/req after", "CPU a/b", "CPU a/b per round"]
+HEADERS = [
+    "c",
+    "req/s direct",
+    "req/s before",
+    "req/s after",
+    "req/s a/b",
+    "req/s a/b per round",
+    "added TTFT p50 before",
+    "added TTFT p50 after",
+    "ITL p99 direct",
+    "ITL p99 before",
+    "ITL p99 after",
+    "ITL p99 a/b",
+    "errors d/b/a",
+    "CPU ms/req before",
+    "CPU ms/req after",
+    "CPU a/b",
+    "CPU a/b per round",
+]
 
 
 def report(res: dict[str, Any]) -> str:
     m = res["meta"]
     b, a = m["trees"]["before"], m["trees"]["after"]
-    out = [f"# Scenario 1 before/after: {b['commit'][:7]} vs {a['commit'][:7]}\n",
-           f"{m['date']} · {m['cpus']} CPUs · Python {m['python']} · run took {m['elapsed_s']:.0f} s"
-           f"{' · quick settings' if m['quick'] else ''}\n",
-           f"- before: `{b['commit']}` ({_short(b['subject'])}), run from `{b['tree']}`"
-           f"{' (proxy/ modified)' if b['dirty'] else ''}; imports `{b['proxy_file']}`",
-           f"- after: `{a['commit']}` ({_short(a['subject'])}), run from `{a['tree']}`"
-           f"{' (proxy/ has uncommitted changes)' if a['dirty'] else ''}; imports `{a['proxy_file']}`",
-           f"- load average (1/5/15 min) at start: {'; then '.join(m['loadavg_start'])}; at end {m['loadavg_end']}",
-           f"- reproduce: `{m['command']}`\n",
-           "All servers on 127.0.0.1: one simulated upstream (bench/sim.py), both proxies started with "
-           "`python -m proxy serve` and bench/run.py's config (proxy API key on), the same Python. In each round "
-           "the three targets (direct upstream, before, after) each get the same load for the same time, in an "
-           "order that changes every round; the numbers merge all rounds after one discarded warm-up. Times in "
-           "ms; 'added TTFT p50' = proxy p50 minus direct p50 in the same run; CPU = user+system of the proxy "
-           "process per request (psutil); 'a/b per round' = the range of the per-round after/before ratios "
-           "(round i of after against round i of before), which shows the noise.\n"]
+    out = [
+        f"# Scenario 1 before/after: {b['commit'][:7]} vs {a['commit'][:7]}\n",
+        f"{m['date']} · {m['cpus']} CPUs · Python {m['python']} · run took {m['elapsed_s']:.0f} s"
+        f"{' · quick settings' if m['quick'] else ''}\n",
+        f"- before: `{b['commit']}` ({_short(b['subject'])}), run from `{b['tree']}`"
+        f"{' (proxy/ modified)' if b['dirty'] else ''}; imports `{b['proxy_file']}`",
+        f"- after: `{a['commit']}` ({_short(a['subject'])}), run from `{a['tree']}`"
+        f"{' (proxy/ has uncommitted changes)' if a['dirty'] else ''}; imports `{a['proxy_file']}`",
+        f"- load average (1/5/15 min) at start: {'; then '.join(m['loadavg_start'])}; at end {m['loadavg_end']}",
+        f"- reproduce: `{m['command']}`\n",
+        "All servers on 127.0.0.1: one simulated upstream (bench/sim.py), both proxies started with "
+        "`python -m proxy serve` and bench/run.py's config (proxy API key on), the same Python. In each round "
+        "the three targets (direct upstream, before, after) each get the same load for the same time, in an "
+        "order that changes every round; the numbers merge all rounds after one discarded warm-up. Times in "
+        "ms; 'added TTFT p50' = proxy p50 minus direct p50 in the same run; CPU = user+system of the proxy "
+        "process per request (psutil); 'a/b per round' = the range of the per-round after/before ratios "
+        "(round i of after against round i of before), which shows the noise.\n",
+    ]
     ov = res["overhead"]
     out.append("## Scenario 1: overhead, guards off\n")
     rows, flags = [], []
@@ -316,11 +389,16 @@ def report(res: dict[str, Any]) -> str:
         rows.append(row)
         flags += f
     out.append(table(HEADERS, rows))
-    shapes = "; ".join(f"c={c}: {lv['shape']['reasoning_tokens']}+{lv['shape']['answer_tokens']} tokens "
-                       f"{lv['shape']['itl'] * 1000:g} ms apart, {lv['rounds']} rounds x {lv['duration']:g} s, "
-                       f"load {lv['loadavg'][0]} -> {lv['loadavg'][1]}" for c, lv in ov["levels"].items())
-    out.append(f"\nStreams and rounds: {shapes}. Peak RSS: before {fmt(ov['peak_rss_mb']['before'])} MB, "
-               f"after {fmt(ov['peak_rss_mb']['after'])} MB.\n")
+    shapes = "; ".join(
+        f"c={c}: {lv['shape']['reasoning_tokens']}+{lv['shape']['answer_tokens']} tokens "
+        f"{lv['shape']['itl'] * 1000:g} ms apart, {lv['rounds']} rounds x {lv['duration']:g} s, "
+        f"load {lv['loadavg'][0]} -> {lv['loadavg'][1]}"
+        for c, lv in ov["levels"].items()
+    )
+    out.append(
+        f"\nStreams and rounds: {shapes}. Peak RSS: before {fmt(ov['peak_rss_mb']['before'])} MB, "
+        f"after {fmt(ov['peak_rss_mb']['after'])} MB.\n"
+    )
     if "guards" in res:
         g = res["guards"]
         out.append(f"## All guards on (prompt, reasoning, answer), c = {g['concurrency']}\n")
@@ -329,22 +407,28 @@ def report(res: dict[str, Any]) -> str:
         out.append(table(HEADERS, [row]))
         calls = {v: g["results"][v].get("guard_calls_per_req") or {} for v in ("before", "after")}
         calls_txt = "; ".join(f"{v}: " + ", ".join(f"{k} {n:.2f}" for k, n in cs.items()) for v, cs in calls.items())
-        out.append(f"\nPOST /v1/chat/completions, stream {g['shape']['reasoning_tokens']}+"
-                   f"{g['shape']['answer_tokens']} tokens {g['shape']['itl'] * 1000:g} ms apart; every stage on "
-                   "(prompt check `parallel`, reasoning `checked`/`rewrite` every 32 tokens, answer on) against "
-                   "bench/sim.py's guard at latency 0, one guard simulator per proxy. 'direct' has no guard, so "
-                   "'added TTFT' includes the checks. Guard calls per request: "
-                   f"{calls_txt}. {g['rounds']} rounds x {g['duration']:g} s, load {g['loadavg'][0]} -> "
-                   f"{g['loadavg'][1]}. Peak RSS: before {fmt(g['peak_rss_mb']['before'])} MB, after "
-                   f"{fmt(g['peak_rss_mb']['after'])} MB.\n")
-    moved = [f"{name} started at {code[0][:7]}{' (proxy/ modified)' if code[1] else ''}"
-             for name, code in m["started"].items()
-             if tuple(code) != (m["trees"][name.split("-")[1]]["commit"], m["trees"][name.split("-")[1]]["dirty"])]
+        out.append(
+            f"\nPOST /v1/chat/completions, stream {g['shape']['reasoning_tokens']}+"
+            f"{g['shape']['answer_tokens']} tokens {g['shape']['itl'] * 1000:g} ms apart; every stage on "
+            "(prompt check `parallel`, reasoning `checked`/`rewrite` every 32 tokens, answer on) against "
+            "bench/sim.py's guard at latency 0, one guard simulator per proxy. 'direct' has no guard, so "
+            "'added TTFT' includes the checks. Guard calls per request: "
+            f"{calls_txt}. {g['rounds']} rounds x {g['duration']:g} s, load {g['loadavg'][0]} -> "
+            f"{g['loadavg'][1]}. Peak RSS: before {fmt(g['peak_rss_mb']['before'])} MB, after "
+            f"{fmt(g['peak_rss_mb']['after'])} MB.\n"
+        )
+    moved = [
+        f"{name} started at {code[0][:7]}{' (proxy/ modified)' if code[1] else ''}"
+        for name, code in m["started"].items()
+        if tuple(code) != (m["trees"][name.split("-")[1]]["commit"], m["trees"][name.split("-")[1]]["dirty"])
+    ]
     if moved:
         out.append("**Warning: a tree changed during the run**: " + "; ".join(moved) + ".\n")
     out.append("## Verdict\n")
-    out.append(f"Regression = req/s after/before < {RPS_FLOOR} or CPU/request after/before > {CPU_CEIL} at any "
-               "level. " + ("Flagged: " + "; ".join(flags) + "." if flags else "None flagged."))
+    out.append(
+        f"Regression = req/s after/before < {RPS_FLOOR} or CPU/request after/before > {CPU_CEIL} at any "
+        "level. " + ("Flagged: " + "; ".join(flags) + "." if flags else "None flagged.")
+    )
     return "\n".join(out) + "\n"
 
 
@@ -378,8 +462,12 @@ def main(argv: list[str] | None = None) -> int:
     trees = {v: Path(getattr(args, v)).resolve() for v in ("before", "after")}
     t0 = time.monotonic()
     meta: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(), "python": platform.python_version(),
-        "quick": args.quick, "trees": {v: tree_info(t) for v, t in trees.items()}, "loadavg_start": wait_for_quiet(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "quick": args.quick,
+        "trees": {v: tree_info(t) for v, t in trees.items()},
+        "loadavg_start": wait_for_quiet(),
         "command": "python -m bench.compare " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     try:

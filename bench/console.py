@@ -115,7 +115,7 @@ def report(res: dict[str, Any], meta: dict[str, Any]) -> str:
         f"- reproduce: `{meta['command']}`\n",
         "Stream: 80 reasoning + 20 answer tokens, 10 ms apart; guard simulator at latency 0; every guard stage "
         "on. off = no console, no audit log; records+audit = `[console] enabled` and `[audit] path`; +capture "
-        "all = also `capture = \"all\"`. CPU = user+system of the proxy process per request (psutil), the "
+        'all = also `capture = "all"`. CPU = user+system of the proxy process per request (psutil), the '
         "audit writer's thread included. The three proxies take turns in rounds in an order that changes "
         "every round. Target: within 5% of off at c = 256.\n",
     ]
@@ -136,8 +136,10 @@ def report(res: dict[str, Any], meta: dict[str, Any]) -> str:
     for c, lv in res.items():
         if c.isdigit():
             per_round = {n: [f"{v:.0f}" for v in lv["results"][n]["round_rps"]] for n in VARIANTS}
-            lines.append(f"- c={c}: {lv['rounds']} rounds x {lv['duration']:g} s, load {lv['loadavg'][0]} -> "
-                         f"{lv['loadavg'][1]}; req/s per round: " + "; ".join(f"{n} {', '.join(v)}" for n, v in per_round.items()))
+            lines.append(
+                f"- c={c}: {lv['rounds']} rounds x {lv['duration']:g} s, load {lv['loadavg'][0]} -> "
+                f"{lv['loadavg'][1]}; req/s per round: " + "; ".join(f"{n} {', '.join(v)}" for n, v in per_round.items())
+            )
     sizes = res.get("audit_bytes", {})
     if sizes:
         lines.append("- audit log written: " + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sorted(sizes.items())))
@@ -150,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     t0 = time.monotonic()
     meta: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(), "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
         "loadavg_start": wait_for_quiet(),
         "command": "python -m bench.console " + " ".join(argv if argv is not None else sys.argv[1:]),
     }

@@ -48,16 +48,18 @@ LENGTHS = (500, 2000, 8000)
 UNSAFE_AT = (100, 1000, 5000)
 
 SCHEDULES: dict[str, dict[str, Any]] = {
-    "fixed 32 / 64": {"reasoning": {"schedule": "fixed", "check_every_tokens": 32},
-                      "answer": {"schedule": "fixed", "check_every_tokens": 64}},
-    "growing 8, x1.25, max 256": {"reasoning": {"schedule": "growing", "first_check_tokens": 8, "growth": 1.25,
-                                                "max_interval_tokens": 256},
-                                  "answer": {"schedule": "growing", "first_check_tokens": 8, "growth": 1.25,
-                                             "max_interval_tokens": 256}},
-    "growing 16, x1.5, max 512": {"reasoning": {"schedule": "growing", "first_check_tokens": 16, "growth": 1.5,
-                                                "max_interval_tokens": 512},
-                                  "answer": {"schedule": "growing", "first_check_tokens": 16, "growth": 1.5,
-                                             "max_interval_tokens": 512}},
+    "fixed 32 / 64": {
+        "reasoning": {"schedule": "fixed", "check_every_tokens": 32},
+        "answer": {"schedule": "fixed", "check_every_tokens": 64},
+    },
+    "growing 8, x1.25, max 256": {
+        "reasoning": {"schedule": "growing", "first_check_tokens": 8, "growth": 1.25, "max_interval_tokens": 256},
+        "answer": {"schedule": "growing", "first_check_tokens": 8, "growth": 1.25, "max_interval_tokens": 256},
+    },
+    "growing 16, x1.5, max 512": {
+        "reasoning": {"schedule": "growing", "first_check_tokens": 16, "growth": 1.5, "max_interval_tokens": 512},
+        "answer": {"schedule": "growing", "first_check_tokens": 16, "growth": 1.5, "max_interval_tokens": 512},
+    },
 }
 
 
@@ -112,8 +114,11 @@ def _metrics(proc: Proc) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
     with urllib.request.urlopen(f"{proc.base}/metrics", timeout=10) as r:
         text = r.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def _sum(m: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
@@ -137,8 +142,13 @@ class Stack:
     def _proxy(self, name: str, schedule: dict[str, Any], *, prompt: bool) -> Proc:
         port = free_port()
         cfg = _config(name, port, self.upstream, self.guard, schedule, prompt)
-        proc = Proc(name, [PY, "-m", "proxy", "serve", "--config", str(cfg), "--log-level", "warning"], port,
-                    "/healthz", env={PROXY_KEYS_ENV: API_KEY})
+        proc = Proc(
+            name,
+            [PY, "-m", "proxy", "serve", "--config", str(cfg), "--log-level", "warning"],
+            port,
+            "/healthz",
+            env={PROXY_KEYS_ENV: API_KEY},
+        )
         proc.wait_ready(60)
         return proc
 
@@ -148,10 +158,15 @@ class Stack:
 
     async def first_release(self, concurrency: int, client: Client) -> float | None:
         """Time to the first released token (checked mode), prompt check off."""
-        control(self.upstream, ttft=0.05, itl=ITL, reasoning_tokens=min(LENGTHS), answer_tokens=ANSWER_TOKENS,
-                unsafe_at=None)
-        res = await run_load(f"{self.reasoning_proxy.base}/v1/chat/completions", chat_body(MODEL), concurrency,
-                             requests=concurrency, client=client, timeout=600.0)
+        control(self.upstream, ttft=0.05, itl=ITL, reasoning_tokens=min(LENGTHS), answer_tokens=ANSWER_TOKENS, unsafe_at=None)
+        res = await run_load(
+            f"{self.reasoning_proxy.base}/v1/chat/completions",
+            chat_body(MODEL),
+            concurrency,
+            requests=concurrency,
+            client=client,
+            timeout=600.0,
+        )
         ttft: float | None = res.summary()["ttft_p50"]
         return ttft
 
@@ -159,8 +174,14 @@ class Stack:
         control(self.upstream, ttft=0.05, itl=ITL, reasoning_tokens=length, answer_tokens=ANSWER_TOKENS, unsafe_at=None)
         http_json("POST", self.guard.base + "/stats/reset", {})
         m0, cpu0 = _metrics(self.proxy), self.proxy.cpu_seconds()
-        res = await run_load(f"{self.proxy.base}/v1/chat/completions", chat_body(MODEL), concurrency,
-                             requests=requests, client=client, timeout=600.0)
+        res = await run_load(
+            f"{self.proxy.base}/v1/chat/completions",
+            chat_body(MODEL),
+            concurrency,
+            requests=requests,
+            client=client,
+            timeout=600.0,
+        )
         cpu = self.proxy.cpu_seconds() - cpu0
         await asyncio.sleep(0.3)
         m1 = _metrics(self.proxy)
@@ -173,41 +194,60 @@ class Stack:
 
         upstream_tokens = d("guardproxy_upstream_tokens_total")
         return {
-            "length": length, "requests": s["requests"], "ok": s["ok"], "errors": s["errors"],
+            "length": length,
+            "requests": s["requests"],
+            "ok": s["ok"],
+            "errors": s["errors"],
             "checks_reasoningshield": st["requests"]["reasoningshield"] / n,
             "checks_flexguard": st["requests"]["flexguard"] / n,
             "upstream_tokens_per_req": upstream_tokens / n,
             "guard_prompt_per_token": d("guardproxy_guard_prompt_tokens_total") / upstream_tokens if upstream_tokens else None,
             "guard_cached_per_token": d("guardproxy_guard_cached_tokens_total") / upstream_tokens if upstream_tokens else None,
             "guard_output_per_token": d("guardproxy_guard_output_tokens_total") / upstream_tokens if upstream_tokens else None,
-            "ttft_p50": s["ttft_p50"], "total_p50": s["total_p50"],
+            "ttft_p50": s["ttft_p50"],
+            "total_p50": s["total_p50"],
             "cpu_ms_per_req": cpu / n * 1000,
         }
 
     async def abort(self, unsafe_at: int, concurrency: int, client: Client) -> dict[str, Any]:
-        control(self.upstream, ttft=0.05, itl=ITL, reasoning_tokens=max(LENGTHS), answer_tokens=ANSWER_TOKENS,
-                unsafe_at=unsafe_at)
+        control(
+            self.upstream, ttft=0.05, itl=ITL, reasoning_tokens=max(LENGTHS), answer_tokens=ANSWER_TOKENS, unsafe_at=unsafe_at
+        )
         http_json("POST", self.upstream.base + "/stats/reset", {})
-        res = await run_load(f"{self.reasoning_proxy.base}/v1/chat/completions", chat_body(MODEL), concurrency,
-                             requests=concurrency, client=client, timeout=600.0)
+        res = await run_load(
+            f"{self.reasoning_proxy.base}/v1/chat/completions",
+            chat_body(MODEL),
+            concurrency,
+            requests=concurrency,
+            client=client,
+            timeout=600.0,
+        )
         for _ in range(50):
             st = http_json("GET", self.upstream.base + "/stats")
             if st["active"] == 0:
                 break
             await asyncio.sleep(0.05)
         after = st["after_unsafe"]
-        return {"unsafe_at": unsafe_at, "requests": res.summary()["requests"], "aborted": st["aborted"],
-                "unsafe_completed": st["unsafe_completed"], "after_unsafe": after,
-                "delay_median": statistics.median(after) if after else None}
+        return {
+            "unsafe_at": unsafe_at,
+            "requests": res.summary()["requests"],
+            "aborted": st["aborted"],
+            "unsafe_completed": st["unsafe_completed"],
+            "after_unsafe": after,
+            "delay_median": statistics.median(after) if after else None,
+        }
 
 
 async def _one(label: str, stack: Stack, cfg: dict[str, Any], client: Client) -> dict[str, Any]:
     cost = []
     for length in LENGTHS:
         r = await stack.cost(length, cfg["cost_c"], cfg["cost_requests"], client)
-        print(f"    {label:<28} L={length:<5} RS checks {r['checks_reasoningshield']:.1f} FG {r['checks_flexguard']:.1f} "
-              f"guard prompt/out per token {fmt(r['guard_prompt_per_token'], 2)}/{fmt(r['guard_output_per_token'], 2)} "
-              f"cpu {r['cpu_ms_per_req']:.0f} ms", flush=True)
+        print(
+            f"    {label:<28} L={length:<5} RS checks {r['checks_reasoningshield']:.1f} FG {r['checks_flexguard']:.1f} "
+            f"guard prompt/out per token {fmt(r['guard_prompt_per_token'], 2)}/{fmt(r['guard_output_per_token'], 2)} "
+            f"cpu {r['cpu_ms_per_req']:.0f} ms",
+            flush=True,
+        )
         cost.append(r)
     first = await stack.first_release(cfg["cost_abort_c"], client)
     print(f"    {label:<28} first released token p50 {fmt(first and first * 1000, 0)} ms", flush=True)
@@ -228,8 +268,14 @@ async def scenario_cost(cfg: dict[str, Any], client: Client) -> dict[str, Any]:
     finally:
         for s in stacks.values():
             s.stop()
-    return {"itl": ITL, "answer_tokens": ANSWER_TOKENS, "guard_model": model, "schedules": SCHEDULES,
-            "results": dict(zip(stacks, results, strict=True)), "settings": cfg}
+    return {
+        "itl": ITL,
+        "answer_tokens": ANSWER_TOKENS,
+        "guard_model": model,
+        "schedules": SCHEDULES,
+        "results": dict(zip(stacks, results, strict=True)),
+        "settings": cfg,
+    }
 
 
 def report_cost(res: dict[str, Any]) -> str:
@@ -237,16 +283,45 @@ def report_cost(res: dict[str, Any]) -> str:
     rows = []
     for label, r in res["results"].items():
         for c in r["cost"]:
-            rows.append([label, str(c["length"]), fmt(c["checks_reasoningshield"], 1), fmt(c["checks_flexguard"], 1),
-                         fmt(c["guard_prompt_per_token"], 2), fmt(c["guard_output_per_token"], 2),
-                         fmt(c["cpu_ms_per_req"], 0)])
-    out.append(table(["schedule (reasoning and answer)", "reasoning tokens", "ReasoningShield checks/req",
-                      "FlexGuard checks/req", "guard prompt tokens computed / upstream token",
-                      "guard output tokens / upstream token", "proxy CPU ms/req"], rows))
+            rows.append(
+                [
+                    label,
+                    str(c["length"]),
+                    fmt(c["checks_reasoningshield"], 1),
+                    fmt(c["checks_flexguard"], 1),
+                    fmt(c["guard_prompt_per_token"], 2),
+                    fmt(c["guard_output_per_token"], 2),
+                    fmt(c["cpu_ms_per_req"], 0),
+                ]
+            )
+    out.append(
+        table(
+            [
+                "schedule (reasoning and answer)",
+                "reasoning tokens",
+                "ReasoningShield checks/req",
+                "FlexGuard checks/req",
+                "guard prompt tokens computed / upstream token",
+                "guard output tokens / upstream token",
+                "proxy CPU ms/req",
+            ],
+            rows,
+        )
+    )
     out.append("")
-    out.append(table(["schedule", "abort delay (tokens) @100", "@1,000", "@5,000", "first released token p50 (ms)"],
-                     [[label, *(fmt({a["unsafe_at"]: a["delay_median"] for a in r["abort"]}.get(k), 0) for k in UNSAFE_AT),
-                       fmt(r["first_release"] and r["first_release"] * 1000, 0)] for label, r in res["results"].items()]))
+    out.append(
+        table(
+            ["schedule", "abort delay (tokens) @100", "@1,000", "@5,000", "first released token p50 (ms)"],
+            [
+                [
+                    label,
+                    *(fmt({a["unsafe_at"]: a["delay_median"] for a in r["abort"]}.get(k), 0) for k in UNSAFE_AT),
+                    fmt(r["first_release"] and r["first_release"] * 1000, 0),
+                ]
+                for label, r in res["results"].items()
+            ],
+        )
+    )
     m = res["guard_model"]
     s = res["settings"]
     out.append(
@@ -262,5 +337,6 @@ def report_cost(res: dict[str, Any]) -> str:
         f"token on before the proxy stopped it, for an 8,000-token trace turning unsafe at the given token "
         f"({s['cost_abort_c']} requests each); 'first released token': client time to the first token of a "
         f"500-token trace in `checked` mode (the upstream's first token at 50 ms). Both without the prompt check, "
-        f"whose ~300-token FlexGuard thinking would hold the first reasoning check back whatever the schedule. {s['cost_requests']} requests per length at concurrency {s['cost_c']}.\n")
+        f"whose ~300-token FlexGuard thinking would hold the first reasoning check back whatever the schedule. {s['cost_requests']} requests per length at concurrency {s['cost_c']}.\n"
+    )
     return "\n".join(out) + "\n"

@@ -1,13 +1,13 @@
 """The proxy's own cost with its guards on, against its guards off: before and after,
-side by side in one run (issue 15's target: CPU per request with the guards on at most
-1.5x the guards-off figure at c = 64 and 256, throughput at c = 256 at least 0.6).
+side by side in one run (target: CPU per request with the guards on at most 1.5x the
+guards-off figure at c = 64 and 256, throughput at c = 256 at least 0.6).
 
     git worktree add /tmp/gp-before 3ff2197      # the old code, outside the repo
     python -m bench.guard_path --before /tmp/gp-before [--quick]
     git worktree remove --force /tmp/gp-before
 
 A script you run on purpose, not part of the test suite. One simulated upstream
-streaming 80 reasoning and 20 answer tokens 10 ms apart (the shape the issue measured),
+streaming 80 reasoning and 20 answer tokens 10 ms apart (a short reasoning request),
 one guard simulator per proxy answering at once (bench/sim.py, latency 0: the guard's
 own time is not what this measures), and four proxies started with the real CLI: the
 old and the new code, each with its guards off and on (every stage: prompt check
@@ -82,36 +82,62 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 def report(res: dict[str, Any], meta: dict[str, Any]) -> str:
     b, a = meta["trees"]["before"], meta["trees"]["after"]
-    lines = [f"# Guards on against guards off, before ({b['commit'][:7]}) and after ({a['commit'][:7]})\n",
-             f"{meta['date']} · {meta['cpus']} CPUs · Python {meta['python']} · run took {meta['elapsed_s']:.0f} s\n",
-             f"- before: `{b['commit']}` ({b['subject'][:80]})",
-             f"- after: `{a['commit']}` ({a['subject'][:80]}){' (proxy/ has uncommitted changes)' if a['dirty'] else ''}",
-             f"- load average at start: {'; then '.join(meta['loadavg_start'])}; at end {meta['loadavg_end']}",
-             f"- reproduce: `{meta['command']}`\n",
-             "Stream: 80 reasoning + 20 answer tokens, 10 ms apart; guard simulator at latency 0; 'on' = every "
-             "stage (prompt `parallel`, reasoning `checked` every 32 tokens, answer `checked` every 64). CPU = "
-             "user+system of the proxy process per request (psutil). The four proxies take turns in rounds in an "
-             "order that changes every round. Targets: CPU on/off <= 1.5 at both levels, req/s on/off >= 0.6 at "
-             "c = 256.\n"]
-    headers = ["c", "code", "CPU ms/req off", "CPU ms/req on", "CPU on/off", "req/s off", "req/s on", "req/s on/off",
-               "TTFT p50 on (ms)", "TTFT p99 on (ms)", "guard calls/req", "errors off/on"]
+    lines = [
+        f"# Guards on against guards off, before ({b['commit'][:7]}) and after ({a['commit'][:7]})\n",
+        f"{meta['date']} · {meta['cpus']} CPUs · Python {meta['python']} · run took {meta['elapsed_s']:.0f} s\n",
+        f"- before: `{b['commit']}` ({b['subject'][:80]})",
+        f"- after: `{a['commit']}` ({a['subject'][:80]}){' (proxy/ has uncommitted changes)' if a['dirty'] else ''}",
+        f"- load average at start: {'; then '.join(meta['loadavg_start'])}; at end {meta['loadavg_end']}",
+        f"- reproduce: `{meta['command']}`\n",
+        "Stream: 80 reasoning + 20 answer tokens, 10 ms apart; guard simulator at latency 0; 'on' = every "
+        "stage (prompt `parallel`, reasoning `checked` every 32 tokens, answer `checked` every 64). CPU = "
+        "user+system of the proxy process per request (psutil). The four proxies take turns in rounds in an "
+        "order that changes every round. Targets: CPU on/off <= 1.5 at both levels, req/s on/off >= 0.6 at "
+        "c = 256.\n",
+    ]
+    headers = [
+        "c",
+        "code",
+        "CPU ms/req off",
+        "CPU ms/req on",
+        "CPU on/off",
+        "req/s off",
+        "req/s on",
+        "req/s on/off",
+        "TTFT p50 on (ms)",
+        "TTFT p99 on (ms)",
+        "guard calls/req",
+        "errors off/on",
+    ]
     rows = []
     for c, lv in res.items():
         r = lv["results"]
         for v in ("before", "after"):
             off, on = r[f"{v}-off"], r[f"{v}-on"]
-            rows.append([c, v, fmt(off.get("cpu_ms_per_req"), 2), fmt(on.get("cpu_ms_per_req"), 2),
-                         _ratio(on.get("cpu_ms_per_req"), off.get("cpu_ms_per_req")), fmt(off["rps"]), fmt(on["rps"]),
-                         _ratio(on["rps"], off["rps"]), ms(on["ttft_p50"], 0),
-                         ms(on["ttft_p99"], 0), fmt(on.get("guard_calls_per_req"), 2),
-                         f"{off['errors']}/{on['errors']}"])
+            rows.append(
+                [
+                    c,
+                    v,
+                    fmt(off.get("cpu_ms_per_req"), 2),
+                    fmt(on.get("cpu_ms_per_req"), 2),
+                    _ratio(on.get("cpu_ms_per_req"), off.get("cpu_ms_per_req")),
+                    fmt(off["rps"]),
+                    fmt(on["rps"]),
+                    _ratio(on["rps"], off["rps"]),
+                    ms(on["ttft_p50"], 0),
+                    ms(on["ttft_p99"], 0),
+                    fmt(on.get("guard_calls_per_req"), 2),
+                    f"{off['errors']}/{on['errors']}",
+                ]
+            )
     lines.append(table(headers, rows))
-    lines.append("\nTTFT is the first reasoning or content token the client receives: with reasoning `checked`, "
-                 "the first reasoning is released once the first check (at 32 tokens, about 0.37 s into the stream) "
-                 "passed, so about 0.4 s is the floor here.\n")
+    lines.append(
+        "\nTTFT is the first reasoning or content token the client receives: with reasoning `checked`, "
+        "the first reasoning is released once the first check (at 32 tokens, about 0.37 s into the stream) "
+        "passed, so about 0.4 s is the floor here.\n"
+    )
     for c, lv in res.items():
-        lines.append(f"- c={c}: {lv['rounds']} rounds x {lv['duration']:g} s, load {lv['loadavg'][0]} -> "
-                     f"{lv['loadavg'][1]}")
+        lines.append(f"- c={c}: {lv['rounds']} rounds x {lv['duration']:g} s, load {lv['loadavg'][0]} -> {lv['loadavg'][1]}")
     return "\n".join(lines) + "\n"
 
 
@@ -124,8 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     trees = {v: Path(getattr(args, v)).resolve() for v in ("before", "after")}
     t0 = time.monotonic()
     meta: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(), "python": platform.python_version(),
-        "trees": {v: tree_info(t) for v, t in trees.items()}, "loadavg_start": wait_for_quiet(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "trees": {v: tree_info(t) for v, t in trees.items()},
+        "loadavg_start": wait_for_quiet(),
         "command": "python -m bench.guard_path " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     try:

@@ -213,9 +213,13 @@ class LoadResult:
             "rps": len(ok) / self.wall if self.wall > 0 else 0.0,
             "tokens_per_s": sum(s.tokens for s in ok) / self.wall if self.wall > 0 else 0.0,
             "tokens_per_req": (sum(s.tokens for s in ok) / len(ok)) if ok else 0.0,
-            "ttft_p50": _pct(ttft, 50), "ttft_p99": _pct(ttft, 99), "ttft_mean": float(np.mean(ttft)) if ttft else None,
-            "itl_p50": _pct(gaps, 50), "itl_p99": _pct(gaps, 99),
-            "total_p50": _pct(total, 50), "total_p99": _pct(total, 99),
+            "ttft_p50": _pct(ttft, 50),
+            "ttft_p99": _pct(ttft, 99),
+            "ttft_mean": float(np.mean(ttft)) if ttft else None,
+            "itl_p50": _pct(gaps, 50),
+            "itl_p99": _pct(gaps, 99),
+            "total_p50": _pct(total, 50),
+            "total_p99": _pct(total, 99),
             "finish_reasons": dict(Counter(s.finish_reason for s in ok)),
         }
 
@@ -233,8 +237,7 @@ class Client:
             import aiohttp
 
             conn = aiohttp.TCPConnector(limit=self.pool, limit_per_host=self.pool, force_close=False)
-            self._c = aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=None),
-                                            auto_decompress=False)
+            self._c = aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False)
         else:
             import httpx
 
@@ -302,10 +305,12 @@ def _fmt_ms(v: float | None) -> str:
 
 
 def print_summary(s: dict[str, Any]) -> None:
-    print(f"{s['label']}: c={s['concurrency']} ok={s['ok']}/{s['requests']} errors={s['errors']} "
-          f"rps={s['rps']:.1f} ttft p50/p99={_fmt_ms(s['ttft_p50'])}/{_fmt_ms(s['ttft_p99'])} ms "
-          f"itl p50/p99={_fmt_ms(s['itl_p50'])}/{_fmt_ms(s['itl_p99'])} ms "
-          f"total p50/p99={_fmt_ms(s['total_p50'])}/{_fmt_ms(s['total_p99'])} ms")
+    print(
+        f"{s['label']}: c={s['concurrency']} ok={s['ok']}/{s['requests']} errors={s['errors']} "
+        f"rps={s['rps']:.1f} ttft p50/p99={_fmt_ms(s['ttft_p50'])}/{_fmt_ms(s['ttft_p99'])} ms "
+        f"itl p50/p99={_fmt_ms(s['itl_p50'])}/{_fmt_ms(s['itl_p99'])} ms "
+        f"total p50/p99={_fmt_ms(s['total_p50'])}/{_fmt_ms(s['total_p99'])} ms"
+    )
     if s["error_example"]:
         print(f"  first error: {s['error_example']}")
 
@@ -314,8 +319,16 @@ async def _main(args: argparse.Namespace) -> None:
     body = chat_body(args.model, extra=json.loads(args.extra) if args.extra else None)
     kinds = ["aiohttp", "httpx"] if args.compare_clients else [args.client]
     for kind in kinds:
-        result = await run_load(args.url, body, args.concurrency, requests=args.requests, duration=args.duration,
-                                client_kind=kind, timeout=args.timeout, label=f"{kind}")
+        result = await run_load(
+            args.url,
+            body,
+            args.concurrency,
+            requests=args.requests,
+            duration=args.duration,
+            client_kind=kind,
+            timeout=args.timeout,
+            label=f"{kind}",
+        )
         print_summary(result.summary())
 
 

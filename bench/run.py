@@ -57,8 +57,9 @@ def free_port() -> int:
 def http_json(method: str, url: str, doc: Any = None, timeout: float = 5.0) -> Any:
     assert url.startswith("http://127.0.0.1:"), url
     data = json.dumps(doc).encode() if doc is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json",
-                                                                          "authorization": f"Bearer {API_KEY}"})
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"content-type": "application/json", "authorization": f"Bearer {API_KEY}"}
+    )
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read() or b"null")
 
@@ -75,8 +76,9 @@ class Proc:
         self._log = open(self.log_path, "wb")
         full_env = dict(os.environ, **(env or {}))
         full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
-        self.popen = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
-                                      start_new_session=True)
+        self.popen = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
+        )
         self.ps = psutil.Process(self.popen.pid)
         Proc.live.append(self)
 
@@ -163,9 +165,19 @@ def start_guard(name: str = "guard", latency: float = 0.0) -> Proc:
     return p
 
 
-def proxy_config(name: str, port: int, upstream: Proc, guard: Proc | None = None, *, prompt: bool = False,
-                 prompt_mode: str = "parallel", reasoning: bool = False, check_every: int = 32,
-                 answer: bool = False, auth: bool = False) -> Path:
+def proxy_config(
+    name: str,
+    port: int,
+    upstream: Proc,
+    guard: Proc | None = None,
+    *,
+    prompt: bool = False,
+    prompt_mode: str = "parallel",
+    reasoning: bool = False,
+    check_every: int = 32,
+    answer: bool = False,
+    auth: bool = False,
+) -> Path:
     guard_url = f"{guard.base}/v1" if guard else "http://127.0.0.1:9/v1"
     text = f"""
 [server]
@@ -211,16 +223,16 @@ max_retries = 0
     return path
 
 
-def start_proxy(name: str, upstream: Proc, guard: Proc | None = None, *, transport: str | None = None,
-                server: str = "uvicorn", **policy: Any) -> Proc:
+def start_proxy(
+    name: str, upstream: Proc, guard: Proc | None = None, *, transport: str | None = None, server: str = "uvicorn", **policy: Any
+) -> Proc:
     """``transport=None``: the real CLI (``python -m proxy serve``); else bench/_launch.py."""
     port = free_port()
     cfg = proxy_config(name, port, upstream, guard, **policy)
     if transport is None:
         cmd = [PY, "-m", "proxy", "serve", "--config", str(cfg), "--log-level", "warning"]
     else:
-        cmd = [PY, "-m", "bench._launch", "--config", str(cfg), "--port", str(port),
-               "--transport", transport, "--server", server]
+        cmd = [PY, "-m", "bench._launch", "--config", str(cfg), "--port", str(port), "--transport", transport, "--server", server]
     p = Proc(name, cmd, port, "/healthz", env={PROXY_KEYS_ENV: API_KEY})
     p.wait_ready(60)
     return p
@@ -233,8 +245,9 @@ def ensure_litellm(install_timeout: float = 900) -> Path | None:
     print("creating bench/.venv-litellm and installing litellm[proxy] (takes a minute or two) ...", flush=True)
     try:
         subprocess.run([PY, "-m", "venv", str(LITELLM_VENV)], check=True, timeout=120)
-        subprocess.run([str(LITELLM_VENV / "bin" / "pip"), "install", "-q", "litellm[proxy]"], check=True,
-                       timeout=install_timeout)
+        subprocess.run(
+            [str(LITELLM_VENV / "bin" / "pip"), "install", "-q", "litellm[proxy]"], check=True, timeout=install_timeout
+        )
     except (subprocess.SubprocessError, OSError) as exc:
         print(f"LiteLLM unavailable: {exc}", file=sys.stderr)
         return None
@@ -254,10 +267,21 @@ def start_litellm(upstream: Proc) -> Proc | None:
       api_base: {upstream.base}/v1
       api_key: sk-upstream
 """)
-    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MASTER_KEY": API_KEY, "LITELLM_LOG": "ERROR",
-           "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "True", "NO_DOCS": "True"}
-    p = Proc("litellm", [str(exe), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port),
-                         "--num_workers", "1"], port, "/health/liveliness", env=env)
+    env = {
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_MASTER_KEY": API_KEY,
+        "LITELLM_LOG": "ERROR",
+        "LITELLM_TELEMETRY": "False",
+        "DISABLE_SCHEMA_UPDATE": "True",
+        "NO_DOCS": "True",
+    }
+    p = Proc(
+        "litellm",
+        [str(exe), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
+        port,
+        "/health/liveliness",
+        env=env,
+    )
     try:
         p.wait_ready(180)
     except RuntimeError as exc:
@@ -280,11 +304,26 @@ class Target:
         self.cpu_requests = 0
 
 
-async def measure(target: Target, concurrency: int, *, duration: float | None = None, requests: int | None = None,
-                  client: Client, label: str = "") -> LoadResult:
+async def measure(
+    target: Target,
+    concurrency: int,
+    *,
+    duration: float | None = None,
+    requests: int | None = None,
+    client: Client,
+    label: str = "",
+) -> LoadResult:
     cpu0 = target.proc.cpu_seconds() if target.proc else 0.0
-    result = await run_load(target.url, chat_body(MODEL), concurrency, duration=duration, requests=requests,
-                            client=client, timeout=120.0, label=label or target.name)
+    result = await run_load(
+        target.url,
+        chat_body(MODEL),
+        concurrency,
+        duration=duration,
+        requests=requests,
+        client=client,
+        timeout=120.0,
+        label=label or target.name,
+    )
     if target.proc:
         target.cpu_s += target.proc.cpu_seconds() - cpu0
         target.cpu_requests += len(result.samples)
@@ -296,8 +335,15 @@ def merge(results: list[LoadResult]) -> LoadResult:
     return LoadResult(results[0].label, results[0].concurrency, samples, sum(r.wall for r in results))
 
 
-async def side_by_side(targets: list[Target], concurrency: int, rounds: int, *, duration: float | None = None,
-                       requests: int | None = None, client: Client) -> dict[str, dict[str, Any]]:
+async def side_by_side(
+    targets: list[Target],
+    concurrency: int,
+    rounds: int,
+    *,
+    duration: float | None = None,
+    requests: int | None = None,
+    client: Client,
+) -> dict[str, dict[str, Any]]:
     """Targets take turns, ``rounds`` times; returns a merged summary per target."""
     per: dict[str, list[LoadResult]] = {t.name: [] for t in targets}
     cpu: dict[str, tuple[float, int]] = {t.name: (t.cpu_s, t.cpu_requests) for t in targets}
@@ -315,10 +361,13 @@ async def side_by_side(targets: list[Target], concurrency: int, rounds: int, *, 
             s["cpu_ms_per_req"] = (t.cpu_s - c0) / n * 1000 if n else None
             s["peak_rss_mb"] = t.proc.peak_rss_mb()
         out[t.name] = s
-        print(f"    {t.name:<22} c={concurrency:<4} ok={s['ok']}/{s['requests']} err={s['errors']} "
-              f"rps={s['rps']:.1f} ttft50={ms(s['ttft_p50'])} ttft99={ms(s['ttft_p99'])} "
-              f"itl99={ms(s['itl_p99'])} total50={ms(s['total_p50'])}"
-              + (f" cpu/req={s['cpu_ms_per_req']:.2f}ms" if s.get("cpu_ms_per_req") else ""), flush=True)
+        print(
+            f"    {t.name:<22} c={concurrency:<4} ok={s['ok']}/{s['requests']} err={s['errors']} "
+            f"rps={s['rps']:.1f} ttft50={ms(s['ttft_p50'])} ttft99={ms(s['ttft_p99'])} "
+            f"itl99={ms(s['itl_p99'])} total50={ms(s['total_p50'])}"
+            + (f" cpu/req={s['cpu_ms_per_req']:.2f}ms" if s.get("cpu_ms_per_req") else ""),
+            flush=True,
+        )
         if s["error_example"]:
             print(f"      first error: {s['error_example']}", flush=True)
     return out
@@ -345,12 +394,17 @@ async def scenario_overhead(cfg: dict[str, Any], upstream: Proc, client: Client,
     out: dict[str, Any] = {"levels": {}, "litellm": litellm is not None}
     try:
         for c, shape, rounds, dur in cfg["overhead_levels"]:
-            print(f"  concurrency {c} (stream {shape['reasoning_tokens']}+{shape['answer_tokens']} tokens, "
-                  f"itl {shape['itl'] * 1000:g} ms)", flush=True)
+            print(
+                f"  concurrency {c} (stream {shape['reasoning_tokens']}+{shape['answer_tokens']} tokens, "
+                f"itl {shape['itl'] * 1000:g} ms)",
+                flush=True,
+            )
             control(upstream, **shape)
             await side_by_side(targets, c, 1, requests=max(2, c), client=client)  # warm-up, discarded
-            out["levels"][str(c)] = {"shape": shape, "results": await side_by_side(targets, c, rounds, duration=dur,
-                                                                                     client=client)}
+            out["levels"][str(c)] = {
+                "shape": shape,
+                "results": await side_by_side(targets, c, rounds, duration=dur, client=client),
+            }
         out["peak_rss_mb"] = {t.name: t.proc.peak_rss_mb() for t in targets if t.proc}
     finally:
         proxy.stop()
@@ -371,8 +425,7 @@ async def scenario_hiding(cfg: dict[str, Any], upstream: Proc, client: Client) -
             print(f"  G={g} U={u}", flush=True)
             control(guard, latency=g)
             control(upstream, **dict(SHORT, ttft=u))
-            res = await side_by_side(targets, cfg["hiding_c"], cfg["hiding_rounds"], requests=cfg["hiding_n"],
-                                     client=client)
+            res = await side_by_side(targets, cfg["hiding_c"], cfg["hiding_rounds"], requests=cfg["hiding_n"], client=client)
             rows.append({"G": g, "U": u, "results": res})
     finally:
         for p in (par, bef, guard):
@@ -384,11 +437,9 @@ async def scenario_abort(cfg: dict[str, Any], upstream: Proc, client: Client) ->
     """4: tokens the upstream generates after the unsafe passage began, before the abort."""
     guard = start_guard("guard-s4")
     k, itl = cfg["abort_k"], cfg["abort_itl"]
-    shape = {"ttft": 0.05, "itl": itl, "reasoning_tokens": cfg["abort_reasoning"], "answer_tokens": 20,
-             "unsafe_at": k}
+    shape = {"ttft": 0.05, "itl": itl, "reasoning_tokens": cfg["abort_reasoning"], "answer_tokens": 20, "unsafe_at": k}
     control(upstream, **shape)
-    proxies = {n: start_proxy(f"guardproxy-check{n}", upstream, guard, reasoning=True, check_every=n)
-               for n in cfg["abort_n"]}
+    proxies = {n: start_proxy(f"guardproxy-check{n}", upstream, guard, reasoning=True, check_every=n) for n in cfg["abort_n"]}
     rate = 1.0 / itl
     rows = []
     try:
@@ -396,8 +447,14 @@ async def scenario_abort(cfg: dict[str, Any], upstream: Proc, client: Client) ->
             control(guard, latency=lat)
             for n, proc in proxies.items():
                 http_json("POST", upstream.base + "/stats/reset", {})
-                res = await run_load(f"{proc.base}/v1/chat/completions", chat_body(MODEL), cfg["abort_c"],
-                                     requests=cfg["abort_requests"], client=client, timeout=60.0)
+                res = await run_load(
+                    f"{proc.base}/v1/chat/completions",
+                    chat_body(MODEL),
+                    cfg["abort_c"],
+                    requests=cfg["abort_requests"],
+                    client=client,
+                    timeout=60.0,
+                )
                 for _ in range(50):  # the upstream sees the disconnect within one itl
                     st = http_json("GET", upstream.base + "/stats")
                     if st["active"] == 0:
@@ -406,17 +463,28 @@ async def scenario_abort(cfg: dict[str, Any], upstream: Proc, client: Client) ->
                 after = st["after_unsafe"]
                 summ = res.summary()
                 row = {
-                    "N": n, "L": lat, "requests": summ["requests"], "ok": summ["ok"],
-                    "finish_reasons": summ["finish_reasons"], "aborted": st["aborted"],
-                    "unsafe_completed": st["unsafe_completed"], "after_unsafe": after,
+                    "N": n,
+                    "L": lat,
+                    "requests": summ["requests"],
+                    "ok": summ["ok"],
+                    "finish_reasons": summ["finish_reasons"],
+                    "aborted": st["aborted"],
+                    "unsafe_completed": st["unsafe_completed"],
+                    "after_unsafe": after,
                     "after_mean": sum(after) / len(after) if after else None,
-                    "after_min": min(after) if after else None, "after_max": max(after) if after else None,
-                    "floor": n + lat * rate, "bound": max(n, lat * rate) + lat * rate, "rate": rate,
+                    "after_min": min(after) if after else None,
+                    "after_max": max(after) if after else None,
+                    "floor": n + lat * rate,
+                    "bound": max(n, lat * rate) + lat * rate,
+                    "rate": rate,
                 }
                 rows.append(row)
-                print(f"    N={n:<3} L={lat:<5} after-unsafe mean={fmt(row['after_mean'])} "
-                      f"min={row['after_min']} max={row['after_max']} N+L*r={row['floor']:.0f} "
-                      f"aborted={st['aborted']}/{summ['requests']} finish={summ['finish_reasons']}", flush=True)
+                print(
+                    f"    N={n:<3} L={lat:<5} after-unsafe mean={fmt(row['after_mean'])} "
+                    f"min={row['after_min']} max={row['after_max']} N+L*r={row['floor']:.0f} "
+                    f"aborted={st['aborted']}/{summ['requests']} finish={summ['finish_reasons']}",
+                    flush=True,
+                )
     finally:
         for p in proxies.values():
             p.stop()
@@ -472,10 +540,12 @@ def report(res: dict[str, Any]) -> str:
     out: list[str] = []
     meta = res["meta"]
     out.append(f"# guardproxy benchmark ({'quick' if meta['quick'] else 'full'} run)\n")
-    out.append(f"{meta['date']} · {meta['cpus']} CPUs · load average at start {meta['loadavg_start']}, "
-               f"at end {meta.get('loadavg_end')} · Python {meta['python']} · run took {meta.get('elapsed_s', 0):.0f} s. "
-               "All servers on 127.0.0.1; targets measured in alternating rounds within this run, so compare "
-               "ratios rather than absolute times (the machine is shared).\n")
+    out.append(
+        f"{meta['date']} · {meta['cpus']} CPUs · load average at start {meta['loadavg_start']}, "
+        f"at end {meta.get('loadavg_end')} · Python {meta['python']} · run took {meta.get('elapsed_s', 0):.0f} s. "
+        "All servers on 127.0.0.1; targets measured in alternating rounds within this run, so compare "
+        "ratios rather than absolute times (the machine is shared).\n"
+    )
     if "overhead" in res:
         ov = res["overhead"]
         out.append("## 1. Overhead with guards off: guardproxy vs direct upstream\n")
@@ -483,19 +553,53 @@ def report(res: dict[str, Any]) -> str:
         for c, lv in ov["levels"].items():
             r = lv["results"]
             d, g = r["direct"], r["guardproxy"]
-            rows.append([c, f"{lv['shape']['reasoning_tokens']}+{lv['shape']['answer_tokens']}",
-                         ms(d["ttft_p50"]), ms(g["ttft_p50"]), ms(_sub(g["ttft_p50"], d["ttft_p50"]), 2),
-                         ms(d["ttft_p99"]), ms(g["ttft_p99"]), ms(d["itl_p99"]), ms(g["itl_p99"]),
-                         ms(d["total_p50"]), ms(g["total_p50"]),
-                         fmt(d["rps"]), fmt(g["rps"]), f"{d['errors']}/{g['errors']}",
-                         fmt(g.get("cpu_ms_per_req"), 2)])
-        out.append(table(["c", "tokens", "TTFT p50 direct", "TTFT p50 proxy", "added p50", "TTFT p99 direct",
-                          "TTFT p99 proxy", "ITL p99 direct", "ITL p99 proxy", "total p50 direct",
-                          "total p50 proxy", "req/s direct", "req/s proxy", "errors d/p", "proxy CPU ms/req"], rows))
-        out.append("\nTimes in ms. 'tokens' = reasoning+answer tokens per stream (c=1 uses a short fast stream "
-                   "so that many TTFT samples fit; the others the default 100+50 at 10 ms/token). Target: added "
-                   f"p50 TTFT <= 2 ms at c=1, no errors at c=256. Proxy peak RSS: "
-                   f"{fmt(ov.get('peak_rss_mb', {}).get('guardproxy'))} MB.\n")
+            rows.append(
+                [
+                    c,
+                    f"{lv['shape']['reasoning_tokens']}+{lv['shape']['answer_tokens']}",
+                    ms(d["ttft_p50"]),
+                    ms(g["ttft_p50"]),
+                    ms(_sub(g["ttft_p50"], d["ttft_p50"]), 2),
+                    ms(d["ttft_p99"]),
+                    ms(g["ttft_p99"]),
+                    ms(d["itl_p99"]),
+                    ms(g["itl_p99"]),
+                    ms(d["total_p50"]),
+                    ms(g["total_p50"]),
+                    fmt(d["rps"]),
+                    fmt(g["rps"]),
+                    f"{d['errors']}/{g['errors']}",
+                    fmt(g.get("cpu_ms_per_req"), 2),
+                ]
+            )
+        out.append(
+            table(
+                [
+                    "c",
+                    "tokens",
+                    "TTFT p50 direct",
+                    "TTFT p50 proxy",
+                    "added p50",
+                    "TTFT p99 direct",
+                    "TTFT p99 proxy",
+                    "ITL p99 direct",
+                    "ITL p99 proxy",
+                    "total p50 direct",
+                    "total p50 proxy",
+                    "req/s direct",
+                    "req/s proxy",
+                    "errors d/p",
+                    "proxy CPU ms/req",
+                ],
+                rows,
+            )
+        )
+        out.append(
+            "\nTimes in ms. 'tokens' = reasoning+answer tokens per stream (c=1 uses a short fast stream "
+            "so that many TTFT samples fit; the others the default 100+50 at 10 ms/token). Target: added "
+            f"p50 TTFT <= 2 ms at c=1, no errors at c=256. Proxy peak RSS: "
+            f"{fmt(ov.get('peak_rss_mb', {}).get('guardproxy'))} MB.\n"
+        )
         if ov.get("litellm"):
             out.append("## 2. guardproxy vs LiteLLM proxy (pass-through, same upstream)\n")
             rows = []
@@ -504,66 +608,178 @@ def report(res: dict[str, Any]) -> str:
                 d, g, l = r["direct"], r["guardproxy"], r["litellm"]
                 ag, al = _sub(g["ttft_p50"], d["ttft_p50"]), _sub(l["ttft_p50"], d["ttft_p50"])
                 tg, tl = _sub(g["total_p50"], d["total_p50"]), _sub(l["total_p50"], d["total_p50"])
-                rows.append([c, ms(ag, 2), ms(al, 2), ratio(ag, al), ms(tg, 1), ms(tl, 1), fmt(g["rps"]),
-                             fmt(l["rps"]), ratio(g["rps"], l["rps"]), f"{g['errors']}/{l['errors']}",
-                             fmt(g.get("cpu_ms_per_req"), 2), fmt(l.get("cpu_ms_per_req"), 2)])
-            out.append(table(["c", "added TTFT p50 guardproxy", "added TTFT p50 LiteLLM", "ratio g/L",
-                              "added total p50 guardproxy", "added total p50 LiteLLM", "req/s guardproxy",
-                              "req/s LiteLLM", "throughput g/L", "errors g/L", "CPU ms/req guardproxy",
-                              "CPU ms/req LiteLLM"], rows))
-            out.append(f"\nAdded = proxy p50 minus direct p50 in the same run (ms). Targets: added latency ratio "
-                       f"<= 0.33, throughput ratio >= 2. Peak RSS: guardproxy "
-                       f"{fmt(ov['peak_rss_mb'].get('guardproxy'))} MB, LiteLLM "
-                       f"{fmt(ov['peak_rss_mb'].get('litellm'))} MB.\n")
+                rows.append(
+                    [
+                        c,
+                        ms(ag, 2),
+                        ms(al, 2),
+                        ratio(ag, al),
+                        ms(tg, 1),
+                        ms(tl, 1),
+                        fmt(g["rps"]),
+                        fmt(l["rps"]),
+                        ratio(g["rps"], l["rps"]),
+                        f"{g['errors']}/{l['errors']}",
+                        fmt(g.get("cpu_ms_per_req"), 2),
+                        fmt(l.get("cpu_ms_per_req"), 2),
+                    ]
+                )
+            out.append(
+                table(
+                    [
+                        "c",
+                        "added TTFT p50 guardproxy",
+                        "added TTFT p50 LiteLLM",
+                        "ratio g/L",
+                        "added total p50 guardproxy",
+                        "added total p50 LiteLLM",
+                        "req/s guardproxy",
+                        "req/s LiteLLM",
+                        "throughput g/L",
+                        "errors g/L",
+                        "CPU ms/req guardproxy",
+                        "CPU ms/req LiteLLM",
+                    ],
+                    rows,
+                )
+            )
+            out.append(
+                f"\nAdded = proxy p50 minus direct p50 in the same run (ms). Targets: added latency ratio "
+                f"<= 0.33, throughput ratio >= 2. Peak RSS: guardproxy "
+                f"{fmt(ov['peak_rss_mb'].get('guardproxy'))} MB, LiteLLM "
+                f"{fmt(ov['peak_rss_mb'].get('litellm'))} MB.\n"
+            )
     if "hiding" in res:
         out.append("## 3. Guard-latency hiding: prompt check `parallel` vs `before`\n")
         rows = []
         for row in res["hiding"]["rows"]:
             g, u, r = row["G"], row["U"], row["results"]
             par, bef, d = r["parallel"], r["before"], r["direct"]
-            rows.append([f"{g:g}", f"{u:g}", ms(d["ttft_p50"]), f"{max(g, u) * 1000:.0f}", ms(par["ttft_p50"]),
-                         ms(_sub(par["ttft_p50"], max(g, u))), f"{(g + u) * 1000:.0f}", ms(bef["ttft_p50"]),
-                         ms(_sub(bef["ttft_p50"], g + u)), ms(_sub(bef["ttft_p50"], par["ttft_p50"]))])
-        out.append(table(["G (s)", "U (s)", "direct TTFT", "max(G,U)", "parallel TTFT", "parallel - max",
-                          "G+U", "before TTFT", "before - (G+U)", "saved by parallel"], rows))
-        out.append("\nTTFT p50 in ms; FlexGuard prompt check only (reasoning and answer stages off). 'parallel - max' "
-                   "and 'before - (G+U)' are the proxy's own overhead on top of the ideal.\n")
+            rows.append(
+                [
+                    f"{g:g}",
+                    f"{u:g}",
+                    ms(d["ttft_p50"]),
+                    f"{max(g, u) * 1000:.0f}",
+                    ms(par["ttft_p50"]),
+                    ms(_sub(par["ttft_p50"], max(g, u))),
+                    f"{(g + u) * 1000:.0f}",
+                    ms(bef["ttft_p50"]),
+                    ms(_sub(bef["ttft_p50"], g + u)),
+                    ms(_sub(bef["ttft_p50"], par["ttft_p50"])),
+                ]
+            )
+        out.append(
+            table(
+                [
+                    "G (s)",
+                    "U (s)",
+                    "direct TTFT",
+                    "max(G,U)",
+                    "parallel TTFT",
+                    "parallel - max",
+                    "G+U",
+                    "before TTFT",
+                    "before - (G+U)",
+                    "saved by parallel",
+                ],
+                rows,
+            )
+        )
+        out.append(
+            "\nTTFT p50 in ms; FlexGuard prompt check only (reasoning and answer stages off). 'parallel - max' "
+            "and 'before - (G+U)' are the proxy's own overhead on top of the ideal.\n"
+        )
     if "abort" in res:
         ab = res["abort"]
         out.append("## 4. Early-abort delay (reasoning stage, release = checked)\n")
         rows = []
         for row in ab["rows"]:
-            rows.append([str(row["N"]), f"{row['L']:g}", fmt(row["after_mean"]), str(row["after_min"]),
-                         str(row["after_max"]), f"{row['floor']:.0f}", f"{row['bound']:.0f}",
-                         f"{row['aborted']}/{row['requests']}", str(row["unsafe_completed"]),
-                         ",".join(f"{k}:{v}" for k, v in row["finish_reasons"].items())])
-        out.append(table(["check every N", "guard latency L (s)", "tokens after unsafe (mean)", "min", "max",
-                          "floor N + L*r", "bound max(N,L*r)+L*r", "upstream aborted", "unsafe streamed to end",
-                          "client finish"], rows))
-        out.append(f"\nThe upstream streams {ab['reasoning_tokens']} reasoning tokens at r = {ab['rate']:.0f} tokens/s; "
-                   f"the unsafe passage begins at token K = {ab['K']} (ReasoningShield flags any Thought containing "
-                   "it). 'Tokens after unsafe' is counted by the upstream simulator: tokens it generated from token K "
-                   "on, until it saw the proxy close the connection. Floor: a check starts only every N new tokens, "
-                   "so the first check that sees token K may start up to N tokens after it, and the upstream keeps "
-                   "generating L*r tokens while that check runs: N + L*r. With one check in flight at a time, when "
-                   "L*r > N the checks run back to back and the covering check can wait for the one in flight, "
-                   "so the worst case becomes max(N, L*r) + L*r. Where K falls inside a window the typical value is "
-                   "lower than the floor (on average N/2 + L*r when L*r < N). The abort itself (close the upstream "
-                   "connection; the simulator stops within one token) adds ~1 token.\n")
+            rows.append(
+                [
+                    str(row["N"]),
+                    f"{row['L']:g}",
+                    fmt(row["after_mean"]),
+                    str(row["after_min"]),
+                    str(row["after_max"]),
+                    f"{row['floor']:.0f}",
+                    f"{row['bound']:.0f}",
+                    f"{row['aborted']}/{row['requests']}",
+                    str(row["unsafe_completed"]),
+                    ",".join(f"{k}:{v}" for k, v in row["finish_reasons"].items()),
+                ]
+            )
+        out.append(
+            table(
+                [
+                    "check every N",
+                    "guard latency L (s)",
+                    "tokens after unsafe (mean)",
+                    "min",
+                    "max",
+                    "floor N + L*r",
+                    "bound max(N,L*r)+L*r",
+                    "upstream aborted",
+                    "unsafe streamed to end",
+                    "client finish",
+                ],
+                rows,
+            )
+        )
+        out.append(
+            f"\nThe upstream streams {ab['reasoning_tokens']} reasoning tokens at r = {ab['rate']:.0f} tokens/s; "
+            f"the unsafe passage begins at token K = {ab['K']} (ReasoningShield flags any Thought containing "
+            "it). 'Tokens after unsafe' is counted by the upstream simulator: tokens it generated from token K "
+            "on, until it saw the proxy close the connection. Floor: a check starts only every N new tokens, "
+            "so the first check that sees token K may start up to N tokens after it, and the upstream keeps "
+            "generating L*r tokens while that check runs: N + L*r. With one check in flight at a time, when "
+            "L*r > N the checks run back to back and the covering check can wait for the one in flight, "
+            "so the worst case becomes max(N, L*r) + L*r. Where K falls inside a window the typical value is "
+            "lower than the floor (on average N/2 + L*r when L*r < N). The abort itself (close the upstream "
+            "connection; the simulator stops within one token) adds ~1 token.\n"
+        )
     if "stack" in res:
         st = res["stack"]
         out.append(f"## 5. Upstream HTTP client and ASGI server (c = {st['concurrency']}, guards off)\n")
         base = st["results"].get("uvicorn+httpx")
         rows = []
         for name, s in st["results"].items():
-            rows.append([name, fmt(s["rps"]), ratio(s["rps"], base["rps"]) if base and name != "direct" else "-",
-                         ms(s["ttft_p50"]), ms(s["ttft_p99"]), ms(s["itl_p99"]), ms(s["total_p50"]),
-                         str(s["errors"]), fmt(s.get("cpu_ms_per_req"), 2), fmt(st["peak_rss_mb"].get(name))])
-        out.append(table(["stack", "req/s", "vs uvicorn+httpx", "TTFT p50", "TTFT p99", "ITL p99", "total p50",
-                          "errors", "CPU ms/req", "peak RSS MB"], rows))
-        out.append("\nAll launched by bench/_launch.py (the config's `upstream.http_transport` set per stack); "
-                   "'direct' is the upstream without a proxy. CPU = user+system of the proxy process tree over the "
-                   "measured rounds / requests.\n")
+            rows.append(
+                [
+                    name,
+                    fmt(s["rps"]),
+                    ratio(s["rps"], base["rps"]) if base and name != "direct" else "-",
+                    ms(s["ttft_p50"]),
+                    ms(s["ttft_p99"]),
+                    ms(s["itl_p99"]),
+                    ms(s["total_p50"]),
+                    str(s["errors"]),
+                    fmt(s.get("cpu_ms_per_req"), 2),
+                    fmt(st["peak_rss_mb"].get(name)),
+                ]
+            )
+        out.append(
+            table(
+                [
+                    "stack",
+                    "req/s",
+                    "vs uvicorn+httpx",
+                    "TTFT p50",
+                    "TTFT p99",
+                    "ITL p99",
+                    "total p50",
+                    "errors",
+                    "CPU ms/req",
+                    "peak RSS MB",
+                ],
+                rows,
+            )
+        )
+        out.append(
+            "\nAll launched by bench/_launch.py (the config's `upstream.http_transport` set per stack); "
+            "'direct' is the upstream without a proxy. CPU = user+system of the proxy process tree over the "
+            "measured rounds / requests.\n"
+        )
     if "cost" in res:
         from .cost import report_cost
 
@@ -571,8 +787,9 @@ def report(res: dict[str, Any]) -> str:
     if "client_check" in res:
         cc = res["client_check"]
         out.append("## Load generator client\n")
-        out.append(table(["client", "req/s direct c=256", "TTFT p50"], [[k, fmt(v["rps"]), ms(v["ttft_p50"])]
-                                                                       for k, v in cc.items()]))
+        out.append(
+            table(["client", "req/s direct c=256", "TTFT p50"], [[k, fmt(v["rps"]), ms(v["ttft_p50"])] for k, v in cc.items()])
+        )
         out.append("\nThe load generator uses the faster of the two.\n")
     return "\n".join(out) + "\n"
 
@@ -595,46 +812,66 @@ def plot(res: dict[str, Any], path: Path) -> None:
         for n in names:
             ys = [res["overhead"]["levels"][c]["results"][n]["ttft_p50"] for c in levels]
             ax.plot(levels, [y * 1000 if y else None for y in ys], marker="o", label=n)
-        ax.set_yscale("log"); ax.set_xlabel("concurrency"); ax.set_ylabel("TTFT p50 (ms)")
-        ax.set_title("1/2: TTFT p50, guards off"); ax.legend()
+        ax.set_yscale("log")
+        ax.set_xlabel("concurrency")
+        ax.set_ylabel("TTFT p50 (ms)")
+        ax.set_title("1/2: TTFT p50, guards off")
+        ax.legend()
         ax = axes[0][1]
         for n in names:
             ys = [res["overhead"]["levels"][c]["results"][n]["rps"] for c in levels]
             ax.plot(levels, ys, marker="o", label=n)
-        ax.set_xlabel("concurrency"); ax.set_ylabel("requests/s"); ax.set_title("1/2: throughput"); ax.legend()
+        ax.set_xlabel("concurrency")
+        ax.set_ylabel("requests/s")
+        ax.set_title("1/2: throughput")
+        ax.legend()
     ax = axes[0][2]
     if "hiding" in res:
         rows = res["hiding"]["rows"]
         xs = range(len(rows))
         for i, (key, lab) in enumerate([("direct", "direct (U)"), ("parallel", "parallel"), ("before", "before")]):
             ax.bar([x + i * 0.25 for x in xs], [r["results"][key]["ttft_p50"] * 1000 for r in rows], 0.25, label=lab)
-        ax.scatter([x + 0.25 for x in xs], [max(r["G"], r["U"]) * 1000 for r in rows], marker="_", s=400,
-                   color="k", label="max(G,U)", zorder=3)
-        ax.scatter([x + 0.5 for x in xs], [(r["G"] + r["U"]) * 1000 for r in rows], marker="_", s=400,
-                   color="r", label="G+U", zorder=3)
+        ax.scatter(
+            [x + 0.25 for x in xs],
+            [max(r["G"], r["U"]) * 1000 for r in rows],
+            marker="_",
+            s=400,
+            color="k",
+            label="max(G,U)",
+            zorder=3,
+        )
+        ax.scatter(
+            [x + 0.5 for x in xs], [(r["G"] + r["U"]) * 1000 for r in rows], marker="_", s=400, color="r", label="G+U", zorder=3
+        )
         ax.set_xticks([x + 0.25 for x in xs], [f"G={r['G']} U={r['U']}" for r in rows])
-        ax.set_ylabel("TTFT p50 (ms)"); ax.set_title("3: prompt-check latency hiding"); ax.legend(fontsize=8)
+        ax.set_ylabel("TTFT p50 (ms)")
+        ax.set_title("3: prompt-check latency hiding")
+        ax.legend(fontsize=8)
     ax = axes[1][0]
     if "abort" in res:
         rows = res["abort"]["rows"]
         for lat in sorted({r["L"] for r in rows}):
             rs = [r for r in rows if r["L"] == lat]
-            line, = ax.plot([r["N"] for r in rs], [r["after_mean"] for r in rs], marker="o", label=f"L={lat}s measured")
-            ax.plot([r["N"] for r in rs], [r["floor"] for r in rs], ls="--", color=line.get_color(),
-                    label=f"L={lat}s N+L*r")
-        ax.set_xscale("log", base=2); ax.set_xlabel("check every N tokens"); ax.set_ylabel("tokens after unsafe began")
-        ax.set_title("4: early-abort delay"); ax.legend(fontsize=7)
+            (line,) = ax.plot([r["N"] for r in rs], [r["after_mean"] for r in rs], marker="o", label=f"L={lat}s measured")
+            ax.plot([r["N"] for r in rs], [r["floor"] for r in rs], ls="--", color=line.get_color(), label=f"L={lat}s N+L*r")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("check every N tokens")
+        ax.set_ylabel("tokens after unsafe began")
+        ax.set_title("4: early-abort delay")
+        ax.legend(fontsize=7)
     ax = axes[1][1]
     if "stack" in res:
         st = res["stack"]["results"]
         names = list(st)
         ax.bar(names, [st[n]["rps"] for n in names], color="tab:blue")
-        ax.set_ylabel("requests/s"); ax.set_title(f"5: stacks at c={res['stack']['concurrency']}")
+        ax.set_ylabel("requests/s")
+        ax.set_title(f"5: stacks at c={res['stack']['concurrency']}")
         ax.tick_params(axis="x", rotation=20)
         ax = axes[1][2]
         names = [n for n in names if st[n].get("cpu_ms_per_req")]
         ax.bar(names, [st[n]["cpu_ms_per_req"] for n in names], color="tab:orange")
-        ax.set_ylabel("proxy CPU ms / request"); ax.set_title("5: CPU per request")
+        ax.set_ylabel("proxy CPU ms / request")
+        ax.set_title("5: CPU per request")
         ax.tick_params(axis="x", rotation=20)
     else:
         axes[1][2].axis("off")
@@ -650,19 +887,43 @@ def settings(quick: bool) -> dict[str, Any]:
     if quick:
         return {
             "overhead_levels": [(1, SHORT, 3, 2.0), (32, DEFAULT, 1, 4.0), (256, DEFAULT, 1, 5.0)],
-            "hiding_pairs": [(0.2, 0.3), (0.3, 0.2)], "hiding_c": 1, "hiding_rounds": 1, "hiding_n": 4,
-            "abort_n": [8, 16, 32, 64], "abort_l": [0.05, 0.2, 0.5], "abort_c": 2, "abort_requests": 2,
-            "abort_k": 100, "abort_itl": 0.01, "abort_reasoning": 400,
-            "stack_c": 256, "stack_rounds": 1, "stack_duration": 5.0,
-            "cost_c": 2, "cost_requests": 2, "cost_abort_c": 2,
+            "hiding_pairs": [(0.2, 0.3), (0.3, 0.2)],
+            "hiding_c": 1,
+            "hiding_rounds": 1,
+            "hiding_n": 4,
+            "abort_n": [8, 16, 32, 64],
+            "abort_l": [0.05, 0.2, 0.5],
+            "abort_c": 2,
+            "abort_requests": 2,
+            "abort_k": 100,
+            "abort_itl": 0.01,
+            "abort_reasoning": 400,
+            "stack_c": 256,
+            "stack_rounds": 1,
+            "stack_duration": 5.0,
+            "cost_c": 2,
+            "cost_requests": 2,
+            "cost_abort_c": 2,
         }
     return {
         "overhead_levels": [(1, SHORT, 6, 3.0), (32, DEFAULT, 2, 8.0), (256, DEFAULT, 2, 10.0)],
-        "hiding_pairs": [(0.2, 0.3), (0.3, 0.2)], "hiding_c": 1, "hiding_rounds": 3, "hiding_n": 5,
-        "abort_n": [8, 16, 32, 64], "abort_l": [0.05, 0.2, 0.5], "abort_c": 4, "abort_requests": 8,
-        "abort_k": 100, "abort_itl": 0.01, "abort_reasoning": 400,
-        "stack_c": 256, "stack_rounds": 2, "stack_duration": 10.0,
-        "cost_c": 3, "cost_requests": 3, "cost_abort_c": 3,
+        "hiding_pairs": [(0.2, 0.3), (0.3, 0.2)],
+        "hiding_c": 1,
+        "hiding_rounds": 3,
+        "hiding_n": 5,
+        "abort_n": [8, 16, 32, 64],
+        "abort_l": [0.05, 0.2, 0.5],
+        "abort_c": 4,
+        "abort_requests": 8,
+        "abort_k": 100,
+        "abort_itl": 0.01,
+        "abort_reasoning": 400,
+        "stack_c": 256,
+        "stack_rounds": 2,
+        "stack_duration": 10.0,
+        "cost_c": 3,
+        "cost_requests": 3,
+        "cost_abort_c": 3,
     }
 
 
@@ -670,11 +931,16 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     cfg = settings(args.quick)
     only = {int(x) for x in args.only.split(",")} if args.only else {1, 2, 3, 4, 5, 6}
     t0 = time.monotonic()
-    res: dict[str, Any] = {"meta": {
-        "quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(),
-        "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()), "python": platform.python_version(),
-        "settings": {k: v for k, v in cfg.items()},
-    }}
+    res: dict[str, Any] = {
+        "meta": {
+            "quick": args.quick,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "cpus": os.cpu_count(),
+            "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+            "python": platform.python_version(),
+            "settings": {k: v for k, v in cfg.items()},
+        }
+    }
     upstream = start_upstream()
     async with Client("aiohttp", pool=2048) as client:
         if only & {1, 2}:

@@ -1,4 +1,4 @@
-"""The constants of the README's sizing rule: proxy CPU per request, checks per request
+"""The constants of the sizing rule (docs/deploy.md, "Sizing"): proxy CPU per request, checks per request
 and guard latency, for one request shape (2,000 reasoning tokens, 300 answer tokens),
 guards off against the default config, side by side in one run.
 
@@ -80,8 +80,13 @@ base_url = "{guard.base}/v1"
 
 
 def _start(name: str, config: str, port: int) -> Proc:
-    p = Proc(name, [PY, "-m", "proxy", "serve", "--config", config, "--log-level", "warning"], port, "/healthz",
-             env={PROXY_KEYS_ENV: API_KEY})
+    p = Proc(
+        name,
+        [PY, "-m", "proxy", "serve", "--config", config, "--log-level", "warning"],
+        port,
+        "/healthz",
+        env={PROXY_KEYS_ENV: API_KEY},
+    )
     p.wait_ready(60)
     return p
 
@@ -89,8 +94,11 @@ def _start(name: str, config: str, port: int) -> Proc:
 def _metrics(proc: Proc) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     with urllib.request.urlopen(f"{proc.base}/metrics", timeout=10) as r:
         text = r.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def _total(m: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
@@ -148,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         "reasoning": len(check_positions(defaults.reasoning, SHAPE["reasoning_tokens"])),
         "answer": len(check_positions(defaults.answer, SHAPE["answer_tokens"])),
     }
-    rows = [[name, fmt(s["rps"]), fmt(s.get("cpu_ms_per_req"), 1), ms(s["ttft_p50"]), str(s["errors"])]
-            for name, s in res.items()]
+    rows = [
+        [name, fmt(s["rps"]), fmt(s.get("cpu_ms_per_req"), 1), ms(s["ttft_p50"]), str(s["errors"])] for name, s in res.items()
+    ]
     off_cpu, on_cpu = res["guards off"].get("cpu_ms_per_req"), res["defaults"].get("cpu_ms_per_req")
     checks, latency = out["checks"], out["latency"]
     check_rows = [
@@ -157,26 +166,29 @@ def main(argv: list[str] | None = None) -> int:
         ["ReasoningShield, reasoning", fmt(checks["reasoning"], 2), str(bound["reasoning"]), fmt(latency["reasoningshield"], 2)],
         ["FlexGuard, answer", fmt(checks["answer"], 2), str(bound["answer"]), fmt(latency["flexguard"], 2)],
     ]
-    md = "\n".join([
-        "# The sizing rule's constants: one request shape, guards off against the defaults\n",
-        f"{time.strftime('%Y-%m-%d %H:%M:%S')} · {os.cpu_count()} CPUs · Python {sys.version.split()[0]} · "
-        f"run took {time.monotonic() - t0:.0f} s · load average {out['loadavg'][0]} -> {out['loadavg'][1]} · "
-        f"`python -m bench.scaling{' --quick' if args.quick else ''}`\n",
-        table(["proxy", "req/s", "CPU ms/req", "TTFT p50 (ms)", "errors"], rows),
-        "",
-        f"CPU per request, defaults over guards off: {fmt(on_cpu / off_cpu if on_cpu and off_cpu else None, 2)}.\n",
-        table(["guard, stage", "checks/req (measured)", "checks/req (instant guard)", "guard latency s (simulated)"],
-              check_rows),
-        f"\nStream: {SHAPE['reasoning_tokens']} reasoning + {SHAPE['answer_tokens']} answer tokens, "
-        f"{SHAPE['itl'] * 1000:g} ms apart; concurrency {CONCURRENCY}; {n_rounds} rounds x {duration:g} s per proxy, "
-        "in an order that changes every round. 'defaults': the product's default policy and schedules (reasoning "
-        "growing 8 / x1.25 / max 256, answer every 64). Checks per request measured from the proxy's "
-        "guardproxy_guard_checks_total over its requests; 'instant guard' is check_positions() for this length, "
-        "the most a guard that answers at once would get (a slower one makes the growing schedule sparser). "
-        "Guard latency is the mean of guardproxy_guard_check_duration_seconds against the guard simulator's latency "
-        "model (bench/sim.py: an assumption, not a GPU measurement). The simulators share the machine's 2 cores "
-        "with the proxies.\n",
-    ])
+    md = "\n".join(
+        [
+            "# The sizing rule's constants: one request shape, guards off against the defaults\n",
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')} · {os.cpu_count()} CPUs · Python {sys.version.split()[0]} · "
+            f"run took {time.monotonic() - t0:.0f} s · load average {out['loadavg'][0]} -> {out['loadavg'][1]} · "
+            f"`python -m bench.scaling{' --quick' if args.quick else ''}`\n",
+            table(["proxy", "req/s", "CPU ms/req", "TTFT p50 (ms)", "errors"], rows),
+            "",
+            f"CPU per request, defaults over guards off: {fmt(on_cpu / off_cpu if on_cpu and off_cpu else None, 2)}.\n",
+            table(
+                ["guard, stage", "checks/req (measured)", "checks/req (instant guard)", "guard latency s (simulated)"], check_rows
+            ),
+            f"\nStream: {SHAPE['reasoning_tokens']} reasoning + {SHAPE['answer_tokens']} answer tokens, "
+            f"{SHAPE['itl'] * 1000:g} ms apart; concurrency {CONCURRENCY}; {n_rounds} rounds x {duration:g} s per proxy, "
+            "in an order that changes every round. 'defaults': the product's default policy and schedules (reasoning "
+            "growing 8 / x1.25 / max 256, answer every 64). Checks per request measured from the proxy's "
+            "guardproxy_guard_checks_total over its requests; 'instant guard' is check_positions() for this length, "
+            "the most a guard that answers at once would get (a slower one makes the growing schedule sparser). "
+            "Guard latency is the mean of guardproxy_guard_check_duration_seconds against the guard simulator's latency "
+            "model (bench/sim.py: an assumption, not a GPU measurement). The simulators share the machine's 2 cores "
+            "with the proxies.\n",
+        ]
+    )
     OUT_MD.write_text(md + "\n")
     print(md)
     return 0

@@ -62,7 +62,7 @@ _json_encode = msgspec.json.Encoder().encode
 
 UNSAFE_MARKER = "UNSAFE"
 # A sentence of ten tokens: reasoning has punctuation (a trace of letters and spaces alone
-# would make every check re-sanitise its whole line, see guards.GrowingSlot).
+# would make every check re-sanitise its whole line, see guards._prompts.GrowingSlot).
 _WORDS = [" the", " model", " considers", " each", " step", " of", " a", " careful", " plan", "."]
 
 
@@ -102,11 +102,23 @@ class Upstream:
 
     KEYS = ("ttft", "itl", "reasoning_tokens", "answer_tokens", "unsafe_at", "reasoning_field")
 
-    def __init__(self, *, ttft: float, itl: float, reasoning_tokens: int, answer_tokens: int,
-                 unsafe_at: int | None = None, reasoning_field: str = "reasoning") -> None:
+    def __init__(
+        self,
+        *,
+        ttft: float,
+        itl: float,
+        reasoning_tokens: int,
+        answer_tokens: int,
+        unsafe_at: int | None = None,
+        reasoning_field: str = "reasoning",
+    ) -> None:
         self.params: dict[str, Any] = {
-            "ttft": ttft, "itl": itl, "reasoning_tokens": reasoning_tokens,
-            "answer_tokens": answer_tokens, "unsafe_at": unsafe_at, "reasoning_field": reasoning_field,
+            "ttft": ttft,
+            "itl": itl,
+            "reasoning_tokens": reasoning_tokens,
+            "answer_tokens": answer_tokens,
+            "unsafe_at": unsafe_at,
+            "reasoning_field": reasoning_field,
         }
         self.reset()
 
@@ -123,10 +135,16 @@ class Upstream:
 
     def stats(self) -> dict[str, Any]:
         return {
-            "requests": self.requests, "completed": self.completed, "aborted": self.aborted,
-            "active": self.active, "peak_active": self.peak_active, "tokens_generated": self.tokens,
-            "after_unsafe": list(self.after_unsafe), "aborted_tokens": list(self.aborted_tokens),
-            "unsafe_completed": self.unsafe_completed, "params": self.params,
+            "requests": self.requests,
+            "completed": self.completed,
+            "aborted": self.aborted,
+            "active": self.active,
+            "peak_active": self.peak_active,
+            "tokens_generated": self.tokens,
+            "after_unsafe": list(self.after_unsafe),
+            "aborted_tokens": list(self.aborted_tokens),
+            "unsafe_completed": self.unsafe_completed,
+            "params": self.params,
         }
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -193,11 +211,18 @@ class Upstream:
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if reasoning:
             message[p["reasoning_field"]] = reasoning
-        await _send_json(send, 200, {
-            "id": "chatcmpl-sim", "object": "chat.completion", "created": 1700000000, "model": model,
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": len(tokens), "total_tokens": 10 + len(tokens)},
-        })
+        await _send_json(
+            send,
+            200,
+            {
+                "id": "chatcmpl-sim",
+                "object": "chat.completion",
+                "created": 1700000000,
+                "model": model,
+                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": len(tokens), "total_tokens": 10 + len(tokens)},
+            },
+        )
 
     async def _stream(self, p: dict[str, Any], model: str, include_usage: bool, receive: Any, send: Any) -> None:
         t0 = time.monotonic()
@@ -217,8 +242,11 @@ class Upstream:
         unsafe_at = p["unsafe_at"]
         unsafe_at = int(unsafe_at) if unsafe_at is not None and int(unsafe_at) < int(p["reasoning_tokens"]) else None
         field = p["reasoning_field"].encode()
-        head = (b'data: {"id":"chatcmpl-sim","object":"chat.completion.chunk","created":1700000000,"model":'
-                + _json_encode(model) + b',"choices":[{"index":0,"delta":')
+        head = (
+            b'data: {"id":"chatcmpl-sim","object":"chat.completion.chunk","created":1700000000,"model":'
+            + _json_encode(model)
+            + b',"choices":[{"index":0,"delta":'
+        )
         tail = b',"logprobs":null,"finish_reason":null}]}\n\n'
         r_open, a_open = b'{"' + field + b'":', b'{"content":'
         self.requests += 1
@@ -244,11 +272,16 @@ class Upstream:
                 await send({"type": "http.response.body", "body": event, "more_body": True})
                 sent += 1
                 self.tokens += 1
-            end = head + b'{}' + b',"logprobs":null,"finish_reason":"stop"}]}\n\n'
+            end = head + b"{}" + b',"logprobs":null,"finish_reason":"stop"}]}\n\n'
             if include_usage:
                 usage = {"prompt_tokens": 10, "completion_tokens": len(tokens), "total_tokens": 10 + len(tokens)}
-                end += (b'data: {"id":"chatcmpl-sim","object":"chat.completion.chunk","created":1700000000,"model":'
-                        + _json_encode(model) + b',"choices":[],"usage":' + _json_encode(usage) + b"}\n\n")
+                end += (
+                    b'data: {"id":"chatcmpl-sim","object":"chat.completion.chunk","created":1700000000,"model":'
+                    + _json_encode(model)
+                    + b',"choices":[],"usage":'
+                    + _json_encode(usage)
+                    + b"}\n\n"
+                )
             end += b"data: [DONE]\n\n"
             await send({"type": "http.response.body", "body": end, "more_body": False})
             self.completed += 1
@@ -366,9 +399,19 @@ class Guard:
         elif method == "GET" and path.endswith("/models"):
             await _send_json(send, 200, {"object": "list", "data": [{"id": "guard", "object": "model"}]})
         elif path == "/stats":
-            await _send_json(send, 200, {"requests": self.requests, "flagged": self.flagged, "usage": self.usage,
-                                         "in_flight": self.in_flight, "peak_in_flight": self.peak_in_flight,
-                                         "latency": self.latency, "format": self.fmt})
+            await _send_json(
+                send,
+                200,
+                {
+                    "requests": self.requests,
+                    "flagged": self.flagged,
+                    "usage": self.usage,
+                    "in_flight": self.in_flight,
+                    "peak_in_flight": self.peak_in_flight,
+                    "latency": self.latency,
+                    "format": self.fmt,
+                },
+            )
         elif path == "/stats/reset" and method == "POST":
             await _read_body(receive)
             self.reset()
@@ -400,8 +443,12 @@ class Guard:
         self.requests[fmt] += 1
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-        usage = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120,
-                 "prompt_tokens_details": {"cached_tokens": 0}}
+        usage = {
+            "prompt_tokens": 100,
+            "completion_tokens": 20,
+            "total_tokens": 120,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        }
         try:
             if self.latency > 0:
                 await asyncio.sleep(self.latency)
@@ -410,8 +457,12 @@ class Guard:
                 prompt_tokens, cached = engine.cached_tokens((system + user).encode())
                 out = self.model.output_tokens[fmt]
                 await engine.submit(prompt_tokens - cached, out)
-                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": out, "total_tokens": prompt_tokens + out,
-                         "prompt_tokens_details": {"cached_tokens": cached}}
+                usage = {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": out,
+                    "total_tokens": prompt_tokens + out,
+                    "prompt_tokens_details": {"cached_tokens": cached},
+                }
                 u = self.usage[fmt]
                 u["prompt_tokens"] += prompt_tokens
                 u["cached_tokens"] += cached
@@ -425,11 +476,18 @@ class Guard:
                 unsafe = UNSAFE_MARKER in judged
                 text = _FLEX_UNSAFE if unsafe else _FLEX_SAFE
             self.flagged += unsafe
-            await _send_json(send, 200, {
-                "id": "guard-sim", "object": "chat.completion", "created": 1700000000, "model": body.get("model"),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                "usage": usage,
-            })
+            await _send_json(
+                send,
+                200,
+                {
+                    "id": "guard-sim",
+                    "object": "chat.completion",
+                    "created": 1700000000,
+                    "model": body.get("model"),
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                    "usage": usage,
+                },
+            )
         finally:
             self.in_flight -= 1
 
@@ -437,8 +495,18 @@ class Guard:
 def serve(app: Any, port: int, host: str = "127.0.0.1") -> None:
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
-                log_level="warning", access_log=False, backlog=4096, timeout_keep_alive=60)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        backlog=4096,
+        timeout_keep_alive=60,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -462,9 +530,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         parser.error("the simulators listen on loopback only")
     if args.kind == "upstream":
-        app: Any = Upstream(ttft=args.ttft, itl=args.itl, reasoning_tokens=args.reasoning_tokens,
-                            answer_tokens=args.answer_tokens, unsafe_at=args.unsafe_at,
-                            reasoning_field=args.reasoning_field)
+        app: Any = Upstream(
+            ttft=args.ttft,
+            itl=args.itl,
+            reasoning_tokens=args.reasoning_tokens,
+            answer_tokens=args.answer_tokens,
+            unsafe_at=args.unsafe_at,
+            reasoning_field=args.reasoning_field,
+        )
     else:
         app = Guard(latency=args.latency, fmt=args.fmt)
     serve(app, args.port, args.host)

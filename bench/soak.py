@@ -3,7 +3,7 @@
     python -m bench.soak [--streams 2000] [--disconnects 2000] [--guards off|on]
 
 Run on purpose, never in CI. Everything is a subprocess on 127.0.0.1 started with
-bench/run.py's helpers (the simulated upstream of bench/sim.py, its simulated guard with
+bench/run.py's launchers (the simulated upstream of bench/sim.py, its simulated guard with
 ``--guards on``, and the proxy as its own process: ``python -m proxy serve --config``),
 and everything stops by itself: every phase has a deadline, and the whole run
 ``--timeout``.
@@ -113,8 +113,9 @@ def fd_breakdown(proxy: Proc, upstream: Proc, guard: Proc | None) -> str:
 
 def one_request(proxy: Proc) -> int:
     """A short non-streamed completion (it also lets the pools drop their expired connections)."""
-    body = chat_body(MODEL, stream=False, extra={"x_sim": {"ttft": 0.01, "itl": 0.001, "reasoning_tokens": 2,
-                                                           "answer_tokens": 2}})
+    body = chat_body(
+        MODEL, stream=False, extra={"x_sim": {"ttft": 0.01, "itl": 0.001, "reasoning_tokens": 2, "answer_tokens": 2}}
+    )
     request = urllib.request.Request(proxy.base + "/v1/chat/completions", data=body, headers=_HEADERS, method="POST")
     with urllib.request.urlopen(request, timeout=30) as resp:
         resp.read()
@@ -188,8 +189,9 @@ class Run:
     t_cuts_done: float | None = None
 
 
-async def hold_one(session: Any, url: str, body: bytes, limit_s: float, run: Run, streams: int, t0: float,
-                   at: str, delay_s: float) -> None:
+async def hold_one(
+    session: Any, url: str, body: bytes, limit_s: float, run: Run, streams: int, t0: float, at: str, delay_s: float
+) -> None:
     """One held stream, opened after ``delay_s`` and read to its end (bench.load's parser
     and error rules)."""
     import aiohttp
@@ -309,22 +311,35 @@ async def soak(args: argparse.Namespace, proxy: Proc, upstream: Proc, guard: Pro
     timeout = aiohttp.ClientTimeout(total=None)
     held_conn = aiohttp.TCPConnector(limit=0, force_close=True)
     cut_conn = aiohttp.TCPConnector(limit=0, force_close=True)
-    async with aiohttp.ClientSession(connector=held_conn, timeout=timeout, auto_decompress=False) as held_session, \
-            aiohttp.ClientSession(connector=cut_conn, timeout=timeout, auto_decompress=False) as cut_session:
-        print(f"hold: opening {args.streams} streams over {args.ramp:g} s, {args.tokens} tokens {args.itl:g} s apart "
-              f"(~{stream_s:.0f} s each) ...", flush=True)
-        holders = [asyncio.create_task(hold_one(held_session, url, body, per_request, run, args.streams, t0, args.cut_at,
-                                                args.ramp * i / args.streams))
-                   for i in range(args.streams)]
+    async with (
+        aiohttp.ClientSession(connector=held_conn, timeout=timeout, auto_decompress=False) as held_session,
+        aiohttp.ClientSession(connector=cut_conn, timeout=timeout, auto_decompress=False) as cut_session,
+    ):
+        print(
+            f"hold: opening {args.streams} streams over {args.ramp:g} s, {args.tokens} tokens {args.itl:g} s apart "
+            f"(~{stream_s:.0f} s each) ...",
+            flush=True,
+        )
+        holders = [
+            asyncio.create_task(
+                hold_one(held_session, url, body, per_request, run, args.streams, t0, args.cut_at, args.ramp * i / args.streams)
+            )
+            for i in range(args.streams)
+        ]
         try:
             await asyncio.wait_for(run.all_held.wait(), args.hold_timeout)
         except TimeoutError:
-            print(f"  only {run.held_first_token}/{args.streams} streams started after {args.hold_timeout:g} s; "
-                  "cutting anyway", flush=True)
+            print(
+                f"  only {run.held_first_token}/{args.streams} streams started after {args.hold_timeout:g} s; cutting anyway",
+                flush=True,
+            )
         else:
             print(f"  all {args.streams} held streams streaming after {run.t_all_held:.1f} s", flush=True)
-        print(f"disconnect: {args.disconnects} streams cut after their first {args.cut_at}, "
-              f"{args.disconnect_concurrency} at a time ...", flush=True)
+        print(
+            f"disconnect: {args.disconnects} streams cut after their first {args.cut_at}, "
+            f"{args.disconnect_concurrency} at a time ...",
+            flush=True,
+        )
         lanes = asyncio.Semaphore(args.disconnect_concurrency)
 
         async def one_cut() -> None:
@@ -334,8 +349,11 @@ async def soak(args: argparse.Namespace, proxy: Proc, upstream: Proc, guard: Pro
         await asyncio.gather(*(one_cut() for _ in range(args.disconnects)))
         run.t_cuts_done = time.monotonic() - t0
         held_at_cut_end = sum(1 for h in holders if not h.done())
-        print(f"  done after {run.t_cuts_done:.1f} s ({held_at_cut_end} held streams still open); "
-              "reading the held streams to their end ...", flush=True)
+        print(
+            f"  done after {run.t_cuts_done:.1f} s ({held_at_cut_end} held streams still open); "
+            "reading the held streams to their end ...",
+            flush=True,
+        )
         await asyncio.gather(*holders)
     t_end = time.monotonic() - t0
     stop.set()
@@ -348,8 +366,9 @@ async def soak(args: argparse.Namespace, proxy: Proc, upstream: Proc, guard: Pro
     res["sockets_at_gauge_zero"] = fd_breakdown(proxy, upstream, guard)
     up_stats, _ = await settle(lambda: http_json("GET", upstream.base + "/stats"), lambda s: s["active"] == 0, 10)
     guard_stats = http_json("GET", guard.base + "/stats") if guard is not None else None
-    fds, fds_s = await settle(lambda: open_fds(proxy.popen.pid), lambda v: v <= res["fds_before"] + args.fd_slack,
-                              args.fd_settle_timeout)
+    fds, fds_s = await settle(
+        lambda: open_fds(proxy.popen.pid), lambda v: v <= res["fds_before"] + args.fd_slack, args.fd_settle_timeout
+    )
     res["sockets_settled"] = fd_breakdown(proxy, upstream, guard)
     # httpx drops expired idle connections only when its pool is used again (the guard
     # clients); one more request tells idle pooled sockets from leaked ones.
@@ -360,20 +379,36 @@ async def soak(args: argparse.Namespace, proxy: Proc, upstream: Proc, guard: Pro
 
     ok = [s for s in run.held if s.ok]
     errors = [s.error for s in run.held if not s.ok]
-    res.update({
-        "streams": args.streams, "completed": len(ok), "errors": len(errors),
-        "error_kinds": dict(Counter(e.split(":")[0] for e in errors).most_common(5)),
-        "error_example": errors[0] if errors else None,
-        "finish_reasons": dict(Counter(s.finish_reason for s in ok)),
-        "tokens_per_stream": sorted({s.tokens for s in ok}),
-        "disconnects_asked": args.disconnects, "cuts": dict(run.cuts), "cut_example": run.cut_example,
-        "held_at_cut_end": held_at_cut_end, "cut_started": _quantiles(run.cut_started_s),
-        "held_started": _quantiles(run.held_started_s), "t_all_held": run.t_all_held, "t_cuts_done": run.t_cuts_done,
-        "t_first_end": run.t_first_end, "t_end": t_end,
-        "peak_in_flight": run.peak_in_flight, "gauge_after": gauge, "gauge_settle_s": gauge_s,
-        "fds_after": fds, "fds_settle_s": fds_s, "upstream": up_stats, "guard": guard_stats,
-        "rss_after_mb": proxy.ps.memory_info().rss / 2**20, "proxy_log": proxy.log_path,
-    })
+    res.update(
+        {
+            "streams": args.streams,
+            "completed": len(ok),
+            "errors": len(errors),
+            "error_kinds": dict(Counter(e.split(":")[0] for e in errors).most_common(5)),
+            "error_example": errors[0] if errors else None,
+            "finish_reasons": dict(Counter(s.finish_reason for s in ok)),
+            "tokens_per_stream": sorted({s.tokens for s in ok}),
+            "disconnects_asked": args.disconnects,
+            "cuts": dict(run.cuts),
+            "cut_example": run.cut_example,
+            "held_at_cut_end": held_at_cut_end,
+            "cut_started": _quantiles(run.cut_started_s),
+            "held_started": _quantiles(run.held_started_s),
+            "t_all_held": run.t_all_held,
+            "t_cuts_done": run.t_cuts_done,
+            "t_first_end": run.t_first_end,
+            "t_end": t_end,
+            "peak_in_flight": run.peak_in_flight,
+            "gauge_after": gauge,
+            "gauge_settle_s": gauge_s,
+            "fds_after": fds,
+            "fds_settle_s": fds_s,
+            "upstream": up_stats,
+            "guard": guard_stats,
+            "rss_after_mb": proxy.ps.memory_info().rss / 2**20,
+            "proxy_log": proxy.log_path,
+        }
+    )
     return res
 
 
@@ -387,8 +422,11 @@ def table(args: argparse.Namespace, res: dict[str, Any], limit_line: str) -> str
         ("errors on the held streams", f"{res['errors']}" + (f" {res['error_kinds']}" if res["errors"] else ""), "0"),
         ("peak in-flight (proxy gauge, sampled every 0.5 s)", f"{res['peak_in_flight']:.0f}", f">= {res['streams']}"),
         ("peak concurrent upstream streams (simulator)", f"{up.get('peak_active')}", f">= {res['streams']}"),
-        (f"disconnects made (cut after the first {args.cut_at})", f"{cut} / {res['disconnects_asked']}"
-         + (f" (not cut: {not_cut})" if not_cut else ""), f"{res['disconnects_asked']}"),
+        (
+            f"disconnects made (cut after the first {args.cut_at})",
+            f"{cut} / {res['disconnects_asked']}" + (f" (not cut: {not_cut})" if not_cut else ""),
+            f"{res['disconnects_asked']}",
+        ),
         (f"time to first {args.cut_at} (s), held: p50 / p99 / max", res["held_started"], ""),
         (f"time to first {args.cut_at} (s), cut: p50 / p99 / max", res["cut_started"], ""),
         ("held streams still open when the last cut was made", f"{res['held_at_cut_end']}", f"{res['streams']}"),
@@ -396,20 +434,30 @@ def table(args: argparse.Namespace, res: dict[str, Any], limit_line: str) -> str
         ("upstream requests completed", f"{up.get('completed')}", "= held streams"),
         ("in-flight gauge afterwards", "unread" if gauge is None else f"{gauge:.0f} (after {res['gauge_settle_s']:.1f} s)", "0"),
         ("upstream streams active afterwards", f"{up.get('active')}", "0"),
-        ("proxy open fds: before / at gauge 0 / settled", f"{res['fds_before']} / {res['fds_at_gauge_zero']} / "
-         f"{res['fds_after']} (after {res['fds_settle_s']:.1f} s)", f"settled <= before + {args.fd_slack}"),
+        (
+            "proxy open fds: before / at gauge 0 / settled",
+            f"{res['fds_before']} / {res['fds_at_gauge_zero']} / {res['fds_after']} (after {res['fds_settle_s']:.1f} s)",
+            f"settled <= before + {args.fd_slack}",
+        ),
         ("proxy TCP sockets at gauge 0", res["sockets_at_gauge_zero"], ""),
         ("proxy TCP sockets settled", res["sockets_settled"], ""),
-        ("proxy open fds after one more request (1 s later)", f"{res['fds_after_nudge']} ({res['sockets_after_nudge']}; "
-         f"HTTP {res['nudge_status']})", f"<= before + {args.fd_slack}"),
-        ("proxy RSS MB: before / peak / after", f"{res['rss_before_mb']:.0f} / {res['rss_peak_mb']:.0f} / "
-         f"{res['rss_after_mb']:.0f}", ""),
+        (
+            "proxy open fds after one more request (1 s later)",
+            f"{res['fds_after_nudge']} ({res['sockets_after_nudge']}; HTTP {res['nudge_status']})",
+            f"<= before + {args.fd_slack}",
+        ),
+        (
+            "proxy RSS MB: before / peak / after",
+            f"{res['rss_before_mb']:.0f} / {res['rss_peak_mb']:.0f} / {res['rss_after_mb']:.0f}",
+            "",
+        ),
         ("proxy CPU s (user + system)", f"{res['cpu_s']:.1f}", ""),
     ]
     if res["guard"] is not None:
         g = res["guard"]
-        rows.append(("guard checks (simulator: requests / peak in flight)", f"{g.get('requests')} / "
-                     f"{g.get('peak_in_flight')}", ""))
+        rows.append(
+            ("guard checks (simulator: requests / peak in flight)", f"{g.get('requests')} / {g.get('peak_in_flight')}", "")
+        )
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     lines = [
@@ -434,8 +482,9 @@ def table(args: argparse.Namespace, res: dict[str, Any], limit_line: str) -> str
         lines.append(f"\nproxy log, failed requests by outcome: {res['log_failures']}; first: {res['log_example']}")
     if res["cut_example"]:
         lines.append(f"\nfirst failed cut: {res['cut_example']}")
-    lines.append(f"\nheld streams' finish reasons: {res['finish_reasons']}; tokens per held stream: "
-                 f"{res['tokens_per_stream'][:5]}")
+    lines.append(
+        f"\nheld streams' finish reasons: {res['finish_reasons']}; tokens per held stream: {res['tokens_per_stream'][:5]}"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -452,10 +501,16 @@ def _commit() -> str:
 
     root = Path(__file__).resolve().parent.parent
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "proxy", "guards"],
-                               cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "proxy", "guards"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (head or "unknown") + (" +changes in proxy/ or guards/" if dirty else "")
@@ -498,25 +553,39 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", type=int, default=2000, help="streams held open together")
     parser.add_argument("--disconnects", type=int, default=2000, help="streams cut mid-stream")
-    parser.add_argument("--guards", choices=["off", "on"], default="off",
-                        help="off: all policy stages disabled; on: prompt, reasoning and answer checks against "
-                             "bench/sim.py's guard")
+    parser.add_argument(
+        "--guards",
+        choices=["off", "on"],
+        default="off",
+        help="off: all policy stages disabled; on: prompt, reasoning and answer checks against bench/sim.py's guard",
+    )
     parser.add_argument("--guard-latency", type=float, default=0.05, help="the simulated guard's latency (s)")
     parser.add_argument("--tokens", type=int, default=60, help="tokens per upstream stream (half reasoning)")
     parser.add_argument("--itl", type=float, default=0.5, help="seconds between upstream tokens")
-    parser.add_argument("--ramp", type=float, default=5.0,
-                        help="seconds over which the held streams are opened (evenly); with --guards on every one "
-                             "starts with a prompt check: on a small machine give it ~20 s and a longer --itl")
+    parser.add_argument(
+        "--ramp",
+        type=float,
+        default=5.0,
+        help="seconds over which the held streams are opened (evenly); with --guards on every one "
+        "starts with a prompt check: on a small machine give it ~20 s and a longer --itl",
+    )
     parser.add_argument("--disconnect-concurrency", type=int, default=500)
-    parser.add_argument("--cut-at", choices=["event", "token"], default="event",
-                        help="a stream counts as started, and a disconnect is made, after its first SSE event "
-                             "(the proxy is relaying) or its first token (with guards on and release=checked, "
-                             "reasoning tokens are released only after a check)")
+    parser.add_argument(
+        "--cut-at",
+        choices=["event", "token"],
+        default="event",
+        help="a stream counts as started, and a disconnect is made, after its first SSE event "
+        "(the proxy is relaying) or its first token (with guards on and release=checked, "
+        "reasoning tokens are released only after a check)",
+    )
     parser.add_argument("--hold-timeout", type=float, default=120.0, help="seconds to wait for every held stream to start")
     parser.add_argument("--settle-timeout", type=float, default=60.0, help="seconds to wait for the gauge to reach 0")
-    parser.add_argument("--fd-settle-timeout", type=float, default=15.0,
-                        help="seconds to wait for the fds to return near their count before (idle upstream "
-                             "connections expire after 5 s)")
+    parser.add_argument(
+        "--fd-settle-timeout",
+        type=float,
+        default=15.0,
+        help="seconds to wait for the fds to return near their count before (idle upstream connections expire after 5 s)",
+    )
     parser.add_argument("--fd-slack", type=int, default=16, help="settled fds may exceed the count before by this much")
     parser.add_argument("--timeout", type=float, default=1200.0, help="the whole run, seconds")
     parser.add_argument("--out", default=str(OUT), help="where the table is written")
@@ -546,8 +615,10 @@ def main(argv: list[str] | None = None) -> int:
     bad = verdict(args, res)
     text += ("\nresult: " + ("PASS" if not bad else "FAIL: " + "; ".join(bad))) + "\n"
     if res["held_at_cut_end"] < args.streams:
-        text += (f"note: {args.streams - res['held_at_cut_end']} held streams had ended before the last cut; "
-                 "a larger --itl keeps them open longer\n")
+        text += (
+            f"note: {args.streams - res['held_at_cut_end']} held streams had ended before the last cut; "
+            "a larger --itl keeps them open longer\n"
+        )
     print()
     print(text)
     out = Path(args.out)

@@ -85,19 +85,44 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         Proc.stop_all()
     res = out["results"]
-    rows = [[name, fmt(s["rps"]), fmt(s["rps"] / res["direct"]["rps"], 2), ms(s["ttft_p50"]), ms(s["ttft_p99"]),
-             ms(s["itl_p99"]), str(s["errors"]), fmt(s.get("cpu_ms_per_req"), 2), fmt(out["rss"].get(name))]
-            for name, s in res.items()]
-    md = "\n".join([
-        "# `serve --workers`: 1 and 2 workers against the direct upstream, c = 256, guards off\n",
-        f"{time.strftime('%Y-%m-%d %H:%M:%S')} · {os.cpu_count()} CPUs · Python {sys.version.split()[0]} · "
-        f"run took {time.monotonic() - t0:.0f} s · load average {out['loadavg'][0]} -> {out['loadavg'][1]} · "
-        f"`python -m bench.workers{' --quick' if args.quick else ''}`\n",
-        table(["target", "req/s", "of direct", "TTFT p50 (ms)", "TTFT p99 (ms)", "ITL p99 (ms)", "errors",
-               "CPU ms/req (process tree)", "peak RSS MB"], rows),
-        f"\nStream: 100 reasoning + 50 answer tokens, 10 ms apart; {n_rounds} rounds x {duration:g} s per target, "
-        "in an order that changes every round. The upstream simulator shares the machine's cores with the proxy.\n",
-    ])
+    rows = [
+        [
+            name,
+            fmt(s["rps"]),
+            fmt(s["rps"] / res["direct"]["rps"], 2),
+            ms(s["ttft_p50"]),
+            ms(s["ttft_p99"]),
+            ms(s["itl_p99"]),
+            str(s["errors"]),
+            fmt(s.get("cpu_ms_per_req"), 2),
+            fmt(out["rss"].get(name)),
+        ]
+        for name, s in res.items()
+    ]
+    md = "\n".join(
+        [
+            "# `serve --workers`: 1 and 2 workers against the direct upstream, c = 256, guards off\n",
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')} · {os.cpu_count()} CPUs · Python {sys.version.split()[0]} · "
+            f"run took {time.monotonic() - t0:.0f} s · load average {out['loadavg'][0]} -> {out['loadavg'][1]} · "
+            f"`python -m bench.workers{' --quick' if args.quick else ''}`\n",
+            table(
+                [
+                    "target",
+                    "req/s",
+                    "of direct",
+                    "TTFT p50 (ms)",
+                    "TTFT p99 (ms)",
+                    "ITL p99 (ms)",
+                    "errors",
+                    "CPU ms/req (process tree)",
+                    "peak RSS MB",
+                ],
+                rows,
+            ),
+            f"\nStream: 100 reasoning + 50 answer tokens, 10 ms apart; {n_rounds} rounds x {duration:g} s per target, "
+            "in an order that changes every round. The upstream simulator shares the machine's cores with the proxy.\n",
+        ]
+    )
     OUT_MD.write_text(md + "\n")
     print(md)
     return 0

@@ -1,4 +1,4 @@
-"""guardproxy's model side: FlexGuard and ReasoningShield, their prompts, verdicts and backends.
+"""guardproxy's model side: FlexGuard and ReasoningShield, their verdicts and backends.
 
 Typical use (the proxy creates backends in its lifespan and closes them in ``finally``)::
 
@@ -7,41 +7,18 @@ Typical use (the proxy creates backends in its lifespan and closes them in ``fin
     verdict = await flexguard.check_prompt("How do I bake bread?")
     ...
     await backend.aclose()
+
+This module names the public surface. How a guard is prompted (``_prompts``), its output
+parsed (``_parse``, ``_structured``) and its context fitted (``_context``) are internals:
+import them from their modules.
 """
 
 from ._cache import VerdictCache
 from ._categories import FLEXGUARD_CATEGORIES
 from ._config import BackendKind, GuardModelConfig
-from ._guards import (
-    FLEXGUARD_MAX_TOKENS,
-    REASONINGSHIELD_DATE,
-    REASONINGSHIELD_MAX_TOKENS,
-    FlexGuard,
-    GrowingChecks,
-    ReasoningShield,
-)
-from ._parse import judgment_to_risk_score, parse_flexguard, parse_reasoningshield
-from ._prompts import (
-    KNOWN_ADDED_TOKENS,
-    GrowingSlot,
-    SlotSanitizer,
-    flexguard_prompt_messages,
-    flexguard_response_messages,
-    reasoningshield_messages,
-    sanitize_slot_text,
-    system_prompt,
-)
-from ._structured import flexguard_regex, reasoningshield_regex
+from ._guards import FlexGuard, GrowingChecks, ReasoningShield
 from ._verdict import CacheResult, GuardName, Stage, Verdict
-from .backends import (
-    ChatMessage,
-    ChatPrompt,
-    Generation,
-    GuardBackend,
-    ScriptedBackend,
-    open_backend,
-    render_chat,
-)
+from .backends import ChatMessage, ChatPrompt, Generation, GuardBackend, ScriptedBackend, open_backend
 from .exceptions import (
     GuardBackendError,
     GuardError,
@@ -52,44 +29,31 @@ from .exceptions import (
 )
 
 __all__ = [
-    "FLEXGUARD_CATEGORIES",
-    "FLEXGUARD_MAX_TOKENS",
-    "KNOWN_ADDED_TOKENS",
-    "REASONINGSHIELD_DATE",
-    "REASONINGSHIELD_MAX_TOKENS",
-    "BackendKind",
-    "CacheResult",
-    "ChatMessage",
-    "ChatPrompt",
+    # the guards
     "FlexGuard",
-    "Generation",
+    "ReasoningShield",
     "GrowingChecks",
-    "GuardBackend",
-    "GuardBackendError",
-    "GuardError",
     "GuardModelConfig",
+    "BackendKind",
+    # what they answer
+    "Verdict",
+    "Stage",
     "GuardName",
-    "GrowingSlot",
+    "CacheResult",
+    "FLEXGUARD_CATEGORIES",
+    "VerdictCache",
+    # the backends that run them
+    "GuardBackend",
+    "ChatPrompt",
+    "ChatMessage",
+    "Generation",
+    "open_backend",
+    "ScriptedBackend",
+    # what can go wrong
+    "GuardError",
+    "GuardBackendError",
     "GuardTimeout",
     "GuardUnreachable",
-    "ReasoningShield",
-    "ScriptedBackend",
-    "SlotSanitizer",
-    "Stage",
-    "Verdict",
-    "VerdictCache",
     "VerdictParseError",
     "VerdictTruncated",
-    "flexguard_prompt_messages",
-    "flexguard_regex",
-    "flexguard_response_messages",
-    "judgment_to_risk_score",
-    "open_backend",
-    "parse_flexguard",
-    "parse_reasoningshield",
-    "reasoningshield_messages",
-    "reasoningshield_regex",
-    "render_chat",
-    "sanitize_slot_text",
-    "system_prompt",
 ]

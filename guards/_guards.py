@@ -102,9 +102,7 @@ def _unbounded() -> contextlib.AbstractAsyncContextManager[None]:
     return contextlib.nullcontext()
 
 
-async def _run(
-    backend: GuardBackend, config: GuardModelConfig, prompt: ChatPrompt, admit: Admission
-) -> tuple[Generation, float]:
+async def _run(backend: GuardBackend, config: GuardModelConfig, prompt: ChatPrompt, admit: Admission) -> tuple[Generation, float]:
     """One backend call in a slot from ``admit``, under the check's deadline; returns the
     generation and latency (from the call's start: the wait for a slot is not the guard's)."""
     async with admit():
@@ -252,9 +250,7 @@ class FlexGuard:
 
     def response_check(self, user_text: str, assistant_text: str) -> ChatPrompt:
         """Exactly what :meth:`check_response` sends to the backend."""
-        return self._prompt(
-            flexguard_response_messages(user_text, assistant_text, sanitize=self.sanitize)
-        )
+        return self._prompt(flexguard_response_messages(user_text, assistant_text, sanitize=self.sanitize))
 
     def answer_checks(self, user_text: str) -> GrowingChecks:
         """The response-mode checks of an answer to ``user_text`` as it grows."""

@@ -152,8 +152,7 @@ _MARKERS: tuple[re.Pattern[str], ...] = (
         re.IGNORECASE,
     ),
     re.compile(
-        _LINE_START
-        + rf"[ \t]*(?:{_CODES})(?:[ \t]*,[ \t]*(?:{_CODES}))*[ \t]*(?=[{_NL}]|\Z)",
+        _LINE_START + rf"[ \t]*(?:{_CODES})(?:[ \t]*,[ \t]*(?:{_CODES}))*[ \t]*(?=[{_NL}]|\Z)",
         re.IGNORECASE,
     ),
 )
@@ -177,7 +176,7 @@ _QUOTES = {
 def _fold_table() -> dict[int, str]:
     """Code point -> its folded text, for every character that folding changes.
 
-    Built on first use (about 0.05 s): the BMP, the SMP (mathematical alphanumerics) and
+    Built on first use: the BMP, the SMP (mathematical alphanumerics) and
     plane 14 (tags, variation selectors) hold every character that folds to ASCII or to
     nothing.
     """
@@ -236,10 +235,7 @@ def _token_pattern(tokens: Iterable[str]) -> re.Pattern[str] | None:
     Shortest first: where tokens start at one position the shortest one is found, and
     its break lies inside every longer one too.
     """
-    alternatives = [
-        re.escape(t[:-1]) + "(?=" + re.escape(t[-1]) + ")"
-        for t in sorted(tokens, key=lambda t: (len(t), t))
-    ]
+    alternatives = [re.escape(t[:-1]) + "(?=" + re.escape(t[-1]) + ")" for t in sorted(tokens, key=lambda t: (len(t), t))]
     return re.compile("|".join(alternatives), re.IGNORECASE) if alternatives else None
 
 
@@ -258,7 +254,7 @@ class SlotSanitizer:
         )
         self._tokens = _token_pattern(self.added_tokens)
         # Built here, once, not inside the first check of a non-ASCII text: on a busy CPU
-        # the table took seconds, and a reasoning check waiting on it stopped nothing.
+        # building it is slow, and a reasoning check waiting on it stops nothing.
         _flag_table()
         # ASCII characters that no marker, category line, pipe token or added token can
         # hold: no match spans one, so sanitising stops and restarts there exactly
@@ -373,9 +369,7 @@ def sanitize_slot_text(text: str) -> str:
     return _STATIC(text)
 
 
-def flexguard_prompt_messages(
-    user_text: str, *, sanitize: Sanitize = sanitize_slot_text
-) -> tuple[ChatMessage, ...]:
+def flexguard_prompt_messages(user_text: str, *, sanitize: Sanitize = sanitize_slot_text) -> tuple[ChatMessage, ...]:
     """FlexGuard prompt moderation: is the user's message unsafe?"""
     return (
         ChatMessage("system", system_prompt("flexguard_prompt")),
@@ -387,23 +381,14 @@ def flexguard_response_messages(
     user_text: str, assistant_text: str, *, sanitize: Sanitize = sanitize_slot_text
 ) -> tuple[ChatMessage, ...]:
     """FlexGuard response moderation: is the assistant's answer unsafe?"""
-    content = (
-        FLEXGUARD_PREAMBLE
-        + "[User]: "
-        + sanitize(user_text)
-        + "\n"
-        + "[Assistant]: "
-        + sanitize(assistant_text)
-    )
+    content = FLEXGUARD_PREAMBLE + "[User]: " + sanitize(user_text) + "\n" + "[Assistant]: " + sanitize(assistant_text)
     return (
         ChatMessage("system", system_prompt("flexguard_response")),
         ChatMessage("user", content),
     )
 
 
-def reasoningshield_messages(
-    query: str, thought: str, *, sanitize: Sanitize = sanitize_slot_text
-) -> tuple[ChatMessage, ...]:
+def reasoningshield_messages(query: str, thought: str, *, sanitize: Sanitize = sanitize_slot_text) -> tuple[ChatMessage, ...]:
     """ReasoningShield: is the reasoning (or the final answer) to ``query`` unsafe?"""
     content = f"Query: {sanitize(query)}\nThought: {sanitize(thought)}"
     return (

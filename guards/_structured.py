@@ -39,11 +39,7 @@ def flexguard_regex(max_thinking_tokens: int | None = None) -> str:
     as one token, and a grammar that allowed only ``"\\n"`` would force a token the model
     does not pick. A comma may be followed by a space (``VIO, ILG``), as the parser reads.
     """
-    return (
-        "<think>"
-        + _bounded_any(max_thinking_tokens)
-        + rf"</think>\n\n?(?:SAFE|{_CODE}(?:, ?{_CODE})*)\n(?:100|[1-9]?[0-9])"
-    )
+    return "<think>" + _bounded_any(max_thinking_tokens) + rf"</think>\n\n?(?:SAFE|{_CODE}(?:, ?{_CODE})*)\n(?:100|[1-9]?[0-9])"
 
 
 def reasoningshield_regex(max_analysis_tokens: int | None = None) -> str:

@@ -22,16 +22,18 @@ from guards import FlexGuard, GuardBackend, ReasoningShield, VerdictCache
 
 from ._auth import KeyRing, check_secrets
 from ._config import ProxyConfig
+from ._errors import from_http_exception
 from ._routes import ROUTES
 from .console import ConsoleAccess, Recorder, console_router, split_listeners
-from .exceptions import ProxyError
+from .exceptions import InternalError, ProxyError
+from .ops._heap import settle_heap
 from .ops._metrics import METRICS_ROUTES
+from .ops._open_guards import fit_contexts, open_guard
+from .ops._readiness import Readiness
 from .ops._shutdown import Drain
-from .ops._startup import Readiness, fit_contexts, open_guard, settle_heap
 from .ops._telemetry import Telemetry
 from .pipeline._guardset import GuardSet
 from .pipeline._response import error_response
-from .protocols._wire import error_body
 from .upstream._client import guard_transport
 from .upstream._router import open_upstreams
 
@@ -44,43 +46,19 @@ __all__ = ["create_app"]
 
 logger = logging.getLogger("guardproxy")
 
-_ERROR_TYPES = {
-    400: ("invalid_request_error", "invalid_request"),
-    401: ("authentication_error", "invalid_api_key"),
-    403: ("permission_error", "permission_denied"),
-    404: ("not_found_error", "not_found"),
-    405: ("invalid_request_error", "method_not_allowed"),
-    413: ("invalid_request_error", "request_too_large"),
-    415: ("invalid_request_error", "unsupported_media_type"),
-    429: ("rate_limit_error", "rate_limit_exceeded"),
-}
-
 
 def _proxy_error(_: Request[Any, Any, Any], exc: ProxyError) -> Response[bytes]:
     status, headers, body = error_response(exc)
     return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
 
 
-def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
-    status = exc.status_code
-    error_type, code = _ERROR_TYPES.get(status, ("server_error", "server_error") if status >= 500 else ("invalid_request_error", "invalid_request"))
-    if status == 413:
-        message = "The request body is larger than the proxy accepts."
-    elif status == 404:
-        message = (
-            "Not found. This proxy guards POST /v1/chat/completions, /v1/responses, /v1/completions "
-            "and /v1/moderations, forwards the /v1 paths its config lists, and serves GET /v1/models, "
-            "/healthz, /readyz and /metrics."
-        )
-    else:
-        message = str(exc.detail)
-    return Response(error_body(message, error_type, code), status_code=status, media_type="application/json")
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    return _proxy_error(request, from_http_exception(exc))
 
 
-def _internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     logger.exception("internal error", exc_info=exc)
-    body = error_body("The proxy failed to handle the request.", "server_error", "internal_error")
-    return Response(body, status_code=500, media_type="application/json")
+    return _proxy_error(request, InternalError())
 
 
 def guards_needed(config: ProxyConfig) -> dict[str, bool]:
@@ -132,7 +110,9 @@ def create_app(
                     backends[name] = given[name]
                 else:
                     backends[name] = opened[name] = await open_guard(
-                        name, getattr(config.guards, name), functools.partial(guard_transport, config.upstream, getattr(config.guards, name))
+                        name,
+                        getattr(config.guards, name),
+                        functools.partial(guard_transport, config.upstream, getattr(config.guards, name)),
                     )
             flex = backends.get("flexguard")
             shield = backends.get("reasoningshield")

@@ -106,7 +106,9 @@ def request_policy(principal: Principal, strictness_header: str | None) -> Polic
     try:
         requested = threshold_of(value)
     except ValueError as exc:
-        raise InvalidRequest(f"`X-Guard-Strictness`: {exc}".replace("`strictness`", "the value"), param="X-Guard-Strictness") from None
+        raise InvalidRequest(
+            f"`X-Guard-Strictness`: {exc}".replace("`strictness`", "the value"), param="X-Guard-Strictness"
+        ) from None
     if requested > policy.threshold and not principal.allow_loosen:
         raise PermissionDenied(
             f"`X-Guard-Strictness: {strictness_header.strip()}` would loosen this key's policy "
@@ -130,8 +132,11 @@ def check_secrets(config: ProxyConfig, environ: Mapping[str, str] = os.environ) 
     KeyRing.from_config(config, environ)
     named = [("upstream.api_key_env", config.upstream.api_key_env)]
     named += [(f"upstreams[{i}].api_key_env", route.api_key_env) for i, route in enumerate(config.upstreams)]
-    named += [(f"guards.{g}.api_key_env", getattr(config.guards, g).api_key_env) for g in ("flexguard", "reasoningshield")
-              if getattr(config.guards, g).enabled]
+    named += [
+        (f"guards.{g}.api_key_env", getattr(config.guards, g).api_key_env)
+        for g in ("flexguard", "reasoningshield")
+        if getattr(config.guards, g).enabled
+    ]
     if config.console.enabled:  # the console without its admin key would be open, or shut for good
         named.append(("console.admin_key_env", config.console.admin_key_env))
     for option, name in named:

@@ -81,15 +81,21 @@ def _lookup(doc: Any, path: tuple[str, ...]) -> Any:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from .ops._reload import hangup_held
+
+    with hangup_held():  # SIGHUP reloads the config once the proxy serves, and never ends it before
+        return _serve_held(args)
+
+
+def _serve_held(args: argparse.Namespace) -> int:
     from ._app import create_app, guards_needed
     from ._auth import check_secrets
     from .console import console_socket
-    from .ops._reload import ConfigSource, block_hangup
+    from .ops._readiness import check_at_startup
+    from .ops._reload import ConfigSource
     from .ops._shutdown import server_for
-    from .ops._startup import check_at_startup
     from .ops._workers import check_workers, resolve_workers, run_workers
 
-    block_hangup()  # SIGHUP reloads the config once the proxy serves, and never ends it before
     logging.basicConfig(level=args.log_level.upper(), format="%(message)s")
     config = serve_config(args)
     # A reload reads the file again and lays the same flags over it.
@@ -155,7 +161,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .tools._calibrate import check
+    from .tools._check import check
 
     config = load_config(args.config)
     try:
@@ -220,9 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8080, help="the proxy's port (0: any free one)")
-    demo.add_argument(
-        "--tour-only", action="store_true", help="exit after the tour: 0 if every scene had its expected outcome"
-    )
+    demo.add_argument("--tour-only", action="store_true", help="exit after the tour: 0 if every scene had its expected outcome")
     demo.set_defaults(func=_demo)
 
     cal = sub.add_parser("calibrate", help="find the threshold that maximises F1 on a labelled JSONL dev set")

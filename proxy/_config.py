@@ -108,7 +108,14 @@ class ServerConfig(_Struct):
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ValueError("`port` must be in 1..65535")
-        for name in ("max_body_bytes", "max_header_count", "max_header_bytes", "max_json_depth", "max_moderation_inputs", "guard_concurrency"):
+        for name in (
+            "max_body_bytes",
+            "max_header_count",
+            "max_header_bytes",
+            "max_json_depth",
+            "max_moderation_inputs",
+            "guard_concurrency",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"`{name}` must be > 0")
         for name in ("body_read_timeout_s", "guard_queue_timeout_s"):
@@ -132,8 +139,8 @@ class UpstreamConfig(_Struct):
     api_key_env: str | None = None
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
     max_connections: int = 1000
-    # "aiohttp": httpx over aiohttp's transport (about 2.7x the streams at a third of the
-    # CPU per request, measured in bench/; it has no write timeout). "httpx": httpx's own.
+    # "aiohttp": httpx over aiohttp's transport (more concurrent streams at less CPU per
+    # request; it has no write timeout). "httpx": httpx's own.
     http_transport: Literal["aiohttp", "httpx"] = "aiohttp"
     # Request fields this upstream takes beyond the inventory, added to [endpoints]'s.
     allow_fields: list[str] = msgspec.field(default_factory=list)
@@ -196,7 +203,7 @@ def check_field_paths(*lists: list[str]) -> None:
         for path in paths:
             parts = path.split(".")
             if not all(p.strip() and p == p.strip() for p in parts):
-                raise ValueError(f"{path!r} is not a field name or a dotted path such as \"chat_template_kwargs.enable_thinking\"")
+                raise ValueError(f'{path!r} is not a field name or a dotted path such as "chat_template_kwargs.enable_thinking"')
             if NEVER_FORWARDED.intersection(parts):
                 raise ValueError(f"{path!r}: a chat template is never forwarded (it decides what the model reads)")
 
@@ -274,9 +281,8 @@ class CheckSchedule(_Struct):
 
 
 class ReasoningStage(CheckSchedule):
-    """Growing by default: measured in bench scenario 6 (README "What protection
-    costs"), it checks an 8,000-token trace 31 times instead of 51 at a similar abort
-    delay, and its first check at 8 tokens releases checked reasoning sooner."""
+    """Growing by default: a long trace needs fewer checks than at a fixed interval for
+    a similar abort delay, and an early first check releases checked reasoning sooner."""
 
     enabled: bool = True
     # block / rewrite stop the upstream at once and end with finish_reason
@@ -322,7 +328,11 @@ class CategoryPolicy(_Struct):
     always_allow: list[str] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
-        for where, codes in (("thresholds", list(self.thresholds)), ("always_block", self.always_block), ("always_allow", self.always_allow)):
+        for where, codes in (
+            ("thresholds", list(self.thresholds)),
+            ("always_block", self.always_block),
+            ("always_allow", self.always_allow),
+        ):
             unknown = [c for c in codes if c not in FLEXGUARD_CATEGORIES]
             if unknown:
                 raise ValueError(f"`{where}`: unknown category {unknown[0]!r} (one of {', '.join(FLEXGUARD_CATEGORIES)})")
@@ -375,9 +385,7 @@ def threshold_of(strictness: Strictness) -> int:
     try:
         return STRICTNESS_THRESHOLDS[strictness]
     except KeyError:
-        raise ValueError(
-            f"`strictness` must be one of {', '.join(STRICTNESS_THRESHOLDS)} or 0-100, not {strictness!r}"
-        ) from None
+        raise ValueError(f"`strictness` must be one of {', '.join(STRICTNESS_THRESHOLDS)} or 0-100, not {strictness!r}") from None
 
 
 def _default_flexguard() -> GuardModelConfig:
@@ -434,7 +442,9 @@ class EndpointsConfig(_Struct):
         for entry in self.passthrough:
             method, _, path = entry.partition(" ")
             if method not in _PASSTHROUGH_METHODS or not path.startswith("/v1/"):
-                raise ValueError(f"`passthrough`: {entry!r} is not \"METHOD /v1/path\" (METHOD one of {', '.join(_PASSTHROUGH_METHODS)})")
+                raise ValueError(
+                    f'`passthrough`: {entry!r} is not "METHOD /v1/path" (METHOD one of {", ".join(_PASSTHROUGH_METHODS)})'
+                )
             if path.rstrip("/") in ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/moderations"):
                 raise ValueError(f"`passthrough`: {path} is guarded and cannot be forwarded unscreened")
 
@@ -568,7 +578,9 @@ class ProxyConfig(_Struct):
     def extra_fields(self, route: UpstreamConfig) -> ExtraFields:
         """The request fields an upstream takes beyond the inventory: [endpoints]'s and its own."""
         e = self.endpoints
-        return ExtraFields(frozenset(e.allow_fields + route.allow_fields), frozenset(e.unscreened_fields + route.unscreened_fields))
+        return ExtraFields(
+            frozenset(e.allow_fields + route.allow_fields), frozenset(e.unscreened_fields + route.unscreened_fields)
+        )
 
     def routes(self) -> list[UpstreamRoute]:
         """The upstreams requests are routed to: ``[[upstreams]]``, or ``[upstream]``

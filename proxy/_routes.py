@@ -16,10 +16,9 @@ from guards import GuardError, Verdict
 
 from ._auth import STRICTNESS_HEADER, Principal, bearer, request_policy
 from ._config import ProxyConfig
+from ._errors import guard_error_class
 from .console import Recorder
 from .exceptions import (
-    GuardOverloaded,
-    GuardUnavailable,
     InvalidRequest,
     NotFound,
     RequestTimeout,
@@ -27,8 +26,9 @@ from .exceptions import (
     UpstreamHTTPError,
 )
 from .ops._telemetry import request_id_of
-from .pipeline._guardset import GuardOverloadedError, GuardSet, gather_checks
-from .pipeline._relay import Exchange, RequestReport
+from .pipeline._guardset import GuardSet, gather_checks
+from .pipeline._relay import Exchange
+from .pipeline._report import RequestReport
 from .pipeline._response import GuardedResponse
 from .protocols._base import Adapter
 from .protocols.chat import ChatAdapter
@@ -38,7 +38,18 @@ from .protocols.responses import ResponsesAdapter
 from .upstream._client import UpstreamClient
 from .upstream._router import Upstreams
 
-__all__ = ["chat_completions", "completions", "responses", "passthrough", "moderations", "list_models", "healthz", "readyz", "read_body", "ROUTES"]
+__all__ = [
+    "chat_completions",
+    "completions",
+    "responses",
+    "passthrough",
+    "moderations",
+    "list_models",
+    "healthz",
+    "readyz",
+    "read_body",
+    "ROUTES",
+]
 
 logger = logging.getLogger("guardproxy")
 
@@ -108,7 +119,9 @@ async def _guarded(request: Request[Any, Any, Any], state: State, adapter: Adapt
         report=RequestReport(request_id=request_id),
         capture=recorder is not None and recorder.capture.enabled,
     )
-    on_done = telemetry.finish if recorder is None else recorder.on_done(exchange, principal.name, upstream_name, telemetry.finish)
+    on_done = (
+        telemetry.finish if recorder is None else recorder.on_done(exchange, principal.name, upstream_name, telemetry.finish)
+    )
     return GuardedResponse(exchange, on_done=on_done, drain=state.drain)
 
 
@@ -187,7 +200,11 @@ def _listed(method: str, path: str, entries: list[str]) -> bool:
     for entry in entries:
         m, _, pattern = entry.partition(" ")
         want = pattern.rstrip("/").split("/")
-        if m == method and len(want) == len(parts) and all(w == p or (w.startswith("{") and w.endswith("}") and p) for w, p in zip(want, parts, strict=True)):
+        if (
+            m == method
+            and len(want) == len(parts)
+            and all(w == p or (w.startswith("{") and w.endswith("}") and p) for w, p in zip(want, parts, strict=True))
+        ):
             return True
     return False
 
@@ -216,8 +233,7 @@ async def moderations(request: Request[Any, Any, Any], state: State) -> dict[str
         verdicts = await gather_checks([one(text) for text in texts])
     except GuardError as exc:
         logger.warning("guard error in a moderation request: %s: %s", type(exc).__name__, exc)
-        cls = GuardOverloaded if isinstance(exc, GuardOverloadedError) else GuardUnavailable
-        raise cls(f"FlexGuard could not classify the input ({type(exc).__name__}).") from exc
+        raise guard_error_class(exc)(f"FlexGuard could not classify the input ({type(exc).__name__}).") from exc
     return moderation_response(model, [moderation_result(v, policy) for v in verdicts])
 
 

@@ -3,11 +3,14 @@
     ProxyError                          status, type, code: the OpenAI error body
     ├── InvalidRequest (400)            the client's body or headers are wrong
     │   ├── BodyTooLarge (413)
-    │   └── UnsupportedMediaType (415)  a body that is not JSON
+    │   ├── MethodNotAllowed (405)      a path the proxy serves, with another method
+    │   ├── UnsupportedMediaType (415)  a body that is not JSON
+    │   └── HeaderFieldsTooLarge (431)  more header fields, or bytes, than the server accepts
     ├── RequestTimeout (408)            the body did not arrive within the read deadline
     ├── AuthenticationFailed (401)      missing or unknown proxy API key
     ├── PermissionDenied (403)          e.g. a header that loosens the policy without the right
     ├── NotFound (404)                  a path the proxy neither guards nor forwards
+    │   └── ModelNotFound (404)         a model no upstream serves
     ├── RateLimited (429)               too many console requests from one address
     ├── ContentPolicyViolation (400)    a guard blocked the prompt or the answer
     ├── GuardUnavailable (503)          a guard could not answer: never a policy decision
@@ -17,11 +20,18 @@
     │   ├── UpstreamUnreachable (502)   no connection could be made, or it broke
     │   ├── UpstreamTruncated (502)     the stream ended before every output finished
     │   └── UpstreamTimeout (504)       no answer in time
-    └── ConfigError                     the config is invalid (at start, never at request time)
+    ├── ShuttingDown (503)              the shutdown deadline stopped the request
+    └── InternalError (500)             a bug in the proxy: the client still gets the OpenAI shape
+
+    ConfigError                         the config is invalid: at start or on a reload, never
+                                        an HTTP answer, so not a ProxyError
 
 A class with ``retry_after_s`` gets a ``Retry-After`` header: the OpenAI SDKs retry 408,
-429 and 5xx answers and honour it. ``error_response`` in ``_response`` turns each into
-``{"error": {...}}``: the one place where errors become HTTP.
+429 and 5xx answers and honour it. ``_errors.error_body`` writes every error's body, and
+``_errors`` turns the errors of the layers around the proxy (Litestar's HTTP exceptions,
+the guards' errors) into these. The app's handlers and the response writers answer
+through ``error_response`` (``pipeline/_response``); what answers before the app
+(uvicorn's protocol in ``ops/_http11``, the console's listener split) uses the same body.
 """
 
 from __future__ import annotations
@@ -30,7 +40,9 @@ __all__ = [
     "ProxyError",
     "InvalidRequest",
     "BodyTooLarge",
+    "MethodNotAllowed",
     "UnsupportedMediaType",
+    "HeaderFieldsTooLarge",
     "RequestTimeout",
     "AuthenticationFailed",
     "PermissionDenied",
@@ -45,6 +57,8 @@ __all__ = [
     "UpstreamUnreachable",
     "UpstreamTruncated",
     "UpstreamTimeout",
+    "ShuttingDown",
+    "InternalError",
     "ConfigError",
 ]
 
@@ -74,9 +88,21 @@ class BodyTooLarge(InvalidRequest):
     code = "request_too_large"
 
 
+class MethodNotAllowed(InvalidRequest):
+    status_code = 405
+    code = "method_not_allowed"
+
+
 class UnsupportedMediaType(InvalidRequest):
     status_code = 415
     code = "unsupported_media_type"
+
+
+class HeaderFieldsTooLarge(InvalidRequest):
+    """Refused by the HTTP protocol (``ops/_http11``) before any app sees the request."""
+
+    status_code = 431
+    code = "request_header_fields_too_large"
 
 
 class RequestTimeout(ProxyError):
@@ -166,5 +192,20 @@ class UpstreamTimeout(UpstreamError):
     code = "upstream_timeout"
 
 
-class ConfigError(ProxyError):
+class ShuttingDown(ProxyError):
+    status_code = 503
+    code = "shutting_down"
+
+    def __init__(self, message: str = "The proxy is shutting down; retry the request.") -> None:
+        super().__init__(message)
+
+
+class InternalError(ProxyError):
+    code = "internal_error"
+
+    def __init__(self, message: str = "The proxy failed to handle the request.") -> None:
+        super().__init__(message)
+
+
+class ConfigError(Exception):
     """Raised at start-up and by a reload (never for a request); the message names the offending key."""

@@ -38,7 +38,8 @@ if { ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; }
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
 fi
-# Lint and types first: ruff on everything, mypy --strict on the product (pyproject.toml).
+# Lint, format and types first: ruff check and ruff format --check on everything, mypy --strict on the product (pyproject.toml).
 "$venv/bin/python" -m ruff check proxy guards bench tests
+"$venv/bin/python" -m ruff format --check proxy guards bench tests
 "$venv/bin/python" -m mypy proxy guards
 exec "$venv/bin/python" -m pytest "$@"

@@ -3,9 +3,9 @@
 Checks go straight to an httpx transport, as the proxy's upstream requests do, not
 through ``httpx.AsyncClient``: the client's cookie jar, redirect and auth layers do
 nothing for a guard call, and with httpx's own pool its per-request connection
-bookkeeping grew with the pool and cost more CPU than the rest of the proxy together
-(bench/README.md, guard cost). The proxy passes the transport it measured best for
-the upstream (``open_backend(config, transport=...)``); without one, httpx's own.
+bookkeeping grows with the pool, which a guard with many checks in flight makes large.
+The proxy passes the transport it chose for the upstream
+(``open_backend(config, transport=...)``); without one, httpx's own.
 
 Retries (tenacity, exponential backoff) on connection errors, HTTP 429 and 5xx, at most
 ``max_retries`` times; the guard's check deadline bounds them all. httpx's errors are

@@ -2,11 +2,11 @@
 
 Checks that arrive together share one ``model.generate``: a queue collects up to
 ``max_batch_size`` pending prompts, pads them on the left, and decodes greedily in a
-worker thread, so the event loop never waits on the model. Guard latency is decode-bound
-(DESIGN.md), so a shared decode step is nearly free for the extra rows.
+worker thread, so the event loop never waits on the model. A guard's latency is bound by
+its decode steps, so a shared decode step is nearly free for the extra rows.
 
 On CUDA the decode uses ``cache_implementation="static"``: transformers then compiles the
-decode step, about six times faster than eager for an 8B model. A check cancelled by its
+decode step, much faster than eager. A check cancelled by its
 deadline leaves its row running in the batch (``generate`` cannot be interrupted); its
 result is dropped.
 """
@@ -149,9 +149,7 @@ class TransformersBackend:
             if not batch:
                 continue
             try:
-                results = await asyncio.to_thread(
-                    self._generate_batch, [p.text for p in batch], [p.max_tokens for p in batch]
-                )
+                results = await asyncio.to_thread(self._generate_batch, [p.text for p in batch], [p.max_tokens for p in batch])
             except asyncio.CancelledError:
                 for p in batch:
                     if not p.future.done():
@@ -161,9 +159,7 @@ class TransformersBackend:
                 log.exception("transformers guard generation failed")
                 for p in batch:
                     if not p.future.done():
-                        p.future.set_exception(
-                            GuardBackendError(f"generation failed: {type(exc).__name__}")
-                        )
+                        p.future.set_exception(GuardBackendError(f"generation failed: {type(exc).__name__}"))
                 continue
             for p, result in zip(batch, results, strict=True):
                 if not p.future.done():
@@ -173,9 +169,7 @@ class TransformersBackend:
         """Runs in a worker thread: one padded greedy generate for the whole batch."""
         import torch
 
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
-            self.device
-        )
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         kwargs: dict[str, Any] = {}
         if self.device.startswith("cuda"):
             kwargs["cache_implementation"] = "static"

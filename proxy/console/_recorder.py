@@ -29,7 +29,8 @@ from ._store import DecisionStore
 
 if TYPE_CHECKING:
     from ..ops._metrics import ProxyMetrics
-    from ..pipeline._relay import Exchange, RequestReport
+    from ..pipeline._relay import Exchange
+    from ..pipeline._report import RequestReport
 
 __all__ = ["Recorder"]
 

@@ -35,12 +35,19 @@ import msgspec
 from .._config import AuditConfig, PolicyConfig
 
 if TYPE_CHECKING:
-    from ..pipeline._annotations import StageReport
-    from ..pipeline._policy import Decision
-    from ..pipeline._relay import RequestReport
+    from ..pipeline._report import Decision, RequestReport, StageReport
     from ..protocols._base import ApiRequest
 
-__all__ = ["Capture", "PolicySnapshots", "Record", "all_checks", "build_record", "check_entry", "flagged_stages", "policy_snapshot"]
+__all__ = [
+    "Capture",
+    "PolicySnapshots",
+    "Record",
+    "all_checks",
+    "build_record",
+    "check_entry",
+    "flagged_stages",
+    "policy_snapshot",
+]
 
 Record = dict[str, Any]
 
@@ -196,7 +203,9 @@ def build_record(
         choice = report.choices.get(report.stop_choice) if report.stop_choice is not None else None
         if choice is not None and stop.stage != "prompt":
             stage = getattr(choice, stop.stage)
-            entry.update(choice=report.stop_choice, at_token=stage.aborted_at_token, flagged_check_tokens=stage.flagged_check_tokens)
+            entry.update(
+                choice=report.stop_choice, at_token=stage.aborted_at_token, flagged_check_tokens=stage.flagged_check_tokens
+            )
         record["stop"] = entry
     if capture is not None and capture.wants(record):
         record["content"] = _content(request, policy, report, capture)

@@ -225,7 +225,13 @@ async def label(request: Request[Any, Any, Any], state: State, request_id: FromP
         raise InvalidRequest(f"`stage` must be one of {', '.join(LABEL_STAGES)}; `verdict` right or wrong")
     if store.get(request_id) is None and recorder.follower is None:
         raise NotFound(f"No decision record {request_id!r} in the console's memory.")
-    line = {"type": "label", "request_id": request_id, "stage": body.stage, "verdict": body.verdict, "time": round(time.time(), 3)}
+    line = {
+        "type": "label",
+        "request_id": request_id,
+        "stage": body.stage,
+        "verdict": body.verdict,
+        "time": round(time.time(), 3),
+    }
     recorder.label(line)
     return _json(line, 201)
 

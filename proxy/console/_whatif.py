@@ -141,7 +141,15 @@ def calibration_items(records: Iterable[Record], *, need_content: bool = False) 
             if need_content and not text:
                 continue
             items.append(
-                CalibrationItem(r["request_id"], stage, int(worst.get("risk_score") or 0), harmful, tuple(worst.get("categories", ())), text, query)
+                CalibrationItem(
+                    r["request_id"],
+                    stage,
+                    int(worst.get("risk_score") or 0),
+                    harmful,
+                    tuple(worst.get("categories", ())),
+                    text,
+                    query,
+                )
             )
     return items
 
@@ -192,7 +200,11 @@ def calibration(items: list[CalibrationItem], current: PolicyConfig) -> dict[str
                     continue
                 top = best(cp)
                 current_t = current.categories.thresholds.get(code, current.threshold)
-                entry["categories"][code] = {"items": len(sub), "current": _point(cp, current_t), "proposed": _point(cp, top.threshold)}
+                entry["categories"][code] = {
+                    "items": len(sub),
+                    "current": _point(cp, current_t),
+                    "proposed": _point(cp, top.threshold),
+                }
                 if stage == "prompt" and top.threshold != current_t:
                     category_lines.append(f"{code} = {top.threshold}")
         out["stages"][stage] = entry

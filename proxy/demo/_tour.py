@@ -130,9 +130,7 @@ class Tour:
     def _stream(self, messages: list[dict[str, str]], **kwargs: Any) -> tuple[str, str, str | None, list[Any]]:
         """Stream a completion, printing it; the reasoning, answer, finish reason, chunks."""
         reasoning, answer, finish, chunks = [], [], None, []
-        stream = self.client.chat.completions.create(
-            model=UPSTREAM_NAME, messages=messages, stream=True, temperature=0, **kwargs
-        )
+        stream = self.client.chat.completions.create(model=UPSTREAM_NAME, messages=messages, stream=True, temperature=0, **kwargs)
         for chunk in stream:
             chunks.append(chunk)
             for choice in chunk.choices:
@@ -168,7 +166,9 @@ class Tour:
             headers = exc.response.headers
             cats = headers.get("x-guardproxy-prompt-categories", "")
             risk = headers.get("x-guardproxy-prompt-risk-score", "")
-            self.printer.line("verdict", f"HTTP {exc.status_code} {exc.code}: {exc.body.get('message') if isinstance(exc.body, dict) else exc}")
+            self.printer.line(
+                "verdict", f"HTTP {exc.status_code} {exc.code}: {exc.body.get('message') if isinstance(exc.body, dict) else exc}"
+            )
             ok = exc.code == "content_policy_violation"
             return ok, f"blocked before any output (FlexGuard: {cats.replace(',', ', ')}, risk {risk})"
         return False, "the request was not blocked"

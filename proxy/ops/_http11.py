@@ -17,25 +17,31 @@ never the whole block, and no request reaches the app.
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 from .._config import ServerConfig
-from ..protocols._wire import error_body
+from .._errors import error_body
+from ..exceptions import HeaderFieldsTooLarge, InvalidRequest, ProxyError
 
 __all__ = ["http_protocol"]
 
-_BAD_REQUEST = (
-    b"400 Bad Request",
-    error_body("Invalid HTTP request received.", "invalid_request_error", "invalid_http_request"),
-)
+
+def _refusal(exc: ProxyError) -> tuple[bytes, bytes]:
+    """The status line's status (``400 Bad Request``) and the body of a refusal."""
+    return f"{exc.status_code} {HTTPStatus(exc.status_code).phrase}".encode(), error_body(exc)
+
+
+_BAD_REQUEST = _refusal(InvalidRequest("Invalid HTTP request received.", code="invalid_http_request"))
 
 
 def _too_large(limits: ServerConfig) -> tuple[bytes, bytes]:
-    message = (
-        f"The request's header fields are too large: at most {limits.max_header_count} fields "
-        f"and {limits.max_header_bytes} bytes."
+    return _refusal(
+        HeaderFieldsTooLarge(
+            f"The request's header fields are too large: at most {limits.max_header_count} fields "
+            f"and {limits.max_header_bytes} bytes."
+        )
     )
-    return b"431 Request Header Fields Too Large", error_body(message, "invalid_request_error", "request_header_fields_too_large")
 
 
 def _response_bytes(status: bytes, body: bytes, default_headers: list[tuple[bytes, bytes]]) -> bytes:

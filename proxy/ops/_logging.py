@@ -21,11 +21,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ..pipeline._annotations import stage_summary
+from ..protocols._annotations import stage_summary
 from ..protocols._wire import encode
 
 if TYPE_CHECKING:
-    from ..pipeline._relay import RequestReport
+    from ..pipeline._report import RequestReport
     from ..protocols._base import ApiRequest
 
 __all__ = ["RequestLog", "request_record"]
@@ -113,7 +113,8 @@ def request_record(
                 flagged_check_tokens=stage.flagged_check_tokens,
             )
         record["stop"] = entry
-    usage = report.usage
-    if isinstance(usage, dict):
-        record["usage"] = {k: usage[k] for k in _USAGE_KEYS if isinstance(usage.get(k), int)}
+    tokens = report.tokens
+    if tokens is not None:  # under chat's names, whatever the API
+        counts = (tokens.input_tokens, tokens.output_tokens, tokens.total_tokens)
+        record["usage"] = {k: n for k, n in zip(_USAGE_KEYS, counts, strict=True) if n is not None}
     return record

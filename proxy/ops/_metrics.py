@@ -23,8 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 if TYPE_CHECKING:
-    from ..pipeline._policy import Decision
-    from ..pipeline._relay import RequestReport
+    from ..pipeline._report import Decision, RequestReport
 
 __all__ = ["ProxyMetrics", "OUTCOMES", "METRICS_ROUTES", "metrics_endpoint"]
 
@@ -56,15 +55,20 @@ class ProxyMetrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=False)
-        self.requests = Counter("guardproxy_requests", "Chat completions by how they ended.", ["outcome"], registry=r)
+        self.requests = Counter(
+            "guardproxy_requests",
+            "Guarded generation requests (chat, responses, completions) by how they ended.",
+            ["outcome"],
+            registry=r,
+        )
         # With several workers (ops/_workers.py) the value lives in a file per process and
         # a scrape sums the live ones.
         self.in_flight = Gauge(
-            "guardproxy_requests_in_flight", "Chat completions being served.", registry=r, multiprocess_mode="livesum"
+            "guardproxy_requests_in_flight", "Guarded generation requests being served.", registry=r, multiprocess_mode="livesum"
         )
         self.request_seconds = Histogram(
             "guardproxy_request_duration_seconds",
-            "Chat completion time, first byte in to last byte out.",
+            "Guarded generation request time, first byte in to last byte out.",
             buckets=_TTFT_BUCKETS,
             registry=r,
         )
@@ -156,7 +160,9 @@ class ProxyMetrics:
         self._usage = {k: self._usage_children(k) for k in _CHECKS}
         self._upstream_tokens = {c: self.upstream_tokens.labels(c) for c in ("reasoning", "answer")}
         self._shadow = {(s, w): self.shadow_decisions.labels(s, w) for s in _STAGES for w in ("block", "rewrite", "fail")}
-        self._cache = {(g, res): self.guard_cache.labels(g, res) for g in ("flexguard", "reasoningshield") for res in ("hit", "miss")}
+        self._cache = {
+            (g, res): self.guard_cache.labels(g, res) for g in ("flexguard", "reasoningshield") for res in ("hit", "miss")
+        }
 
     def _usage_children(self, key: tuple[str, str]) -> tuple[Counter, Counter, Counter]:
         return (
@@ -213,7 +219,11 @@ class ProxyMetrics:
         if prompt is not None and not prompt.shadow:
             return  # enforced: nothing was only "would"
         choices = report.choices.values()
-        for stage, reports in (("prompt", [report.prompt]), ("reasoning", [c.reasoning for c in choices]), ("answer", [c.answer for c in choices])):
+        for stage, reports in (
+            ("prompt", [report.prompt]),
+            ("reasoning", [c.reasoning for c in choices]),
+            ("answer", [c.answer for c in choices]),
+        ):
             for would in {r.decision.would for r in reports if r.decision is not None and r.decision.would}:
                 self._shadow[(stage, would)].inc()
 

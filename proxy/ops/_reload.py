@@ -24,12 +24,13 @@ supervisor, so that all of them reload.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ __all__ = [
     "SUPERVISOR_PID_ENV",
     "ConfigSource",
     "ReloadResult",
-    "block_hangup",
+    "hangup_held",
     "listen_for_hangup",
     "live_config",
     "reload",
@@ -210,11 +211,20 @@ async def reload(state: Any) -> ReloadResult:
     return reload_now(state, ask_supervisor=True)
 
 
-def block_hangup() -> None:
+@contextlib.contextmanager
+def hangup_held() -> Iterator[None]:
     """Hold SIGHUP until a handler is in place: its default action ends the process, and
-    the mask is inherited by the processes started from here (the workers)."""
-    if hasattr(signal, "SIGHUP"):
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    the mask is inherited by the processes started from here (the workers). The mask
+    before it is restored when the block ends, so that a serve that returns (or fails
+    to start) leaves no signal held for what runs after it in the same process."""
+    if not hasattr(signal, "SIGHUP"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def listen_for_hangup(state: Any) -> None:

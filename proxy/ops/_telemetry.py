@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from .._config import TelemetryConfig
 from ..exceptions import ConfigError
-from ..protocols._chat_request import message_text
+from ..pipeline._observer import NO_TELEMETRY, RequestObserver
+from ..protocols._inventory import message_text
 from ..protocols._wire import encode
 from ._logging import RequestLog
 from ._metrics import ProxyMetrics
@@ -42,11 +43,10 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Span, Tracer
 
-    from ..pipeline._policy import Decision
-    from ..pipeline._relay import RequestReport
+    from ..pipeline._report import Decision, RequestReport
     from ..protocols._base import ApiRequest
 
-__all__ = ["Telemetry", "RequestObserver", "RequestTelemetry", "NO_TELEMETRY", "request_id_of"]
+__all__ = ["Telemetry", "RequestTelemetry", "request_id_of"]
 
 logger = logging.getLogger("guardproxy")
 
@@ -113,38 +113,22 @@ def _provider(config: TelemetryConfig, exporter: SpanExporter | None) -> TracerP
     return provider
 
 
-class RequestObserver:
-    """The hooks the pipeline and the response call; this base does nothing."""
-
-    __slots__ = ()
-
-    def check_started(self, stage: str, task: asyncio.Future[Any], tokens: int | None = None) -> None:
-        pass
-
-    def check_done(self, task: asyncio.Future[Any], decision: Decision) -> None:
-        pass
-
-    def upstream_started(self) -> None:
-        pass
-
-    def first_chunk(self) -> None:
-        pass
-
-    def upstream_done(self, report: RequestReport) -> None:
-        pass
-
-    def upstream_dropped(self, api: str, fields: tuple[str, ...]) -> None:
-        """The upstream sent fields the proxy does not know; they were dropped."""
-
-    def finish(self, report: RequestReport | None, outcome: str, error: BaseException | None = None) -> None:
-        pass
-
-
-NO_TELEMETRY = RequestObserver()
-
-
 class RequestTelemetry(RequestObserver):
-    __slots__ = ("_app", "_log", "chat", "api", "upstream_name", "request_id", "started", "upstream_at", "ttft_s", "span", "_ctx", "_checks", "_upstream")
+    __slots__ = (
+        "_app",
+        "_log",
+        "chat",
+        "api",
+        "upstream_name",
+        "request_id",
+        "started",
+        "upstream_at",
+        "ttft_s",
+        "span",
+        "_ctx",
+        "_checks",
+        "_upstream",
+    )
 
     def __init__(
         self,
@@ -361,12 +345,12 @@ def _response_attributes(report: RequestReport, ttft_s: float | None) -> dict[st
     reasons = [c.finish_reason for _, c in sorted(report.choices.items()) if c.finish_reason is not None]
     if reasons:
         attributes["gen_ai.response.finish_reasons"] = reasons
-    usage = report.usage
-    if isinstance(usage, dict):
-        if isinstance(usage.get("prompt_tokens"), int):
-            attributes["gen_ai.usage.input_tokens"] = usage["prompt_tokens"]
-        if isinstance(usage.get("completion_tokens"), int):
-            attributes["gen_ai.usage.output_tokens"] = usage["completion_tokens"]
+    tokens = report.tokens
+    if tokens is not None:
+        if tokens.input_tokens is not None:
+            attributes["gen_ai.usage.input_tokens"] = tokens.input_tokens
+        if tokens.output_tokens is not None:
+            attributes["gen_ai.usage.output_tokens"] = tokens.output_tokens
     if ttft_s is not None:
         attributes["gen_ai.response.time_to_first_chunk"] = ttft_s
     return attributes
@@ -389,9 +373,7 @@ def _input_messages(chat: ApiRequest) -> str:
     messages = getattr(chat, "messages", None)
     if not isinstance(messages, list):  # the Responses API and completions: what is screened
         messages = [{"role": "user", "content": chat.screened_prompt("conversation")}]
-    return encode(
-        [{"role": m.get("role"), "parts": [{"type": "text", "content": message_text(m)}]} for m in messages]
-    ).decode()
+    return encode([{"role": m.get("role"), "parts": [{"type": "text", "content": message_text(m)}]} for m in messages]).decode()
 
 
 def _set_error(span: Span, description: str) -> None:

@@ -148,7 +148,9 @@ def run_workers(
     def start() -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         try:
-            p = ctx.Process(target=_worker, args=(config, sock, log_level, source, console_sock), name="guardproxy-worker", daemon=False)
+            p = ctx.Process(
+                target=_worker, args=(config, sock, log_level, source, console_sock), name="guardproxy-worker", daemon=False
+            )
             p.start()
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})

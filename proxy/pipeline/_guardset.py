@@ -8,9 +8,9 @@ Every guard call takes a slot of its guard's ``GuardCapacity`` first (the guard'
 ``admit``): at most ``server.guard_concurrency`` calls per guard are in flight, at most
 ``guard_queue`` wait, each for at most ``guard_queue_timeout_s``. Past that a check fails
 at once with ``GuardOverloadedError`` (a guard error: the client gets 503
-``guard_overloaded`` with Retry-After). Without the bound one request with thousands of
-checks once queued thousands of connections in httpx's pool, and assigning them froze
-the event loop. A verdict from the verdict cache, or shared with an identical call in
+``guard_overloaded`` with Retry-After, ``_errors.guard_error_class``). Without the bound,
+one request with thousands of checks would queue as many connections in the HTTP pool,
+and handing them out stalls the event loop. A verdict from the verdict cache, or shared with an identical call in
 flight, is no call and takes no slot: it neither waits behind a busy guard nor holds a
 slot while the call it shares runs.
 """

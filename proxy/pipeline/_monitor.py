@@ -23,9 +23,15 @@ from guards import Verdict
 
 from .._config import CheckSchedule
 
-__all__ = ["ChannelMonitor", "CheckFn", "check_positions", "next_check_at"]
+__all__ = ["ChannelMonitor", "CheckFn", "Spawn", "check_positions", "next_check_at"]
 
 CheckFn = Callable[[str], Coroutine[Any, Any, tuple[Verdict, ...]]]
+# Runs ``check_fn(text)`` as a task named ``name`` (the relay's: in its TaskGroup).
+Spawn = Callable[[CheckFn, str, str], "asyncio.Task[Any]"]
+
+
+def _create_task(check_fn: CheckFn, text: str, name: str) -> asyncio.Task[Any]:
+    return asyncio.create_task(check_fn(text), name=name)
 
 
 def next_check_at(schedule: CheckSchedule, covered: int) -> int:
@@ -80,7 +86,7 @@ class ChannelMonitor:
         self.complete = False  # no more text will come
         self.covered = 0  # characters covered by passing checks
         self.covered_tokens = 0
-        self.task: asyncio.Task[tuple[Verdict, ...]] | None = None
+        self.task: asyncio.Task[Any] | None = None
         self._task_upto = (0, 0)
         self.checks = 0
         self.done = check_fn is None  # every character has passed (or is not screened)
@@ -108,15 +114,15 @@ class ChannelMonitor:
         if self.check_fn is not None and self.covered >= self.length and self.task is None:
             self.done = True
 
-    def maybe_start(self) -> asyncio.Task[tuple[Verdict, ...]] | None:
-        """Start a check if one is due; returns the new task."""
+    def maybe_start(self, spawn: Spawn = _create_task) -> asyncio.Task[Any] | None:
+        """Start a check if one is due (``spawn`` runs it); returns the new task."""
         if self.done or self.task is not None or self.check_fn is None or self.length == self.covered:
             return None
         if self.tokens < self._due and not self.complete:
             return None
         self._task_upto = (self.length, self.tokens)
         self.checks += 1
-        self.task = asyncio.create_task(self.check_fn(self.text), name=self.name)
+        self.task = spawn(self.check_fn, self.text, self.name)
         return self.task
 
     def passed(self) -> None:
@@ -136,7 +142,3 @@ class ChannelMonitor:
         """Tokens the flagged in-flight check covered."""
         self.task = None
         return self._task_upto[1]
-
-    def cancel(self) -> None:
-        if self.task is not None:
-            self.task.cancel()

@@ -19,55 +19,13 @@ from __future__ import annotations
 
 from typing import Literal, cast
 
-import msgspec
-
-from guards import GuardError, Stage, Verdict, judgment_to_risk_score
+from guards import GuardError, Stage, Verdict
+from guards._parse import judgment_to_risk_score
 
 from .._config import Action, PolicyConfig
+from ._report import Decision, Would
 
-__all__ = ["Decision", "Would", "decide", "decide_error", "flagged", "releases", "stage_action", "threshold_for"]
-
-# What an enforcing policy would have done with content that shadow mode let through.
-Would = Literal["block", "rewrite", "fail"]
-
-
-class Decision(msgspec.Struct, frozen=True, kw_only=True):
-    stage: Stage
-    flagged: bool
-    # What happens: "pass" (not flagged), the stage's action when flagged, or "fail"
-    # when a guard could not answer under on_guard_error = "block" (an outage: the
-    # request is refused as unavailable, never reported as a policy violation).
-    action: Literal["pass", "block", "rewrite", "flag", "fail"]
-    threshold: int
-    verdicts: tuple[Verdict, ...] = ()
-    # A guard error's kind (the exception class name): never its text, which may
-    # quote a server's response.
-    error: str | None = None
-    # The messages whose verdicts flagged, when a conversation was screened message by
-    # message (for example "messages[2] (tool)").
-    where: tuple[str, ...] = ()
-    # Decided under shadow mode ([policy] enforce = false), and what enforcing would
-    # have done instead of ``action``: "block" or "rewrite" (a flag that stops; on the
-    # reasoning stage it would also have aborted the upstream), "fail" (a failed check
-    # under on_guard_error = "block"). None: enforcing would have done the same.
-    shadow: bool = False
-    would: Would | None = None
-
-    @property
-    def stops(self) -> bool:
-        """The content must not reach the client (block, rewrite, or a failed check)."""
-        return self.action in ("block", "rewrite", "fail")
-
-    @property
-    def risk_score(self) -> int | None:
-        return max((v.risk_score for v in self.verdicts), default=None)
-
-    @property
-    def categories(self) -> tuple[str, ...]:
-        seen: dict[str, None] = {}
-        for v in self.verdicts:
-            seen.update(dict.fromkeys(v.categories))
-        return tuple(seen)
+__all__ = ["decide", "decide_error", "flagged", "releases", "stage_action", "threshold_for"]
 
 
 def stage_action(stage: Stage, policy: PolicyConfig) -> Action:

@@ -1,4 +1,4 @@
-"""The decisions of one chat completion: prompt check, upstream relay, release gate.
+"""The decisions of one guarded request, whatever its API: prompt check, upstream relay, release gate.
 
 ``run_exchange`` yields events that the two writers (SSE stream, JSON completion) turn
 into bytes; it never formats a response itself. The flow:
@@ -7,6 +7,10 @@ into bytes; it never formats a response itself. The flow:
    it ("before"). Nothing is released before the prompt verdict.
 2. Upstream chunks are split into reasoning and answer text per choice; each channel
    has a ChannelMonitor that checks it every N tokens, at most one check in flight.
+   The upstream reader and the checks run in one TaskGroup and hand what they got to
+   the relay loop through one queue; the reader reads one network read ahead at most.
+   While no check runs there is nothing to wait for beside the upstream, and the loop
+   reads it itself (no task, no hand-over per network read).
 3. A chunk is released once every channel it carries text for has passed far enough
    (per the release modes); a choice's finish chunk waits for all of its checks, so a
    stream never says "stop" before the verdict is in.
@@ -22,90 +26,48 @@ import contextlib
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
-from typing import Any, cast
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, Literal, cast
 
 import msgspec
 
 from guards import GuardError, Stage, Verdict
 
 from .._config import PolicyConfig
+from .._errors import guard_error_class
 from ..exceptions import (
     ContentPolicyViolation,
-    GuardOverloaded,
     GuardUnavailable,
     ProxyError,
     UpstreamError,
     UpstreamTruncated,
 )
-from ..ops._telemetry import NO_TELEMETRY, RequestObserver
-from ..protocols._base import Adapter, ApiRequest, CountedUsage, UpstreamEvent
+from ..protocols._base import Adapter, ApiRequest, CountedUsage, ResponseWriter, UpstreamEvent
 from ..protocols._sse import DONE
-from ..protocols.chat import ChatAdapter
 from ..upstream._client import UpstreamClient, UpstreamStream
-from ._annotations import StageReport
 from ._channels import ThinkSplitter, split_output
 from ._guardset import GuardSet
-from ._monitor import ChannelMonitor
-from ._policy import Decision, decide, decide_error, flagged, releases
+from ._monitor import ChannelMonitor, CheckFn
+from ._observer import NO_TELEMETRY, RequestObserver
+from ._policy import decide, decide_error, flagged, releases
+from ._report import ChoiceReport, Decision, RequestReport, StageReport
 
 __all__ = [
-    "ChoiceReport",
     "Ended",
     "Event",
     "Exchange",
     "Output",
     "Released",
-    "RequestReport",
     "Started",
     "Stopped",
     "answer_usage",
+    "ending",
     "request_outcome",
     "run_exchange",
     "stop_error",
 ]
 
 logger = logging.getLogger("guardproxy")
-
-
-class ChoiceReport(msgspec.Struct, kw_only=True):
-    reasoning: StageReport = msgspec.field(default_factory=StageReport)
-    answer: StageReport = msgspec.field(default_factory=StageReport)
-    finish_reason: str | None = None
-    # Upstream tokens (deltas) of each channel in the chunks released to the client.
-    released_reasoning_tokens: int = 0
-    released_answer_tokens: int = 0
-
-    def stages(self) -> dict[str, StageReport]:
-        return {"reasoning": self.reasoning, "answer": self.answer}
-
-
-class RequestReport(msgspec.Struct, kw_only=True):
-    prompt: StageReport = msgspec.field(default_factory=StageReport)
-    choices: dict[int, ChoiceReport] = msgspec.field(default_factory=dict)
-    id: str = ""
-    model: str = ""
-    created: int = 0
-    usage: Any = None
-    stop: Decision | None = None
-    stop_choice: int | None = None
-    # The proxy's id of the request (x-request-id, the log line, the span, the record).
-    request_id: str = ""
-
-    def worst(self, stage: str) -> StageReport:
-        """One report per stage over all choices, for headers and logs."""
-        merged = StageReport()
-        for c in self.choices.values():
-            r = getattr(c, stage)
-            merged.checks += r.checks
-            merged.tokens += r.tokens
-            merged.usage.add(r.usage)
-            if r.decision is not None:
-                merged.pick(r.decision)
-            if r.aborted_at_token is not None:
-                merged.aborted_at_token = r.aborted_at_token
-                merged.flagged_check_tokens = r.flagged_check_tokens
-        return merged
 
 
 class Exchange(msgspec.Struct, kw_only=True):
@@ -116,7 +78,7 @@ class Exchange(msgspec.Struct, kw_only=True):
     policy: PolicyConfig
     guards: GuardSet
     upstream: UpstreamClient
-    adapter: Adapter = msgspec.field(default_factory=ChatAdapter)
+    adapter: Adapter
     authorization: str | None = None
     # Spans, metrics and the request log; the default observes nothing.
     telemetry: RequestObserver = NO_TELEMETRY
@@ -144,15 +106,36 @@ class Released(msgspec.Struct):
     outputs: list[Output]
 
 
-class Stopped(msgspec.Struct):
-    """A guard stopped the request (block or rewrite); the named choices end with
-    content_filter."""
+class Stopped(msgspec.Struct, kw_only=True):
+    """How a stopped request ends, decided once (``ending``); the writers only format it.
+
+    ``how``: "content_filter": the named choices end with finish_reason content_filter,
+    ``refusal`` (a rewrite) their last text; "refuse": the request is answered with
+    ``error``, a policy violation; "fail": a check could not run under fail-closed, and
+    ``error`` says so, an outage. An error goes out as the HTTP answer where the response
+    has not started, else as the API's error event."""
 
     decision: Decision
     choices: tuple[int, ...]
+    how: Literal["content_filter", "refuse", "fail"] = "content_filter"
+    refusal: str | None = None
+    error: ProxyError | None = None
     # Text each named choice's ending starts with: "</think>" where the client was sent
     # an inline <think> and no </think>, so that the refusal is not inside the block.
     closing: dict[int, str] = msgspec.field(default_factory=dict)
+
+
+def ending(ex: Exchange, decision: Decision, choices: tuple[int, ...], closing: dict[int, str] | None = None) -> Stopped:
+    """The one place where a stopping decision becomes how the request ends. A failed
+    check is an outage; a block is a refusal where no content_filter ending can carry
+    it (a blocked prompt: nothing was generated; a JSON answer); a rewrite, and a block
+    mid-stream, end the choices with content_filter."""
+    if decision.action == "fail":
+        return Stopped(decision=decision, choices=choices, how="fail", error=stop_error(decision))
+    if decision.action == "block" and (decision.stage == "prompt" or not ex.request.stream):
+        return Stopped(decision=decision, choices=choices, how="refuse", error=stop_error(decision))
+    refusal = ex.policy.refusal_message if decision.action == "rewrite" else None
+    return Stopped(decision=decision, choices=choices, refusal=refusal, closing=closing or {})
 
 
 class Ended(msgspec.Struct):
@@ -162,10 +145,11 @@ class Ended(msgspec.Struct):
 Event = Started | Released | Stopped | Ended
 
 
-async def run_exchange(ex: Exchange) -> AsyncGenerator[Event, None]:
+async def run_exchange(ex: Exchange, writer: ResponseWriter) -> AsyncGenerator[Event, None]:
     """The request's events, or a ProxyError: ContentPolicyViolation for a blocked
     prompt, GuardUnavailable for a check that could not run under fail-closed,
-    UpstreamError for an upstream that failed or stopped short."""
+    UpstreamError for an upstream that failed or stopped short. ``writer`` renders the
+    released events (the response's own writer)."""
     report = ex.report
     policy = ex.policy
     body = ex.request.upstream_body()
@@ -175,12 +159,19 @@ async def run_exchange(ex: Exchange) -> AsyncGenerator[Event, None]:
     try:
         if policy.prompt.enabled and ex.guards.flexguard is not None:
             turns = ex.request.conversation(policy.prompt.screen_system) if policy.prompt.screen != "last_user" else []
-            check = ex.guards.check_conversation(turns) if turns else ex.guards.check_prompt(ex.request.screened_prompt("last_user"))
+            check = (
+                ex.guards.check_conversation(turns) if turns else ex.guards.check_prompt(ex.request.screened_prompt("last_user"))
+            )
             prompt_task = asyncio.create_task(check, name="guardproxy-check-prompt")
             ex.telemetry.check_started("prompt", prompt_task)
             if policy.prompt.mode == "parallel" or not policy.enforce:  # shadow mode: the call never waits for the check
                 open_task = asyncio.create_task(_open(ex, body), name="guardproxy-upstream-open")
-            decision = await _verdict_of(prompt_task, "prompt", policy)
+            outcome: tuple[Verdict, ...] | Exception
+            try:
+                outcome = await prompt_task
+            except Exception as exc:  # a failed check is a decision (fail closed), not an error
+                outcome = exc
+            decision = _decision_of(outcome, "prompt", policy)
             if turns and decision.flagged:  # the worst verdict decides; name its message
                 where = tuple(t.label for t, v in zip(turns, decision.verdicts, strict=True) if flagged(v, policy))
                 decision = msgspec.structs.replace(decision, where=where)
@@ -189,16 +180,16 @@ async def run_exchange(ex: Exchange) -> AsyncGenerator[Event, None]:
             report.prompt.record(decision)
             if decision.stops:
                 report.stop = decision
-                if decision.action != "rewrite":
-                    raise stop_error(decision)
-                yield Started()
-                yield Stopped(decision, tuple(range(ex.request.n)))
+                stopped = ending(ex, decision, tuple(range(ex.request.n)))
+                if stopped.how == "content_filter":  # a rewritten prompt: the response starts
+                    yield Started()
+                yield stopped
                 return
         if open_task is None:
             open_task = asyncio.create_task(_open(ex, body), name="guardproxy-upstream-open")
         opened = await open_task
         yield Started()
-        async with contextlib.aclosing(_Relay(ex, opened).run()) as relay:
+        async with contextlib.aclosing(_Relay(ex, opened, writer).run()) as relay:
             async for event in relay:
                 yield event
     finally:
@@ -259,7 +250,7 @@ def stop_error(decision: Decision) -> ProxyError:
     check is an outage (503), a block a policy violation (400)."""
     if decision.action == "fail":
         guard = "ReasoningShield" if decision.stage == "reasoning" else "FlexGuard"
-        cls = GuardOverloaded if decision.error == "GuardOverloadedError" else GuardUnavailable
+        cls = guard_error_class(decision.error)
         return cls(
             f"{guard} could not check the {_STAGE_NAMES[decision.stage]} ({decision.error}); "
             "nothing unchecked was forwarded. Retry the request."
@@ -275,8 +266,15 @@ def stop_error(decision: Decision) -> ProxyError:
 _STAGE_NAMES = {"prompt": "prompt", "reasoning": "model's reasoning", "answer": "model's answer"}
 
 
-def request_outcome(report: RequestReport, error: BaseException | None) -> str:
-    """The one place that names how a request ended (metrics, logs, traces)."""
+def request_outcome(
+    report: RequestReport, error: BaseException | None, *, disconnected: bool = False, shutdown: bool = False
+) -> str:
+    """The one place that names how a request ended (metrics, logs, traces): stopped by
+    the shutdown deadline, left by its client, failed (``error``), or as the report says."""
+    if shutdown:
+        return "shutdown"
+    if disconnected:
+        return "client_disconnected"
     if isinstance(error, GuardUnavailable):
         return "guard_error"
     if isinstance(error, UpstreamError):
@@ -312,17 +310,6 @@ def answer_usage(report: RequestReport) -> Any:
     if report.usage is not None or report.stop is None:
         return report.usage
     return CountedUsage(sum(c.reasoning.tokens + c.answer.tokens for c in report.choices.values()))
-
-
-async def _verdict_of(task: asyncio.Future[tuple[Verdict, ...]], stage: Stage, policy: PolicyConfig) -> Decision:
-    try:
-        verdicts = await task
-    except GuardError as exc:
-        return _guard_error(stage, exc, policy)
-    except Exception as exc:  # a bug in a backend must fail closed too, not pass
-        logger.exception("unexpected error in the %s check", stage)
-        return _guard_error(stage, GuardError(type(exc).__name__), policy)
-    return decide(stage, verdicts, policy)
 
 
 def _guard_error(stage: Stage, exc: GuardError, policy: PolicyConfig) -> Decision:
@@ -380,17 +367,23 @@ class _Held(msgspec.Struct):
 class _Relay:
     """The per-request state of the relay loop (one instance per request)."""
 
-    def __init__(self, ex: Exchange, opened: _Opened) -> None:
+    def __init__(self, ex: Exchange, opened: _Opened, writer: ResponseWriter) -> None:
         self.ex = ex
+        self.writer = writer
         self.policy = ex.policy
         self.report = ex.report
         self.opened = opened
         self.choices: dict[int, _Choice] = {}
         self.queue: deque[_Held] = deque()
-        self.checks: dict[asyncio.Task[tuple[Verdict, ...]], tuple[_Choice, Stage, ChannelMonitor]] = {}
-        self.stop: Decision | None = None
-        self.stop_choice: int | None = None
-        self.error: ProxyError | None = None  # raised once what came before it is released
+        self.checks: dict[asyncio.Task[Any], tuple[_Choice, Stage, ChannelMonitor]] = {}
+        # What the reader and the checks hand the loop: ("data", a network read's events),
+        # ("end", None), ("error", the read's exception), ("check", (task, outcome)).
+        self.inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.taken = asyncio.Event()  # the loop took the last read: the reader reads on
+        self.tg: asyncio.TaskGroup | None = None
+        self.reader: asyncio.Task[None] | None = None
+        self.parked = False  # the reader handed its read over and waits for ``taken``
+        self.error: Exception | None = None  # raised once what came before it is released
         self.done_marker = False  # the upstream sent [DONE]
         self.ended: set[int] = set()  # choices whose finish the client was sent
 
@@ -401,70 +394,115 @@ class _Relay:
         return c
 
     async def run(self) -> AsyncGenerator[Event, None]:
-        events = self.opened.events
-        read: asyncio.Task[list[bytes]] | None = None
+        # A close at a yield inside the group ends the loop, so that the group exits
+        # without an error (it would wrap GeneratorExit in an exception group).
+        stopped = closed = False
         try:
-            first = self.opened.first
-            ended = True if first is None else self._take(first)
-            if first is None:
-                self._upstream_ended()
-            while True:
-                # What is decided and releasable goes out before the next read: the first
-                # network read (taken while the prompt check ran) must not wait for a second.
-                if self.stop is not None:
-                    if self.stop.action == "fail":
-                        raise stop_error(self.stop)
-                    yield self._stopped()
-                    return
-                released = []
-                while self.queue and self._releasable(self.queue[0]):
-                    released.append(self._render(self.queue.popleft()))
-                if released:
-                    yield Released(released)
-                if self.error is not None:  # after what came before it was released
-                    raise self.error
-                if ended and not self.checks:
-                    break
-                if not ended and not self.checks:
-                    # Nothing else to wait for: read straight, no task per network read
-                    # (or finish the read that started while checks ran).
-                    pending, read = read, None
-                    ended = await self._read(pending if pending is not None else anext(events))
-                    continue
-                waits: set[asyncio.Future[Any]] = set(self.checks)
-                if not ended:
-                    if read is None:
-                        read = asyncio.ensure_future(anext(events))
-                    waits.add(read)
-                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                if read is not None and read in done:
-                    task, read = read, None
-                    ended = await self._read(task)
-                for check in [t for t in done if t in self.checks]:
-                    self._on_check_done(check)
+            async with asyncio.TaskGroup() as tg:
+                self.tg = tg
+                first = self.opened.first
+                ended = True if first is None else self._take(first)
+                if first is None:
+                    self._upstream_ended()
+                while True:
+                    # What is decided and releasable goes out before the next read: the first
+                    # network read (taken while the prompt check ran) must not wait for a second.
+                    if self.report.stop is not None:
+                        stopped = True
+                        with contextlib.suppress(GeneratorExit):
+                            yield self._stopped(self.report.stop)
+                        break
+                    released = []
+                    while self.queue and self._releasable(self.queue[0]):
+                        released.append(self._render(self.queue.popleft()))
+                    if released:
+                        try:
+                            yield Released(released)
+                        except GeneratorExit:
+                            closed = True
+                            break
+                    if self.error is not None or (ended and not self.checks):
+                        break  # an error goes out after what came before it was released
+                    if self.reader is not None and self.parked and not self.checks:
+                        # The checks are over and the reader holds no read: the loop reads again.
+                        self.reader.cancel()
+                        await asyncio.wait((self.reader,))
+                        self.reader = None
+                    if self.reader is None and not self.checks:
+                        # Nothing else to wait for: read straight, no task per network read.
+                        ended = self._on_item(await self._read_once())
+                        continue
+                    if self.reader is None and not ended:  # from the first check on, the reader reads
+                        self.reader = tg.create_task(self._read_upstream(), name="guardproxy-upstream-read")
+                    ended = self._on_item(await self.inbox.get()) or ended
+                self._cancel_tasks()  # the group waits for them
+            if closed or stopped:
+                return
+            if self.error is not None:
+                raise self.error
             if self.queue:  # every channel is done: the rest passed
                 yield Released([self._render(held) for held in self.queue])
                 self.queue.clear()
             yield Ended()
         finally:
-            await _cancel_and_wait(read, *self.checks)
             self.checks.clear()
             if self.ex.capture:
                 for c in self.choices.values():
                     c.report.reasoning.text, c.report.answer.text = c.reasoning.text, c.answer.text
 
+    def _cancel_tasks(self) -> None:
+        if self.reader is not None:
+            self.reader.cancel()
+        for task in self.checks:
+            task.cancel()
+
+    def _on_item(self, item: tuple[str, Any]) -> bool:
+        """Take what the reader or a check handed over; True when the stream ended (its
+        end, or a failure kept in ``error``)."""
+        kind, value = item
+        if kind == "data":
+            ended = self._take(value)
+            if not ended:
+                self.taken.set()
+            return ended
+        if kind == "end":
+            self._upstream_ended()
+            return True
+        if kind == "error":
+            self.error = value
+            return True
+        task, outcome = value
+        self._on_check_done(task, outcome)
+        return False
+
     # -- upstream data ---------------------------------------------------------------
 
-    async def _read(self, batch: Awaitable[list[bytes]]) -> bool:
-        """Take the next network read's events; True when the stream ended (its end, or
-        a failure kept in ``error``)."""
+    async def _read_once(self) -> tuple[str, Any]:
+        """One network read, where nothing else runs (no reader task yet)."""
         try:
-            return self._take(await batch)
+            return "data", await anext(self.opened.events)
         except StopAsyncIteration:
-            self._upstream_ended()
-        except ProxyError as exc:
-            self.error = exc
-        return True
+            return "end", None
+        except Exception as exc:
+            return "error", exc
+
+    async def _read_upstream(self) -> None:
+        """The reader: one network read at a time, each handed to the loop, which asks
+        for the next once it has taken it. It never raises: a failed read is handed
+        over too, so that the loop releases what came before it first."""
+        events = self.opened.events
+        try:
+            while True:
+                self.parked = False
+                batch = await anext(events)
+                self.taken.clear()
+                self.inbox.put_nowait(("data", batch))
+                self.parked = True
+                await self.taken.wait()
+        except StopAsyncIteration:
+            self.inbox.put_nowait(("end", None))
+        except Exception as exc:
+            self.inbox.put_nowait(("error", exc))
 
     def _take(self, batch: list[bytes]) -> bool:
         """Take one network read's events; True when the stream ended among them. An
@@ -493,6 +531,7 @@ class _Relay:
             report.id, report.model, report.created = event.id, event.model, event.created
         if event.usage is not None:
             report.usage = event.usage
+            report.tokens = event.tokens
         held = _Held(event, [], {})
         for out in event.outputs:
             c = self._choice(out.index)
@@ -538,14 +577,28 @@ class _Relay:
 
     def _start_checks(self, c: _Choice) -> None:
         for stage, monitor in (("reasoning", c.reasoning), ("answer", c.answer)):
-            task = monitor.maybe_start()
+            task = monitor.maybe_start(self._spawn_check)
             if task is not None:
                 self.checks[task] = (c, cast(Stage, stage), monitor)
                 self.ex.telemetry.check_started(stage, task, monitor.tokens)
 
-    def _on_check_done(self, task: asyncio.Task[tuple[Verdict, ...]]) -> None:
+    def _spawn_check(self, check_fn: CheckFn, text: str, name: str) -> asyncio.Task[Any]:
+        assert self.tg is not None
+        return self.tg.create_task(self._settle(check_fn, text), name=name)
+
+    async def _settle(self, check_fn: CheckFn, text: str) -> None:
+        """One check, its outcome handed to the loop: a failed check is a decision, never
+        an error of the group."""
+        outcome: tuple[Verdict, ...] | Exception
+        try:
+            outcome = await check_fn(text)
+        except Exception as exc:
+            outcome = exc
+        self.inbox.put_nowait(("check", (asyncio.current_task(), outcome)))
+
+    def _on_check_done(self, task: asyncio.Task[Any], outcome: tuple[Verdict, ...] | Exception) -> None:
         c, stage, monitor = self.checks.pop(task)
-        decision = _decision_of_done(task, stage, self.policy)
+        decision = _decision_of(outcome, stage, self.policy)
         self.ex.telemetry.check_done(task, decision)
         report = c.report.reasoning if stage == "reasoning" else c.report.answer
         report.checks = monitor.checks
@@ -556,9 +609,7 @@ class _Relay:
         if decision.stops:
             report.flagged_check_tokens = monitor.flagged_at()
             report.aborted_at_token = monitor.tokens
-            if self.stop is None:
-                self.stop = decision
-                self.stop_choice = c.index
+            if self.report.stop is None:
                 self.report.stop, self.report.stop_choice = decision, c.index
             return
         monitor.passed()
@@ -592,28 +643,26 @@ class _Relay:
             if finish:
                 finished[c.index] = c.report.stages()
         self.ended.update(finished)
-        adapter = self.ex.adapter
-        data = adapter.render(event, hide, finished)
-        return Output(data, adapter.decode_rendered(event, data))
+        data = self.writer.render(event, hide, finished)
+        return Output(data, self.writer.decode_rendered(event, data))
 
-    def _stopped(self) -> Stopped:
-        assert self.stop is not None
+    def _stopped(self, decision: Decision) -> Stopped:
         # Every choice whose finish the client has not seen ends now: one upstream request
         # cannot be stopped for one choice only.
         unfinished = tuple(i for i in sorted(self.report.choices) if i not in self.ended)
         closing = {i: ThinkSplitter.CLOSE for i in unfinished if i in self.choices and self.choices[i].think_open}
-        return Stopped(self.stop, unfinished or (self.stop_choice or 0,), closing)
+        return ending(self.ex, decision, unfinished or (self.report.stop_choice or 0,), closing)
 
 
-def _decision_of_done(task: asyncio.Task[tuple[Verdict, ...]], stage: Stage, policy: PolicyConfig) -> Decision:
-    try:
-        verdicts = task.result()
-    except GuardError as exc:
-        return _guard_error(stage, exc, policy)
-    except Exception as exc:
-        logger.error("unexpected error in a %s check: %r", stage, exc)
-        return _guard_error(stage, GuardError(type(exc).__name__), policy)
-    return decide(stage, verdicts, policy)
+def _decision_of(outcome: tuple[Verdict, ...] | Exception, stage: Stage, policy: PolicyConfig) -> Decision:
+    """The decision on a finished check: its verdicts, or its failure (a bug in a
+    backend fails closed too, never passes)."""
+    if isinstance(outcome, GuardError):
+        return _guard_error(stage, outcome, policy)
+    if isinstance(outcome, Exception):
+        logger.error("unexpected error in the %s check", stage, exc_info=outcome)
+        return _guard_error(stage, GuardError(type(outcome).__name__), policy)
+    return decide(stage, outcome, policy)
 
 
 async def _aclose(iterator: Any) -> None:
@@ -621,5 +670,5 @@ async def _aclose(iterator: Any) -> None:
     if aclose is not None:
         try:
             await aclose()
-        except (RuntimeError, UpstreamError):
+        except UpstreamError:  # the connection broke while closing: it is closed
             pass

@@ -1,7 +1,8 @@
 """The response to a guarded generation request: an ASGI app that writes the pipeline's events.
 
-The writers only format: the pipeline decides (prompt verdict, stops, errors) and
-``request_outcome`` names the ending. The stream writer chooses the status once the
+The writers only format: the pipeline decides (prompt verdict, stops, errors; a stop
+arrives as one ``Stopped`` that says how the request ends) and ``request_outcome`` names
+the ending. The stream writer chooses the status once the
 pipeline has started (a blocked prompt is an HTTP 400 for streaming clients too), and
 always ends a started stream well-formed: ``data: [DONE]`` last. The writer and a
 watch for the client's disconnect run in one TaskGroup, so a disconnect (even before the
@@ -22,23 +23,25 @@ from typing import Any
 
 from litestar.types import Receive, Scope, Send
 
-from ..exceptions import ProxyError, UpstreamHTTPError
-from ..ops._shutdown import Drain
-from ..protocols._chat_chunks import ResponseIds, guardproxy_summary
-from ..protocols._wire import decode_json, encode, error_body
-from ._annotations import decision_headers, filter_results
+from .._errors import error_body
+from ..exceptions import InternalError, ProxyError, ShuttingDown
+from ..protocols._annotations import decision_headers, filter_results
+from ..protocols._base import ResponseWriter
+from ..protocols._chat_chunks import guardproxy_summary
+from ..protocols._ids import ResponseIds
+from ..protocols._wire import decode_json
+from ._observer import ShutdownWatch
 from ._relay import (
     Ended,
     Exchange,
     Released,
-    RequestReport,
     Started,
     Stopped,
     answer_usage,
     request_outcome,
     run_exchange,
-    stop_error,
 )
+from ._report import RequestReport
 
 __all__ = ["GuardedResponse", "error_response"]
 
@@ -50,45 +53,22 @@ _SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 _JSON = [(b"content-type", b"application/json")]
-_MAX_UPSTREAM_MESSAGE = 1000
 
 
 def error_response(exc: ProxyError, report: RequestReport | None = None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """(status, headers, body) of an error, always an OpenAI-shaped JSON body.
-
-    An upstream's own error keeps its status; its body passes unchanged when it already
-    has the OpenAI shape, otherwise its text becomes the message (an HTML 500 page, a
-    FastAPI ``detail``, vLLM's older top-level ``message``).
-    """
+    """(status, headers, body) of an error: the body ``_errors.error_body`` writes, the
+    status its class names (an upstream's own error keeps the upstream's)."""
     headers = list(_JSON)
     if exc.retry_after_s is not None:
         headers.append((b"retry-after", str(round(exc.retry_after_s)).encode()))
     if report is not None:
         headers += decision_headers({"prompt": report.prompt}) + _id_header(report)
-    if isinstance(exc, UpstreamHTTPError):
-        return exc.status_code, headers, _upstream_error_body(exc)
-    return exc.status_code, headers, error_body(exc.message, exc.error_type, exc.code, exc.param)
+    return exc.status_code, headers, error_body(exc)
 
 
 def _id_header(report: RequestReport) -> list[tuple[bytes, bytes]]:
     """``x-request-id``: the id the log line, the span and the decision record carry."""
     return [(b"x-request-id", report.request_id.encode())] if report.request_id else []
-
-
-def _upstream_error_body(exc: UpstreamHTTPError) -> bytes:
-    try:
-        doc = decode_json(exc.body)
-    except Exception:  # not JSON (or not UTF-8): its text is the message
-        doc = None
-    if isinstance(doc, dict) and isinstance(doc.get("error"), dict) and isinstance(doc["error"].get("message"), str):
-        return exc.body
-    message: Any = None
-    if isinstance(doc, dict):
-        message = doc.get("message") or doc.get("detail") or doc.get("error")
-    if not isinstance(message, str):
-        message = exc.body.decode("utf-8", "replace").strip() if doc is None else encode(doc).decode()
-    text = f"The upstream answered HTTP {exc.status_code}: {message[:_MAX_UPSTREAM_MESSAGE] or '(empty body)'}"
-    return error_body(text, "upstream_error", "upstream_error")
 
 
 async def _send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
@@ -99,9 +79,10 @@ async def _send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]
 class _State:
     """How one response is going: what the writers did, and why it ended."""
 
-    __slots__ = ("started", "closing", "shutdown", "disconnected", "error", "finished", "ids")
+    __slots__ = ("started", "closing", "shutdown", "disconnected", "error", "finished", "ids", "writer")
 
-    def __init__(self) -> None:
+    def __init__(self, writer: ResponseWriter) -> None:
+        self.writer = writer  # the response's own: it formats every byte of the body
         self.started = False  # the response's headers went out
         self.closing = False  # its last bytes are being written: let it finish
         self.shutdown = False  # stopped by the shutdown deadline
@@ -116,13 +97,6 @@ class _State:
             report = ex.report
             self.ids = ResponseIds(ex.request.model, report.id, report.created, ex.adapter.id_prefix)
         return self.ids
-
-    def outcome(self, report: RequestReport) -> str:
-        if self.shutdown:
-            return "shutdown"
-        if self.disconnected:
-            return "client_disconnected"
-        return request_outcome(report, self.error)
 
 
 Writer = Callable[[Exchange, Send, _State], Coroutine[Any, Any, None]]
@@ -141,7 +115,7 @@ class GuardedResponse:
         self,
         exchange: Exchange,
         on_done: Callable[[RequestReport, str, BaseException | None], None] | None = None,
-        drain: Drain | None = None,
+        drain: ShutdownWatch | None = None,
     ) -> None:
         self.exchange = exchange
         self.on_done = on_done
@@ -149,11 +123,11 @@ class GuardedResponse:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = self.exchange
-        writer: Writer = _write_stream if ex.request.stream else _write_json
-        state = _State()
+        write: Writer = _write_stream if ex.request.stream else _write_json
+        state = _State(ex.adapter.writer(ex.report.prompt))
         try:
             async with asyncio.TaskGroup() as tg:
-                work = tg.create_task(writer(ex, send, state), name="guardproxy-writer")
+                work = tg.create_task(write(ex, send, state), name="guardproxy-writer")
                 watch = tg.create_task(_watch_disconnect(receive, state, work), name="guardproxy-disconnect-watch")
                 work.add_done_callback(lambda _: watch.cancel())
                 if self.drain is not None:
@@ -164,7 +138,8 @@ class GuardedResponse:
             if self.drain is not None:
                 self.drain.unregister(state)
             if self.on_done is not None:
-                self.on_done(ex.report, state.outcome(ex.report), state.error)
+                outcome = request_outcome(ex.report, state.error, disconnected=state.disconnected, shutdown=state.shutdown)
+                self.on_done(ex.report, outcome, state.error)
 
 
 async def _watch_disconnect(receive: Receive, state: _State, work: asyncio.Task[None]) -> None:
@@ -187,30 +162,31 @@ async def _end_for_shutdown(ex: Exchange, state: _State, send: Send) -> None:
     """End a response stopped by the shutdown deadline: well-formed, nothing unchecked."""
     logger.warning("response ended by the shutdown deadline")
     if not state.started:
-        body = error_body("The proxy is shutting down; retry the request.", "server_error", "shutting_down")
+        body = error_body(ShuttingDown())
         await _send_whole(send, 503, _JSON + _id_header(ex.report), body)
         return
     indexes = set(range(ex.request.n)) | set(ex.report.choices)
-    events = ex.adapter.shutdown_ending(state.response_ids(ex), sorted(indexes - state.finished))
-    await _send_last(send, ex, events)
+    events = state.writer.shutdown_ending(state.response_ids(ex), sorted(indexes - state.finished))
+    await _send_last(send, state, events)
 
 
 async def _write_stream(ex: Exchange, send: Send, state: _State) -> None:
     include_usage = ex.request.include_usage
     report = ex.report
-    adapter = ex.adapter
+    writer = state.writer
     opening = False  # what the adapter sends first goes out with the first event, under its id
+    error: ProxyError | None = None  # a stop that ends the request with an error
     try:
-        async with contextlib.aclosing(run_exchange(ex)) as events:
+        async with contextlib.aclosing(run_exchange(ex, state.writer)) as events:
             async for event in events:
                 if isinstance(event, Released):
                     parts = [
-                        adapter.frame(o.data, o.event)
+                        writer.frame(o.data, o.event)
                         for o in event.outputs
                         if o.data and (include_usage or not o.event.usage_only)
                     ]
                     if opening and parts:
-                        parts[:0] = adapter.opening(state.response_ids(ex), report.prompt)
+                        parts[:0] = writer.opening(state.response_ids(ex))
                         opening = False
                     if parts:
                         await send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
@@ -222,19 +198,23 @@ async def _write_stream(ex: Exchange, send: Send, state: _State) -> None:
                     state.started = True
                     opening = True
                 elif isinstance(event, Stopped):
+                    if event.error is not None:  # written once the pipeline has stopped
+                        error = event.error
+                        break
                     ids = state.response_ids(ex)
-                    refusal = ex.policy.refusal_message if event.decision.action == "rewrite" else None
                     stages = {i: report.choices[i].stages() if i in report.choices else {} for i in event.choices}
-                    out = adapter.opening(ids, report.prompt) if opening else []
-                    out += adapter.stopped(ids, event.decision, stages, refusal, report.prompt, event.closing)
-                    await _send_last(send, ex, out)
+                    out = writer.opening(ids) if opening else []
+                    out += writer.stopped(ids, event.decision, stages, event.refusal, event.closing)
+                    await _send_last(send, state, out)
                     state.closing = True
                     return
                 elif isinstance(event, Ended):
                     state.closing = True
-                    out = adapter.opening(state.response_ids(ex), report.prompt) if opening else []
-                    await _send_last(send, ex, out)
+                    out = writer.opening(state.response_ids(ex)) if opening else []
+                    await _send_last(send, state, out)
                     return
+        if error is not None:
+            await _write_error(ex, send, state, error)
     except ProxyError as exc:
         await _write_error(ex, send, state, exc)
     except Exception as exc:  # a bug: the client still gets an OpenAI-shaped ending
@@ -246,7 +226,7 @@ async def _write_error(ex: Exchange, send: Send, state: _State, exc: Exception) 
     state.error = exc
     state.closing = True
     if not isinstance(exc, ProxyError):
-        exc = ProxyError("The proxy failed to handle the request.", code="internal_error")
+        exc = InternalError()
     logger.warning("request failed (%s): %s", exc.code, exc.message)
     status, headers, body = error_response(exc, ex.report)
     if not state.started:
@@ -254,29 +234,29 @@ async def _write_error(ex: Exchange, send: Send, state: _State, exc: Exception) 
         return
     # Mid-stream: one error event in the API's shape (the SDKs raise on it), then the end.
     error = decode_json(body)["error"]
-    await _send_last(send, ex, [ex.adapter.error_event(state.response_ids(ex), error)])
+    await _send_last(send, state, [state.writer.error_event(state.response_ids(ex), error)])
 
 
-async def _send_last(send: Send, ex: Exchange, events: list[bytes]) -> None:
-    body = b"".join(events) + ex.adapter.end_of_stream
+async def _send_last(send: Send, state: _State, events: list[bytes]) -> None:
+    body = b"".join(events) + state.writer.end_of_stream
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 async def _write_json(ex: Exchange, send: Send, state: _State) -> None:
-    builder = ex.adapter.builder()
+    builder = state.writer.builder()
     report = ex.report
     try:
-        async with contextlib.aclosing(run_exchange(ex)) as events:
+        async with contextlib.aclosing(run_exchange(ex, state.writer)) as events:
             async for event in events:
                 if isinstance(event, Released):
                     for output in event.outputs:
                         builder.add(output.event)
                 elif isinstance(event, Stopped):
-                    if event.decision.action == "block":  # a JSON client gets no content_filter stream
-                        raise stop_error(event.decision)
+                    if event.error is not None:  # written once the pipeline has stopped
+                        raise event.error
                     for i in event.choices:
                         stages = report.choices[i].stages() if i in report.choices else {}
-                        builder.stop(i, ex.policy.refusal_message, filter_results(stages), event.closing.get(i, ""))
+                        builder.stop(i, event.refusal, filter_results(stages), event.closing.get(i, ""))
                     break
                 elif isinstance(event, Ended):
                     break
@@ -286,9 +266,13 @@ async def _write_json(ex: Exchange, send: Send, state: _State) -> None:
             "guardproxy": guardproxy_summary(report.prompt, {i: c.stages() for i, c in report.choices.items()}),
         }
         body = builder.build(state.response_ids(ex), answer_usage(report), extra, results)
-        headers = _JSON + decision_headers(
-            {"prompt": report.prompt, "reasoning": report.worst("reasoning"), "answer": report.worst("answer")}
-        ) + _id_header(report)
+        headers = (
+            _JSON
+            + decision_headers(
+                {"prompt": report.prompt, "reasoning": report.worst("reasoning"), "answer": report.worst("answer")}
+            )
+            + _id_header(report)
+        )
         state.closing = True
         await _send_whole(send, 200, headers, body)
     except ProxyError as exc:

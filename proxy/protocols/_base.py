@@ -11,8 +11,11 @@ completions); an adapter per API does three things and decides nothing:
    unless ``render`` must change them (hidden reasoning, the verdict on a finish). What
    the proxy does not know is dropped here, before anything is released, and named
    (``UpstreamEvent.dropped``).
-3. The writing methods format the pipeline's released, stopped and ended events, and
-   errors, in the API's own shape, streamed (``frame``) or as one JSON body (``builder``).
+   The token counts of its usage are read here too, into ``TokenUsage`` whatever the
+   API calls them.
+3. ``writer`` makes the ``ResponseWriter`` of one response: it formats the pipeline's
+   released, stopped and ended events, and errors, in the API's own shape, streamed
+   (``frame``) or as one JSON body (``builder``), and holds that response's state.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
+from ..pipeline._report import TokenUsage
+
 if TYPE_CHECKING:
     from .._config import PolicyConfig, ServerConfig
-    from ..pipeline._annotations import StageReport
-    from ..pipeline._policy import Decision
-    from ._chat_chunks import ResponseIds
+    from ..pipeline._report import Decision, StageReport
+    from ._ids import ResponseIds
     from ._inventory import ExtraFields, Piece
 
 __all__ = [
@@ -38,7 +42,9 @@ __all__ = [
     "UpstreamEvent",
     "JsonBuilder",
     "ReportView",
+    "ResponseWriter",
     "Turn",
+    "token_usage",
     "turns_of",
 ]
 
@@ -67,6 +73,7 @@ class UpstreamEvent(msgspec.Struct):
     id: str = ""
     model: str = ""
     created: int = 0
+    tokens: TokenUsage | None = None  # ``usage``'s token counts, whatever the API names them
     usage_only: bool = False  # carries usage and nothing else (hidden unless asked for)
     # What the adapter removed because the proxy does not know it (labels, for metrics).
     dropped: tuple[str, ...] = ()
@@ -129,6 +136,18 @@ class CountedUsage(msgspec.Struct, frozen=True):
         return {"input_tokens": None, "output_tokens": self.output_tokens, "total_tokens": None}
 
 
+def token_usage(usage: Any, input_key: str, output_key: str) -> TokenUsage | None:
+    """The token counts of an upstream's ``usage`` object, under the API's key names."""
+    if not isinstance(usage, dict):
+        return None
+
+    def count(key: str) -> int | None:
+        value = usage.get(key)
+        return value if type(value) is int else None
+
+    return TokenUsage(input_tokens=count(input_key), output_tokens=count(output_key), total_tokens=count("total_tokens"))
+
+
 class JsonBuilder(ABC):
     """Accumulates released events into the API's single JSON answer."""
 
@@ -144,20 +163,15 @@ class JsonBuilder(ABC):
     def build(self, ids: ResponseIds, usage: Any, extra: dict[str, Any], results: dict[int, dict[str, Any]]) -> bytes: ...
 
 
-class Adapter(ABC):
-    """One API's parsing, reading and writing."""
+class ResponseWriter(ABC):
+    """One response's writing: made per response by ``Adapter.writer``, it holds what
+    that response has said so far (where the API needs it) and the prompt's report,
+    which the pipeline has decided before anything is written."""
 
-    name: str  # "chat", "responses", "completions": labels logs and spans
-    path: str  # the upstream path, below base_url
-    id_prefix: str  # of ids the proxy makes itself
+    end_of_stream: bytes = b""
 
-    @abstractmethod
-    def parse(self, raw: bytes, policy: PolicyConfig, server: ServerConfig, extra: ExtraFields) -> ApiRequest:
-        """The request, every field checked against the inventory (``extra``: the fields
-        the operator allows beyond it); InvalidRequest names what is refused."""
-
-    @abstractmethod
-    def read(self, data: bytes) -> UpstreamEvent: ...
+    def __init__(self, prompt: StageReport) -> None:
+        self.prompt = prompt
 
     def render(self, event: UpstreamEvent, hide: dict[int, str] | None, finished: ReportView) -> bytes:
         """The bytes released for ``event`` (empty: nothing to send): its own, unless
@@ -175,10 +189,8 @@ class Adapter(ABC):
     def frame(self, data: bytes, event: UpstreamEvent | None = None) -> bytes:
         """One SSE event carrying ``data``."""
 
-    end_of_stream: bytes = b""
-
     @abstractmethod
-    def opening(self, ids: ResponseIds, prompt: StageReport) -> list[bytes]:
+    def opening(self, ids: ResponseIds) -> list[bytes]:
         """What goes out before the first upstream event (framed)."""
 
     @abstractmethod
@@ -188,7 +200,6 @@ class Adapter(ABC):
         decision: Decision,
         choices: ReportView,
         refusal: str | None,
-        prompt: StageReport,
         closing: dict[int, str] | None = None,
     ) -> list[bytes]:
         """The framed events that end a stream a guard stopped (``closing``: text that
@@ -208,6 +219,25 @@ class Adapter(ABC):
     @abstractmethod
     def builder(self) -> JsonBuilder: ...
 
+
+class Adapter(ABC):
+    """One API's parsing and reading, and the writer of each of its responses."""
+
+    name: str  # "chat", "responses", "completions": labels logs and spans
+    path: str  # the upstream path, below base_url
+    id_prefix: str  # of ids the proxy makes itself
+
+    @abstractmethod
+    def parse(self, raw: bytes, policy: PolicyConfig, server: ServerConfig, extra: ExtraFields) -> ApiRequest:
+        """The request, every field checked against the inventory (``extra``: the fields
+        the operator allows beyond it); InvalidRequest names what is refused."""
+
+    @abstractmethod
+    def read(self, data: bytes) -> UpstreamEvent: ...
+
+    @abstractmethod
+    def writer(self, prompt: StageReport) -> ResponseWriter:
+        """A new response's writer; ``prompt`` is the request's prompt report."""
 
 
 def turns_of(pieces: Sequence[Piece], screen_system: bool) -> list[Turn]:

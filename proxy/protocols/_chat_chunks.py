@@ -8,16 +8,15 @@ audio), nothing else.
 
 from __future__ import annotations
 
-import time
-import uuid
 from typing import Any
 
-from ..pipeline._annotations import StageReport, filter_results, stage_summary
-from ..pipeline._policy import Decision
+from ..pipeline._report import Decision, StageReport
+from ._annotations import filter_results, stage_summary
+from ._ids import ResponseIds
 from ._wire import REASONING_FIELDS, Chunk, decode_json, encode, present
 
 __all__ = [
-    "ResponseIds",
+    "chat_chunk",
     "prompt_annotation_chunk",
     "content_filter_chunks",
     "CompletionBuilder",
@@ -25,21 +24,12 @@ __all__ = [
 ]
 
 
-class ResponseIds:
-    """id / created / model for chunks the proxy writes: the upstream's when known."""
-
-    __slots__ = ("id", "created", "model")
-
-    def __init__(self, model: str, id: str = "", created: int = 0, prefix: str = "chatcmpl-guardproxy-") -> None:
-        self.id = id or f"{prefix}{uuid.uuid4().hex}"
-        self.created = created or int(time.time())
-        self.model = model
-
-    def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        doc = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model}
-        doc["choices"] = choices
-        doc.update(extra)
-        return encode(doc)
+def chat_chunk(ids: ResponseIds, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+    """A ``chat.completion.chunk`` the proxy writes itself, under the response's ids."""
+    doc = {"id": ids.id, "object": "chat.completion.chunk", "created": ids.created, "model": ids.model}
+    doc["choices"] = choices
+    doc.update(extra)
+    return encode(doc)
 
 
 def guardproxy_summary(prompt: StageReport, choices: dict[int, dict[str, StageReport]]) -> dict[str, Any]:
@@ -51,7 +41,9 @@ def guardproxy_summary(prompt: StageReport, choices: dict[int, dict[str, StageRe
 
 def prompt_annotation_chunk(ids: ResponseIds, prompt: StageReport) -> bytes:
     """Azure's first chunk: no choices, the prompt's filter results."""
-    return ids.chunk([], prompt_filter_results=[{"prompt_index": 0, "content_filter_results": filter_results({"prompt": prompt})}])
+    return chat_chunk(
+        ids, [], prompt_filter_results=[{"prompt_index": 0, "content_filter_results": filter_results({"prompt": prompt})}]
+    )
 
 
 def content_filter_chunks(
@@ -67,9 +59,10 @@ def content_filter_chunks(
     for index, stages in sorted(choices.items()):
         text = (closing or {}).get(index, "") + (message if message is not None and decision.action == "rewrite" else "")
         if text:
-            out.append(ids.chunk([{"index": index, "delta": {"content": text}, "finish_reason": None}]))
+            out.append(chat_chunk(ids, [{"index": index, "delta": {"content": text}, "finish_reason": None}]))
         out.append(
-            ids.chunk(
+            chat_chunk(
+                ids,
                 [
                     {
                         "index": index,
@@ -77,7 +70,7 @@ def content_filter_chunks(
                         "finish_reason": "content_filter",
                         "content_filter_results": filter_results(stages),
                     }
-                ]
+                ],
             )
         )
     return out
@@ -143,7 +136,9 @@ class CompletionBuilder:
                 audio["data"] += d.audio.data or ""
                 audio["transcript"] += d.audio.transcript or ""
             for call in d.tool_calls or ():
-                slot = parts.tool_calls.setdefault(call.index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+                slot = parts.tool_calls.setdefault(
+                    call.index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+                )
                 if call.id:
                     slot["id"] = call.id
                 if call.type:

@@ -151,7 +151,9 @@ RESPONSES_FIELDS: dict[str, Field] = {
     "temperature": _p(),
     "top_p": _p(),
     "top_logprobs": _p(),
-    "tools": _s("each function tool's name, description and parameter schema (prompt mode, as the operator's text); other tool types are refused"),
+    "tools": _s(
+        "each function tool's name, description and parameter schema (prompt mode, as the operator's text); other tool types are refused"
+    ),
     "tool_choice": _p("which declared tool to call"),
     "parallel_tool_calls": _p(),
     "text": _s("a `json_schema` format's name, description and schema (prompt mode, as the operator's text); `verbosity`"),
@@ -320,7 +322,11 @@ def _top_level(body: Mapping[str, Any], table: Mapping[str, Field], extra: Extra
             if field.treatment != "refused":
                 continue
         if key in NEVER_FORWARDED:
-            raise InvalidRequest(f"`{key}` is never forwarded: a chat template decides what the model reads.", param=key, code="unsupported_parameter")
+            raise InvalidRequest(
+                f"`{key}` is never forwarded: a chat template decides what the model reads.",
+                param=key,
+                code="unsupported_parameter",
+            )
         _extra(key, value, extra, table, pieces)
 
 
@@ -330,7 +336,11 @@ def _extra(path: str, value: Any, extra: ExtraFields, table: Mapping[str, Field]
         raise _unknown(path, table)
     for where, key in _keys(value, path):
         if key in NEVER_FORWARDED:
-            raise InvalidRequest(f"`{where}` is never forwarded: a chat template decides what the model reads.", param=where, code="unsupported_parameter")
+            raise InvalidRequest(
+                f"`{where}` is never forwarded: a chat template decides what the model reads.",
+                param=where,
+                code="unsupported_parameter",
+            )
     if rule == "unscreened":
         return
     if rule == "partial":
@@ -492,8 +502,12 @@ def chat_pieces(body: Mapping[str, Any], unscreened_parts: Collection[str], extr
         tool = _object(tool, where)
         check_fields(tool, {"type": _p(), "function": _n("")}, where)
         if tool.get("type", "function") != "function":
-            raise InvalidRequest(f"`{where}.type` must be \"function\": the guards read function tools only.", param=f"{where}.type")
-        pieces.append(Piece(where, "system", _function_text(_object(tool.get("function"), f"{where}.function"), f"{where}.function")))
+            raise InvalidRequest(
+                f'`{where}.type` must be "function": the guards read function tools only.', param=f"{where}.type"
+            )
+        pieces.append(
+            Piece(where, "system", _function_text(_object(tool.get("function"), f"{where}.function"), f"{where}.function"))
+        )
     for i, fn in enumerate(_array(body.get("functions") or [], "functions")):
         pieces.append(Piece(f"functions[{i}]", "system", _function_text(_object(fn, f"functions[{i}]"), f"functions[{i}]")))
     fmt = body.get("response_format")
@@ -501,7 +515,9 @@ def chat_pieces(body: Mapping[str, Any], unscreened_parts: Collection[str], extr
         fmt = _object(fmt, "response_format")
         check_fields(fmt, {"type": _p(), "json_schema": _n("")}, "response_format")
         if fmt.get("json_schema") is not None:
-            pieces.append(Piece("response_format", "system", _schema_text(_object(fmt["json_schema"], "response_format.json_schema"))))
+            pieces.append(
+                Piece("response_format", "system", _schema_text(_object(fmt["json_schema"], "response_format.json_schema")))
+            )
     prediction = body.get("prediction")
     if prediction is not None:
         prediction = _object(prediction, "prediction")
@@ -531,7 +547,11 @@ def _message_pieces(message: Any, where: str, unscreened_parts: Collection[str])
         )
     check_fields(message, keys, where)
     kind = _ROLES[role]
-    content_kinds = frozenset({"text", "input_text", "output_text", "refusal"}) if kind == "assistant" else frozenset({"text", "input_text", "output_text"})
+    content_kinds = (
+        frozenset({"text", "input_text", "output_text", "refusal"})
+        if kind == "assistant"
+        else frozenset({"text", "input_text", "output_text"})
+    )
     media = unscreened_parts if role == "user" else ()
     check_content(message.get("content"), f"{where}.content", media, content_kinds)
     label = f"{where} ({role})"
@@ -604,7 +624,9 @@ def responses_pieces(body: Mapping[str, Any], unscreened_parts: Collection[str],
         fmt = text.get("format")
         if fmt is not None:
             fmt = _object(fmt, "text.format")
-            check_fields(fmt, {"type": _p(), "name": _n(""), "description": _n(""), "schema": _n(""), "strict": _p()}, "text.format")
+            check_fields(
+                fmt, {"type": _p(), "name": _n(""), "description": _n(""), "schema": _n(""), "strict": _p()}, "text.format"
+            )
             described: dict[str, Any] = {k: fmt[k] for k in ("name", "description", "schema") if k in fmt}
             if described:
                 pieces.append(Piece("text.format", "system", _schema_text(described)))
@@ -660,7 +682,9 @@ def _item_pieces(item: Any, where: str, unscreened_parts: Collection[str]) -> li
         for key in ("summary", "content"):
             parts = item.get(key)
             if parts is not None:
-                check_content(_array(parts, f"{where}.{key}"), f"{where}.{key}", (), frozenset({"summary_text", "reasoning_text"}))
+                check_content(
+                    _array(parts, f"{where}.{key}"), f"{where}.{key}", (), frozenset({"summary_text", "reasoning_text"})
+                )
                 texts += [t for p in parts if (t := part_text(p))]
         return [Piece(f"{where} (reasoning)", "assistant", "\n".join(texts))]
     return []  # item_reference: stored upstream, screened when it passed through this proxy
@@ -679,9 +703,14 @@ _API_TITLES = {
 
 def inventory_markdown() -> str:
     """The README's "What is screened" tables, from the tables above."""
-    out = ["| API | screened (FlexGuard) | parameters (forwarded; the model does not read them as text) | refused (400) |", "|---|---|---|---|"]
+    out = [
+        "| API | screened (FlexGuard) | parameters (forwarded; the model does not read them as text) | refused (400) |",
+        "|---|---|---|---|",
+    ]
     for api, table in API_FIELDS.items():
-        out.append(f"| {_API_TITLES[api]} | {_names(table, 'screened', 'structure')} | {_names(table, 'parameter')} | {_refused_names(table, 'field')} |")
+        out.append(
+            f"| {_API_TITLES[api]} | {_names(table, 'screened', 'structure')} | {_names(table, 'parameter')} | {_refused_names(table, 'field')} |"
+        )
     out += ["", "| chat message role | screened | parameters | refused |", "|---|---|---|---|"]
     for role, keys in CHAT_MESSAGE_KEYS.items():
         out.append(f"| `{role}` | {_names(keys, 'screened')} | {_names(keys, 'parameter')} | {_refused_names(keys, 'key')} |")

@@ -2,14 +2,13 @@
 
 The reader yields each event's ``data`` as raw bytes so that chunks the proxy does not
 change are forwarded byte for byte, never re-serialised. It yields them a network read
-at a time: under load one read carries a dozen or more events (20 on average at 256
-concurrent streams, bench scenario 1), and the relay releases each read's events in one
-write to the client rather than one write per event.
+at a time: under load one read carries many events, and the relay releases each read's
+events in one write to the client rather than one write per event.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable
 
 __all__ = ["iter_sse_batches", "encode_data", "DONE", "DONE_EVENT"]
 
@@ -17,7 +16,7 @@ DONE = b"[DONE]"
 DONE_EVENT = b"data: [DONE]\n\n"
 
 
-async def iter_sse_batches(byte_stream: AsyncIterable[bytes]) -> AsyncIterator[list[bytes]]:
+async def iter_sse_batches(byte_stream: AsyncIterable[bytes]) -> AsyncGenerator[list[bytes], None]:
     """Yield, per network read that completes any, the data of its events (multi-line
     data joined with newlines); never an empty list.
 

@@ -34,7 +34,6 @@ __all__ = [
     "encode",
     "decode_json",
     "present",
-    "error_body",
 ]
 
 logger = logging.getLogger("guardproxy")
@@ -286,7 +285,3 @@ def decode_json(data: bytes | msgspec.Raw) -> Any:
 
 def encode(obj: Any) -> bytes:
     return _encoder.encode(obj)
-
-
-def error_body(message: str, error_type: str, code: str | None, param: str | None = None) -> bytes:
-    return encode({"error": {"message": message, "type": error_type, "param": param, "code": code}})

@@ -15,17 +15,28 @@ import msgspec
 
 from .._config import PolicyConfig, ServerConfig
 from ..exceptions import UpstreamError
-from ..pipeline._annotations import StageReport, filter_results
-from ..pipeline._channels import delta_output
-from ..pipeline._policy import Decision
-from ._base import Adapter, ApiRequest, CountedUsage, JsonBuilder, OutputDelta, ReportView, UpstreamEvent
-from ._chat_chunks import CompletionBuilder, ResponseIds, content_filter_chunks, prompt_annotation_chunk
+from ..pipeline._report import Decision, StageReport
+from ._annotations import filter_results
+from ._base import (
+    Adapter,
+    ApiRequest,
+    CountedUsage,
+    JsonBuilder,
+    OutputDelta,
+    ReportView,
+    ResponseWriter,
+    UpstreamEvent,
+    token_usage,
+)
+from ._chat_chunks import CompletionBuilder, chat_chunk, content_filter_chunks, prompt_annotation_chunk
+from ._chat_delta import delta_output
 from ._chat_request import parse_chat_request
+from ._ids import ResponseIds
 from ._inventory import ExtraFields
 from ._sse import DONE, DONE_EVENT, encode_data
 from ._wire import REASONING_FIELDS, Chunk, decode_json, decode_known, encode, present
 
-__all__ = ["ChatAdapter", "chunk_event", "upstream_error_event"]
+__all__ = ["ChatAdapter", "ChatWriter", "chunk_event", "upstream_error_event"]
 
 _chunk_decoder = msgspec.json.Decoder(Chunk)
 
@@ -38,6 +49,7 @@ def chunk_event(data: bytes, chunk: Any, outputs: list[OutputDelta], dropped: tu
         doc=chunk,
         outputs=outputs,
         usage=usage,
+        tokens=token_usage(usage, "prompt_tokens", "completion_tokens"),
         id=chunk.id,
         model=chunk.model,
         created=chunk.created,
@@ -81,7 +93,6 @@ class ChatAdapter(Adapter):
     name = "chat"
     path = "/chat/completions"
     id_prefix = "chatcmpl-guardproxy-"
-    end_of_stream = DONE_EVENT
 
     def parse(self, raw: bytes, policy: PolicyConfig, server: ServerConfig, extra: ExtraFields) -> ApiRequest:
         return parse_chat_request(raw, policy.prompt.unscreened_parts, server.max_json_depth, extra)
@@ -102,6 +113,16 @@ class ChatAdapter(Adapter):
             raise upstream_error_event(original)
         outputs = [delta_output(ch.index, ch.delta, ch.finish_reason) for ch in chunk.choices]
         return chunk_event(data, chunk, outputs, dropped)
+
+    def writer(self, prompt: StageReport) -> ChatWriter:
+        return ChatWriter(prompt)
+
+
+class ChatWriter(ResponseWriter):
+    """A chat completion's writing: chunks in, chunks out, no state beyond the prompt's
+    report."""
+
+    end_of_stream = DONE_EVENT
 
     def render(self, event: UpstreamEvent, hide: dict[int, str] | None, finished: ReportView) -> bytes:
         if (hide is None or not event.outputs) and not finished:
@@ -144,7 +165,8 @@ class ChatAdapter(Adapter):
     def frame(self, data: bytes, event: UpstreamEvent | None = None) -> bytes:
         return encode_data(data)
 
-    def opening(self, ids: ResponseIds, prompt: StageReport) -> list[bytes]:
+    def opening(self, ids: ResponseIds) -> list[bytes]:
+        prompt = self.prompt
         return [encode_data(prompt_annotation_chunk(ids, prompt))] if prompt.decision is not None else []
 
     def stopped(
@@ -153,7 +175,6 @@ class ChatAdapter(Adapter):
         decision: Decision,
         choices: ReportView,
         refusal: str | None,
-        prompt: StageReport,
         closing: dict[int, str] | None = None,
     ) -> list[bytes]:
         return [encode_data(c) for c in content_filter_chunks(ids, decision, choices, refusal, closing)]
@@ -163,7 +184,9 @@ class ChatAdapter(Adapter):
 
     def shutdown_ending(self, ids: ResponseIds, unfinished: list[int]) -> list[bytes]:
         return [
-            encode_data(ids.chunk([{"index": i, "delta": {}, "finish_reason": "length"}], guardproxy={"ended_by": "shutdown"}))
+            encode_data(
+                chat_chunk(ids, [{"index": i, "delta": {}, "finish_reason": "length"}], guardproxy={"ended_by": "shutdown"})
+            )
             for i in unfinished
         ]
 

@@ -16,17 +16,17 @@ import msgspec
 
 from .._config import PolicyConfig, ServerConfig
 from ..exceptions import InvalidRequest, UpstreamError
-from ..pipeline._annotations import StageReport, filter_results
-from ..pipeline._policy import Decision
+from ..pipeline._report import Decision, StageReport
+from ._annotations import filter_results
 from ._base import CountedUsage, JsonBuilder, OutputDelta, ReportView, Turn, UpstreamEvent
-from ._chat_chunks import ResponseIds
-from ._chat_request import MAX_N, common_fields, decode_body, streamed_body
+from ._ids import ResponseIds
 from ._inventory import NO_EXTRA_FIELDS, ExtraFields, Piece, completions_pieces
+from ._request import MAX_N, common_fields, decode_body, streamed_body
 from ._sse import DONE, encode_data
 from ._wire import TextChunk, decode_known, encode, present
-from .chat import ChatAdapter, chunk_event, upstream_error_event
+from .chat import ChatAdapter, ChatWriter, chunk_event, upstream_error_event
 
-__all__ = ["CompletionsAdapter", "CompletionsRequest"]
+__all__ = ["CompletionsAdapter", "CompletionsRequest", "CompletionsWriter"]
 
 
 _decoder = msgspec.json.Decoder(TextChunk)
@@ -49,7 +49,9 @@ class CompletionsRequest(msgspec.Struct, kw_only=True):
         return self.prompts[min(index // self.per_prompt, len(self.prompts) - 1)]
 
     def conversation(self, screen_system: bool) -> list[Turn]:
-        return [Turn(p.label, p.text) for p in self.extra if p.text] + [Turn(f"prompt[{i}]", p) for i, p in enumerate(self.prompts)]
+        return [Turn(p.label, p.text) for p in self.extra if p.text] + [
+            Turn(f"prompt[{i}]", p) for i, p in enumerate(self.prompts)
+        ]
 
     def upstream_body(self) -> bytes:
         return streamed_body(self.body)
@@ -127,7 +129,7 @@ class _Builder(JsonBuilder):
 
 
 class CompletionsAdapter(ChatAdapter):
-    """Chat's framing, rendering and errors; its own chunks, choices and endings."""
+    """Chat's errors and events; its own chunks (``CompletionsWriter`` writes them)."""
 
     name = "completions"
     path = "/completions"
@@ -153,6 +155,13 @@ class CompletionsAdapter(ChatAdapter):
         outputs = [OutputDelta(ch.index, "", ch.text or "", "", ch.finish_reason) for ch in chunk.choices]
         return chunk_event(data, chunk, outputs, dropped)
 
+    def writer(self, prompt: StageReport) -> CompletionsWriter:
+        return CompletionsWriter(prompt)
+
+
+class CompletionsWriter(ChatWriter):
+    """Chat's framing and rendering; its own chunks, choices and endings."""
+
     @staticmethod
     def _hide_reasoning(choice: dict[str, Any], answer: str) -> None:
         if isinstance(choice.get("text"), str) and choice["text"] != answer:
@@ -170,7 +179,8 @@ class CompletionsAdapter(ChatAdapter):
         doc.update(extra)
         return encode_data(encode(doc))
 
-    def opening(self, ids: ResponseIds, prompt: StageReport) -> list[bytes]:
+    def opening(self, ids: ResponseIds) -> list[bytes]:
+        prompt = self.prompt
         if prompt.decision is None:
             return []
         results = [{"prompt_index": 0, "content_filter_results": filter_results({"prompt": prompt})}]
@@ -182,7 +192,6 @@ class CompletionsAdapter(ChatAdapter):
         decision: Decision,
         choices: ReportView,
         refusal: str | None,
-        prompt: StageReport,
         closing: dict[int, str] | None = None,
     ) -> list[bytes]:
         out = []
@@ -202,7 +211,9 @@ class CompletionsAdapter(ChatAdapter):
 
     def shutdown_ending(self, ids: ResponseIds, unfinished: list[int]) -> list[bytes]:
         return [
-            self._chunk(ids, [{"index": i, "text": "", "logprobs": None, "finish_reason": "length"}], guardproxy={"ended_by": "shutdown"})
+            self._chunk(
+                ids, [{"index": i, "text": "", "logprobs": None, "finish_reason": "length"}], guardproxy={"ended_by": "shutdown"}
+            )
             for i in unfinished
         ]
 

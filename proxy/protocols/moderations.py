@@ -18,10 +18,10 @@ from guards import Verdict
 
 from .._config import PolicyConfig
 from ..exceptions import InvalidRequest
-from ..pipeline._categories import CATEGORY_KEYS, UNCATEGORISED_KEY, keys_of
 from ..pipeline._policy import flagged
-from ._chat_request import MAX_JSON_DEPTH, decode_body, part_text
-from ._inventory import MODERATIONS_FIELDS, check_fields
+from ._categories import CATEGORY_KEYS, UNCATEGORISED_KEY, keys_of
+from ._inventory import MODERATIONS_FIELDS, check_fields, part_text
+from ._request import MAX_JSON_DEPTH, decode_body
 
 __all__ = ["parse_moderation_inputs", "moderation_result", "moderation_response", "OPENAI_KEYS"]
 
@@ -40,9 +40,8 @@ OPENAI_KEYS = (
     "violence",
     "violence/graphic",
 )
-_ALL_KEYS = tuple(
-    dict.fromkeys([*OPENAI_KEYS, *(k for keys in CATEGORY_KEYS.values() for k in keys), UNCATEGORISED_KEY])
-)
+_ALL_KEYS = tuple(dict.fromkeys([*OPENAI_KEYS, *(k for keys in CATEGORY_KEYS.values() for k in keys), UNCATEGORISED_KEY]))
+
 
 def parse_moderation_inputs(raw: bytes, max_inputs: int = 64, max_depth: int = MAX_JSON_DEPTH) -> tuple[list[str], str]:
     """The texts to classify and the model name to report; at most ``max_inputs``."""
@@ -57,8 +56,7 @@ def parse_moderation_inputs(raw: bytes, max_inputs: int = 64, max_depth: int = M
         raise InvalidRequest("`input` must be a string or a non-empty array.", param="input")
     if len(items) > max_inputs:
         raise InvalidRequest(
-            f"`input` has {len(items)} items; this proxy checks at most {max_inputs} per request "
-            "(server.max_moderation_inputs).",
+            f"`input` has {len(items)} items; this proxy checks at most {max_inputs} per request (server.max_moderation_inputs).",
             param="input",
         )
     texts = []

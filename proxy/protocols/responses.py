@@ -35,16 +35,27 @@ import msgspec
 
 from .._config import PolicyConfig, ServerConfig
 from ..exceptions import InvalidRequest, UpstreamError
-from ..pipeline._annotations import StageReport, filter_results, stage_summary
-from ..pipeline._policy import Decision
-from ._base import Adapter, CountedUsage, JsonBuilder, OutputDelta, ReportView, Turn, UpstreamEvent, turns_of
-from ._chat_chunks import ResponseIds
-from ._chat_request import common_fields, decode_body, streamed_body
+from ..pipeline._report import Decision, StageReport
+from ._annotations import filter_results, stage_summary
+from ._base import (
+    Adapter,
+    CountedUsage,
+    JsonBuilder,
+    OutputDelta,
+    ReportView,
+    ResponseWriter,
+    Turn,
+    UpstreamEvent,
+    token_usage,
+    turns_of,
+)
+from ._ids import ResponseIds
 from ._inventory import NO_EXTRA_FIELDS, ExtraFields, Piece, responses_pieces
+from ._request import common_fields, decode_body, streamed_body
 from ._responses_events import EventReader
 from ._wire import decode_json, encode
 
-__all__ = ["ResponsesAdapter", "ResponsesRequest"]
+__all__ = ["ResponsesAdapter", "ResponsesRequest", "ResponsesWriter"]
 
 _REASONING_DELTAS = frozenset({"response.reasoning_text.delta", "response.reasoning_summary_text.delta"})
 _REASONING_EVENTS = _REASONING_DELTAS | {
@@ -150,19 +161,19 @@ class _Outputs:
 
 
 class _Builder(JsonBuilder):
-    def __init__(self, adapter: ResponsesAdapter) -> None:
-        self.adapter = adapter
+    def __init__(self, writer: ResponsesWriter) -> None:
+        self.writer = writer
 
     def add(self, event: UpstreamEvent) -> None:
         if isinstance(event.doc, dict):
-            self.adapter.outputs.see(event.doc)
+            self.writer.outputs.see(event.doc)
 
     def stop(self, index: int, refusal: str | None, results: dict[str, Any], closing: str = "") -> None:
-        self.adapter.cut(refusal, "content_filter")  # the refusal is an item of its own: nothing to close
+        self.writer.cut(refusal, "content_filter")  # the refusal is an item of its own: nothing to close
 
     def build(self, ids: ResponseIds, usage: Any, extra: dict[str, Any], results: dict[int, dict[str, Any]]) -> bytes:
-        outputs = self.adapter.outputs
-        response = dict(outputs.final or self.adapter.response_base(ids))
+        outputs = self.writer.outputs
+        response = dict(outputs.final or self.writer.response_base(ids))
         if response.get("usage") is None and usage is not None:  # a cut response: the upstream's or the counted usage
             response["usage"] = usage.responses() if isinstance(usage, CountedUsage) else usage
         summary = extra["guardproxy"]
@@ -179,9 +190,9 @@ class ResponsesAdapter(Adapter):
 
     def __init__(self, allow_background: bool = False) -> None:
         self.allow_background = allow_background
-        self.outputs = _Outputs()
+        # Which item and part each event's text belongs to: a request's adapter reads
+        # one upstream stream.
         self.reader = EventReader()
-        self.prompt: StageReport | None = None
 
     def parse(self, raw: bytes, policy: PolicyConfig, server: ServerConfig, extra: ExtraFields) -> ResponsesRequest:
         return parse_responses_request(raw, policy, server, self.allow_background, extra)
@@ -220,9 +231,22 @@ class ResponsesAdapter(Adapter):
             details = response.get("incomplete_details") or {}
             finish = "stop" if status == "completed" else str(details.get("reason") or status or "incomplete")
             event.usage = response.get("usage")
+            event.tokens = token_usage(event.usage, "input_tokens", "output_tokens")
         if finish is not None or text.reasoning or text.content or text.tools:
             event.outputs = [OutputDelta(0, text.reasoning, text.content, text.tools, finish)]
         return event
+
+    def writer(self, prompt: StageReport) -> ResponsesWriter:
+        return ResponsesWriter(prompt)
+
+
+class ResponsesWriter(ResponseWriter):
+    """One Response's writing, and what the client has seen of it (``_Outputs``): the
+    events the proxy writes continue its items and sequence numbers."""
+
+    def __init__(self, prompt: StageReport) -> None:
+        super().__init__(prompt)
+        self.outputs = _Outputs()
 
     def render(self, event: UpstreamEvent, hide: dict[int, str] | None, finished: ReportView) -> bytes:
         doc = event.doc
@@ -244,10 +268,14 @@ class ResponsesAdapter(Adapter):
                 part["text"] = ""
         if finished and isinstance(doc.get("response"), dict):
             doc = doc if hide is not None else copy.deepcopy(doc)
-            stages = finished.get(0, {})
-            doc["response"]["content_filter_results"] = filter_results(stages)
-            doc["response"]["guardproxy"] = _summary(self.prompt or StageReport(), stages)
+            self._annotate(doc["response"], finished.get(0, {}))
         return encode(doc)
+
+    def _annotate(self, response: dict[str, Any], stages: dict[str, StageReport]) -> None:
+        """The verdicts on the final Response object, as a JSON answer carries them."""
+        response["content_filter_results"] = filter_results(stages)
+        response["prompt_filter_results"] = _prompt_filter_results(self.prompt)
+        response["guardproxy"] = _summary(self.prompt, stages)
 
     def decode_rendered(self, event: UpstreamEvent, data: bytes) -> UpstreamEvent:
         if data is event.data or not data:
@@ -269,8 +297,7 @@ class ResponsesAdapter(Adapter):
                 self.outputs.see(event.doc)
         return b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
 
-    def opening(self, ids: ResponseIds, prompt: StageReport) -> list[bytes]:
-        self.prompt = prompt
+    def opening(self, ids: ResponseIds) -> list[bytes]:
         return []
 
     def response_base(self, ids: ResponseIds) -> dict[str, Any]:
@@ -300,7 +327,7 @@ class ResponsesAdapter(Adapter):
         """Events that end the response as cut (and the final object for JSON clients)."""
         out = []
         if self.outputs.base is None:  # nothing from the upstream yet: a lifecycle of our own
-            base = self.response_base(ResponseIds("", prefix=self.id_prefix))
+            base = self.response_base(ResponseIds("", prefix=ResponsesAdapter.id_prefix))
             self.outputs.base = base
             out.append(self._event({"type": "response.created", "response": dict(base)}))
             out.append(self._event({"type": "response.in_progress", "response": dict(base)}))
@@ -315,8 +342,12 @@ class ResponsesAdapter(Adapter):
             at = {"output_index": index, "item_id": item_id}
             out.append(self._event({"type": "response.output_item.added", "output_index": index, "item": item}))
             out.append(self._event({"type": "response.content_part.added", **at, "content_index": 0, "part": part}))
-            out.append(self._event({"type": "response.output_text.delta", **at, "content_index": 0, "delta": refusal, "logprobs": []}))
-            out.append(self._event({"type": "response.output_text.done", **at, "content_index": 0, "text": refusal, "logprobs": []}))
+            out.append(
+                self._event({"type": "response.output_text.delta", **at, "content_index": 0, "delta": refusal, "logprobs": []})
+            )
+            out.append(
+                self._event({"type": "response.output_text.done", **at, "content_index": 0, "text": refusal, "logprobs": []})
+            )
             done_part = dict(part, text=refusal)
             out.append(self._event({"type": "response.content_part.done", **at, "content_index": 0, "part": done_part}))
             done_item = dict(item, status="incomplete", content=[done_part])
@@ -333,17 +364,16 @@ class ResponsesAdapter(Adapter):
         decision: Decision,
         choices: ReportView,
         refusal: str | None,
-        prompt: StageReport,
         closing: dict[int, str] | None = None,
     ) -> list[bytes]:
         # The refusal is an output item of its own, and the cut item ends "incomplete":
         # no text follows an open inline <think>, so nothing needs closing.
         out = self.cut(refusal, "content_filter")
         final = self.outputs.final or {}
-        stages = choices.get(0, {})
-        final["content_filter_results"] = filter_results(stages)
-        final["guardproxy"] = _summary(prompt, stages)
-        out[-1] = self.frame(encode(_with_sequence("response.incomplete", final, self.outputs.sequence)), None, "response.incomplete")
+        self._annotate(final, choices.get(0, {}))
+        out[-1] = self.frame(
+            encode(_with_sequence("response.incomplete", final, self.outputs.sequence)), None, "response.incomplete"
+        )
         return out
 
     def error_event(self, ids: ResponseIds, error: dict[str, Any]) -> bytes:
@@ -351,7 +381,9 @@ class ResponsesAdapter(Adapter):
         if self.outputs.base is None:  # failed before the upstream's first event: open the lifecycle
             self.outputs.base = self.response_base(ids)
             out += self._event({"type": "response.created", "response": dict(self.outputs.base)})
-        out += self._event({"type": "error", "code": error.get("code"), "message": error.get("message"), "param": error.get("param")})
+        out += self._event(
+            {"type": "error", "code": error.get("code"), "message": error.get("message"), "param": error.get("param")}
+        )
         if self.outputs.base is not None:
             failed = dict(self.outputs.base, status="failed", output=self.outputs.output())
             failed["error"] = {"code": error.get("code"), "message": error.get("message")}
@@ -363,7 +395,9 @@ class ResponsesAdapter(Adapter):
             return []
         out = self.cut(None, "max_output_tokens")
         final = dict(self.outputs.final or {}, guardproxy={"ended_by": "shutdown"})
-        out[-1] = self.frame(encode(_with_sequence("response.incomplete", final, self.outputs.sequence)), None, "response.incomplete")
+        out[-1] = self.frame(
+            encode(_with_sequence("response.incomplete", final, self.outputs.sequence)), None, "response.incomplete"
+        )
         return out
 
     def builder(self) -> JsonBuilder:
@@ -373,6 +407,10 @@ class ResponsesAdapter(Adapter):
 def _summary(prompt: StageReport, stages: dict[str, StageReport]) -> dict[str, Any]:
     """The per-stage decision on the Response object: one output, so no choices level."""
     return {"prompt": stage_summary(prompt), **{name: stage_summary(r) for name, r in stages.items()}}
+
+
+def _prompt_filter_results(prompt: StageReport) -> list[dict[str, Any]]:
+    return [{"prompt_index": 0, "content_filter_results": filter_results({"prompt": prompt})}]
 
 
 def _with_sequence(kind: str, response: dict[str, Any], sequence: int) -> dict[str, Any]:

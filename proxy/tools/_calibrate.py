@@ -1,6 +1,6 @@
-"""``guardproxy calibrate`` and ``guardproxy check``: operator tools over the configured guard.
+"""``guardproxy calibrate``: the threshold that fits a labelled dev set.
 
-calibrate reads a labelled JSONL dev set, scores each item with FlexGuard (cached by
+It reads a labelled JSONL dev set, scores each item with FlexGuard (cached by
 content, so a rerun costs nothing), sweeps the threshold and prints the config to paste.
 
 Accepted JSONL fields, one object a line:
@@ -19,14 +19,13 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from guards import FlexGuard, GuardError, ReasoningShield, open_backend
+from guards import FlexGuard, GuardError, open_backend
 
 from .._config import ProxyConfig
 from ..exceptions import ConfigError
-from ..pipeline._policy import decide
 from ._sweep import ThresholdPoint, best, sweep
 
-__all__ = ["calibrate", "check", "load_dataset"]
+__all__ = ["calibrate", "load_dataset"]
 
 _TEXT_FIELDS = ("prompt", "text", "user", "query")
 _RESPONSE_FIELDS = ("response", "assistant", "answer")
@@ -190,51 +189,3 @@ def _plot(curves: dict[str, list[ThresholdPoint]], path: Path, out: TextIO) -> N
     fig.savefig(path, dpi=100)
     plt.close(fig)
     print(f"plot written to {path}", file=out)
-
-
-async def _check(config: ProxyConfig, text: str, response: str | None, reasoning: str | None, raw: bool, out: TextIO) -> int:
-    policy = config.policy
-    if reasoning is not None:
-        guard_config = config.guards.reasoningshield
-        backend = await open_backend(guard_config)
-        try:
-            verdict = await ReasoningShield(backend, guard_config).check_reasoning(text, reasoning)
-        finally:
-            await backend.aclose()
-        stage = "reasoning"
-    else:
-        guard_config = config.guards.flexguard
-        backend = await open_backend(guard_config)
-        try:
-            guard = FlexGuard(backend, guard_config)
-            verdict = await (guard.check_response(text, response) if response is not None else guard.check_prompt(text))
-        finally:
-            await backend.aclose()
-        stage = "answer" if response is not None else "prompt"
-    decision = decide(stage, (verdict,), policy)  # type: ignore[arg-type]
-    print(f"guard:      {verdict.guard} ({guard_config.model})", file=out)
-    print(f"stage:      {stage}", file=out)
-    print(f"categories: {', '.join(verdict.categories) or 'SAFE'}", file=out)
-    if verdict.judgment is not None:
-        print(f"judgment:   {verdict.judgment:g}", file=out)
-    print(f"risk score: {verdict.risk_score}", file=out)
-    print(f"threshold:  {decision.threshold} (strictness {policy.strictness})", file=out)
-    print(f"flagged:    {'yes' if decision.flagged else 'no'}", file=out)
-    print(f"action:     {decision.action}", file=out)
-    print(f"latency:    {verdict.latency_s * 1000:.0f} ms", file=out)
-    if raw:
-        print("output:\n" + verdict.output, file=out)
-    return 1 if decision.flagged else 0
-
-
-def check(
-    config: ProxyConfig,
-    text: str,
-    *,
-    response: str | None = None,
-    reasoning: str | None = None,
-    raw: bool = False,
-    out: TextIO | None = None,
-) -> int:
-    """Print the verdict; exit status 1 when flagged, 0 when not."""
-    return asyncio.run(_check(config, text, response, reasoning, raw, out or sys.stdout))

@@ -49,7 +49,9 @@ def read_audit(path: Path) -> list[dict[str, Any]]:
                     labels = records.get(doc["request_id"], {}).get("labels")
                     records[doc["request_id"]] = doc | ({"labels": labels} if labels else {})
                 elif doc.get("type") == "label" and doc.get("verdict") in ("right", "wrong"):
-                    records.setdefault(doc["request_id"], {"request_id": doc["request_id"]}).setdefault("labels", {})[doc["stage"]] = doc["verdict"]
+                    records.setdefault(doc["request_id"], {"request_id": doc["request_id"]}).setdefault("labels", {})[
+                        doc["stage"]
+                    ] = doc["verdict"]
     return [r for r in records.values() if r.get("type") == "decision"]
 
 
@@ -57,7 +59,9 @@ def _row(name: str, p: dict[str, Any]) -> str:
     return f"  {name:<22} {p['threshold']:>9}  {p['precision']:>9.3f}  {p['recall']:>6.3f}  {p['f1']:>6.3f}"
 
 
-def calibrate_from_audit(config: ProxyConfig, path: Path, *, export: Path | None = None, out: TextIO | None = None) -> dict[str, Any]:
+def calibrate_from_audit(
+    config: ProxyConfig, path: Path, *, export: Path | None = None, out: TextIO | None = None
+) -> dict[str, Any]:
     out = out or sys.stdout
     records = read_audit(path)
     labelled = sum(1 for r in records if r.get("labels"))
@@ -70,7 +74,11 @@ def calibrate_from_audit(config: ProxyConfig, path: Path, *, export: Path | None
     if export is not None:
         with export.open("w", encoding="utf-8") as f:
             for i in items:
-                row = {"prompt": i.query, "response": i.text} if i.stage == "answer" else {"prompt": i.text if i.stage == "prompt" else i.query}
+                row = (
+                    {"prompt": i.query, "response": i.text}
+                    if i.stage == "answer"
+                    else {"prompt": i.text if i.stage == "prompt" else i.query}
+                )
                 if i.stage == "reasoning":
                     row["reasoning"] = i.text
                 f.write(json.dumps(row | {"stage": i.stage, "label": i.harmful, "request_id": i.request_id}) + "\n")

@@ -183,6 +183,4 @@ def with_replicas(
     """``inner`` alone for one URL (nothing to balance), else a ReplicaTransport."""
     if len(base_urls) <= 1:
         return inner
-    return ReplicaTransport(
-        base_urls, inner, name=name, health_interval_s=health_interval_s, unhealthy_after=unhealthy_after
-    )
+    return ReplicaTransport(base_urls, inner, name=name, health_interval_s=health_interval_s, unhealthy_after=unhealthy_after)

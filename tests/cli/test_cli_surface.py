@@ -59,8 +59,8 @@ def test_the_sample_is_what_calibrate_reads():
 
 
 def test_the_docs_example_calibrates_on_the_sample(tmp_path, capsys, guard_server_thread, guard):
-    """The README's command on the shipped sample, with the scripted FlexGuard scoring."""
-    assert "guardproxy calibrate docs/examples/labelled.jsonl" in (REPO / "README.md").read_text()
+    """The documented command on the shipped sample, with the scripted FlexGuard scoring."""
+    assert "guardproxy calibrate docs/examples/labelled.jsonl" in (REPO / "docs/endpoints.md").read_text()
     config = tmp_path / "config.toml"
     config.write_text(config_toml("http://127.0.0.1:9", guard_server_thread[1].url))
     data = tmp_path / "labelled.jsonl"

@@ -121,8 +121,11 @@ def test_the_upstream_server_runs_at_the_lowest_priority_even_in_a_session_of_it
     raised too, or the tiny upstream takes an equal share of the CPU from the guards."""
     child = subprocess.Popen(
         [sys.executable, "-c", "import os, sys; sys.stdin.read(); print(os.getpriority(os.PRIO_PROCESS, 0))"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        start_new_session=True, preexec_fn=lowest_cpu_priority,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lowest_cpu_priority,
     )
     autogroup = Path(f"/proc/{child.pid}/autogroup")
     group = autogroup.read_text() if autogroup.exists() else None

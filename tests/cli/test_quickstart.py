@@ -76,20 +76,21 @@ def test_the_demo_is_one_command():
     assert ["pip", "install", ".[demo]", "&&", "guardproxy", "demo"] in _quickstart_commands()
 
 
-def test_every_toml_block_in_the_readme_is_a_config_the_proxy_loads():
+def test_every_toml_block_in_the_docs_is_a_config_the_proxy_loads():
     from proxy import parse_config
 
-    blocks = re.findall(r"```toml\n(.*?)```", (REPO / "README.md").read_text(), re.S)
-    assert blocks  # the walk found them
-    for block in blocks:
-        parse_config(block, source="README.md")
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    blocks = [(page, block) for page in pages for block in re.findall(r"```toml\n(.*?)```", page.read_text(), re.S)]
+    assert len(blocks) >= 3  # the walk found them
+    for page, block in blocks:
+        parse_config(block, source=page.name)
 
 
 def test_the_sizing_rule_quotes_the_bench_and_the_default_schedules():
     from proxy import ProxyConfig
     from proxy.pipeline._monitor import check_positions
 
-    section = (REPO / "README.md").read_text().split("### Sizing\n", 1)[1].split("\n## ", 1)[0]
+    section = (REPO / "docs/deploy.md").read_text().split("\n## Sizing\n", 1)[1].split("\n## ", 1)[0]
     results = (REPO / "bench/results/scaling.md").read_text()
     for figure in ("72.5", "68.4"):  # CPU ms per request, guards off and defaults
         assert f"| {figure}" in results and f"{figure} ms" in section

@@ -23,7 +23,7 @@ import pytest
 
 from proxy import create_app, parse_config
 from proxy._cli import build_parser, main, serve_config
-from proxy.ops._startup import check_at_startup
+from proxy.ops._readiness import check_at_startup
 from tests.conftest import config_toml
 from tests.support.scripted import ScriptedUpstream
 from tests.support.serving import ServerThread
@@ -92,7 +92,10 @@ def test_the_config_file_wins_where_it_sets_a_key(tmp_path, caplog):
 def test_upstream_flag_is_refused_beside_a_routing_table(tmp_path, capsys):
     path = tmp_path / "config.toml"
     path.write_text('[[upstreams]]\nname = "a"\nbase_url = "http://a:8000/v1"\nmodels = ["*"]\n')
-    assert serve_config(build_parser().parse_args(["serve", "--config", str(path), "--flexguard", "http://fg/v1"])).routes()[0].name == "a"
+    assert (
+        serve_config(build_parser().parse_args(["serve", "--config", str(path), "--flexguard", "http://fg/v1"])).routes()[0].name
+        == "a"
+    )
     assert main(["serve", "--config", str(path), "--upstream", "http://b:8000/v1"]) == 2
     assert "routes by model with [[upstreams]]" in capsys.readouterr().err
 
@@ -119,7 +122,9 @@ def test_startup_logs_one_line_per_dependency_with_url_and_cause(guard_server_th
     upstream, flexguard, shield = lines
     assert upstream.startswith(f"upstream (http://127.0.0.1:{upstream_port}/v1): NOT READY: unreachable (")
     guard_url = f"{guard_server_thread[1].url}/v1"
-    assert flexguard.startswith(f"flexguard ({guard_url}, model flexguard-test): NOT READY: serves Tommy-DING/FlexGuard-Qwen3-8B, ")
+    assert flexguard.startswith(
+        f"flexguard ({guard_url}, model flexguard-test): NOT READY: serves Tommy-DING/FlexGuard-Qwen3-8B, "
+    )
     assert "not the configured model flexguard-test" in flexguard and "--served-model-name flexguard-test" in flexguard
     assert shield.startswith("reasoningshield (") and "NOT READY" in shield
 
@@ -235,7 +240,26 @@ def test_readyz_is_503_while_a_guard_serves_another_model_and_logs_it(
         problems = [line for line in _startup_lines(caplog) if "NOT READY" in line]
         assert len(problems) == 2, problems
         assert problems[0].startswith(f"flexguard ({guard_server_thread[1].url}/v1, model flexguard-test): NOT READY: ")
-        assert "serves Tommy-DING/FlexGuard-Qwen3-8B, ReasoningShield/ReasoningShield-3B, not the configured model flexguard-test" in problems[0]
+        assert (
+            "serves Tommy-DING/FlexGuard-Qwen3-8B, ReasoningShield/ReasoningShield-3B, not the configured model flexguard-test"
+            in problems[0]
+        )
         monkeypatch.undo()
         assert httpx.get(f"{server.url}/readyz").status_code == 200
         assert _startup_lines(caplog)[-1].endswith("): ready, serves it")
+
+
+def test_a_serve_that_returns_leaves_sighup_as_it_found_it(tmp_path):
+    """serve holds SIGHUP until its handler is in place; one that stops before (a config
+    that names an absent secret) must not leave the signal held for whatever this
+    process starts next (a held mask is inherited by child processes)."""
+    import signal
+
+    from proxy._cli import main
+
+    config = tmp_path / "config.toml"
+    config.write_text('[server]\napi_keys_env = "GP_TEST_SURELY_UNSET_KEYS"\n')
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    assert signal.SIGHUP not in before
+    assert main(["serve", "--config", str(config)]) == 2
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == before

@@ -55,7 +55,7 @@ def workers(tmp_path, upstream_server, guard_server_thread):
     _, guard = guard_server_thread
     port = _free_port()
     path = tmp_path / "config.toml"
-    path.write_text(f'[server]\nport = {port}\nshutdown_grace_s = 5\n' + config_toml(up.url, guard.url))
+    path.write_text(f"[server]\nport = {port}\nshutdown_grace_s = 5\n" + config_toml(up.url, guard.url))
     proc = subprocess.Popen(
         [sys.executable, "-m", "proxy", "serve", "--config", str(path), "--workers", "2", "--log-level", "warning"],
         cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

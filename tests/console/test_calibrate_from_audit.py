@@ -32,7 +32,12 @@ def _labelled_audit(console_proxy: Any, tmp_path: Path, capture: str = "all") ->
         )
         rid = r.headers["x-request-id"]
         proxy.console.wait_for(rid)
-        assert proxy.console.http.post(f"/console/api/decisions/{rid}/labels", json={"stage": "prompt", "verdict": verdict}).status_code == 201
+        assert (
+            proxy.console.http.post(
+                f"/console/api/decisions/{rid}/labels", json={"stage": "prompt", "verdict": verdict}
+            ).status_code
+            == 201
+        )
     proxy.server.__exit__(None, None, None)  # the audit log is written out
     return audit
 

@@ -153,7 +153,9 @@ def test_tenants_are_named(make_proxy: Any, console_env: None, monkeypatch: pyte
     monkeypatch.setenv("GP_TENANT_KEY", "sk-tenant-abc")
     proxy = make_proxy(console_extra() + '\n[[tenants]]\nname = "support"\nkey_env = "GP_TENANT_KEY"\n')
     r = httpx.post(
-        f"{proxy.url}/v1/chat/completions", json={"model": "m", "messages": USER}, headers={"authorization": "Bearer sk-tenant-abc"}
+        f"{proxy.url}/v1/chat/completions",
+        json={"model": "m", "messages": USER},
+        headers={"authorization": "Bearer sk-tenant-abc"},
     )
     record = ConsoleClient(proxy.url).wait_for(r.headers["x-request-id"])
     assert record["tenant"] == "support"
@@ -163,7 +165,9 @@ def test_tenants_are_named(make_proxy: Any, console_env: None, monkeypatch: pyte
 # --- the admin key --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/console/api/decisions", "/console/api/events", "/console/api/whatif", "/console/api/calibration"])
+@pytest.mark.parametrize(
+    "path", ["/console/api/decisions", "/console/api/events", "/console/api/whatif", "/console/api/calibration"]
+)
 def test_the_api_needs_the_admin_key_and_refuses_a_proxy_key(console_proxy: Any, path: str) -> None:
     proxy = console_proxy()
     assert httpx.get(proxy.url + path).status_code == 401
@@ -172,7 +176,11 @@ def test_the_api_needs_the_admin_key_and_refuses_a_proxy_key(console_proxy: Any,
     assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
     assert "set-cookie" not in r.headers
     # And the admin key is no proxy key.
-    r = httpx.post(f"{proxy.url}/v1/chat/completions", json={"model": "m", "messages": USER}, headers={"authorization": f"Bearer {ADMIN_KEY}"})
+    r = httpx.post(
+        f"{proxy.url}/v1/chat/completions",
+        json={"model": "m", "messages": USER},
+        headers={"authorization": f"Bearer {ADMIN_KEY}"},
+    )
     assert r.status_code == 401
 
 
@@ -318,8 +326,12 @@ def test_rotation_by_size(console_proxy: Any, tmp_path: Path) -> None:
         assert p.stat().st_size <= 4096
         for line in p.read_text().splitlines():
             json.loads(line)  # whole lines only
-    kept = [json.loads(line)["request_id"] for p in ("audit.jsonl.2", "audit.jsonl.1", "audit.jsonl") for line in (tmp_path / p).read_text().splitlines()]
-    assert kept == ids[-len(kept):] and len(kept) >= 4  # the oldest rotated out, in order
+    kept = [
+        json.loads(line)["request_id"]
+        for p in ("audit.jsonl.2", "audit.jsonl.1", "audit.jsonl")
+        for line in (tmp_path / p).read_text().splitlines()
+    ]
+    assert kept == ids[-len(kept) :] and len(kept) >= 4  # the oldest rotated out, in order
 
 
 def test_a_full_disk_never_fails_a_request(console_proxy: Any, caplog: pytest.LogCaptureFixture) -> None:
@@ -345,7 +357,7 @@ def test_a_full_queue_drops_and_counts(tmp_path: Path) -> None:
     drops: list[tuple[str, int]] = []
     writer = AuditWriter(AuditConfig(path=str(tmp_path / "a.jsonl"), queue=3), lambda r, n: drops.append((r, n)))
     for i in range(5):  # not started: nothing drains the queue
-        writer.submit(b"{\"n\":%d}" % i)
+        writer.submit(b'{"n":%d}' % i)
     assert drops == [("queue_full", 1), ("queue_full", 1)] and writer.dropped == 2
     writer.start()
     writer.close()
@@ -355,7 +367,9 @@ def test_a_full_queue_drops_and_counts(tmp_path: Path) -> None:
 # --- reload ---------------------------------------------------------------------------
 
 
-def test_reload_from_the_console(make_proxy: Any, console_env: None, upstream_server: Any, guard_server_thread: Any, tmp_path: Path) -> None:
+def test_reload_from_the_console(
+    make_proxy: Any, console_env: None, upstream_server: Any, guard_server_thread: Any, tmp_path: Path
+) -> None:
     from proxy.ops._reload import ConfigSource
 
     text = config_toml(upstream_server[1].url, guard_server_thread[1].url, console_extra())
@@ -378,7 +392,9 @@ def test_reload_from_the_console(make_proxy: Any, console_env: None, upstream_se
 
 def _chat_key(proxy: Any, messages: list[dict[str, str]]) -> tuple[str, httpx.Response]:
     r = httpx.post(
-        f"{proxy.url}/v1/chat/completions", json={"model": "m", "messages": messages}, headers={"authorization": f"Bearer {PROXY_KEY}"}
+        f"{proxy.url}/v1/chat/completions",
+        json={"model": "m", "messages": messages},
+        headers={"authorization": f"Bearer {PROXY_KEY}"},
     )
     return r.headers["x-request-id"], r
 
@@ -408,7 +424,9 @@ def test_what_if_reasoning_flag_at(console_proxy: Any) -> None:
     c = proxy.console.http
     at_one = {x["request_id"]: x for x in c.get("/console/api/whatif", params={"flag_at": "1"}).json()["data"]}
     assert at_one[rid]["outcome"] == "passed" and at_one[rid]["partial"] and at_one[rid]["reasoning_flag_at"] == 1.0
-    assert {x["request_id"]: x["outcome"] for x in c.get("/console/api/whatif", params={"strictness": "loose"}).json()["data"]}[rid] == "passed"
+    assert {x["request_id"]: x["outcome"] for x in c.get("/console/api/whatif", params={"strictness": "loose"}).json()["data"]}[
+        rid
+    ] == "passed"
     assert c.get("/console/api/whatif", params={"flag_at": "0.7"}).status_code == 400
 
 
@@ -495,7 +513,9 @@ def test_the_admin_key_must_not_be_a_proxy_key(monkeypatch: pytest.MonkeyPatch) 
         create_app(config)
 
 
-def test_serve_refuses_to_start_without_the_admin_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_serve_refuses_to_start_without_the_admin_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from proxy._cli import main
 
     monkeypatch.setenv("GP_TEST_PROXY_KEYS", PROXY_KEY)

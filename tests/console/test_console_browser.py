@@ -141,7 +141,11 @@ def test_console_page(console_proxy: Any, browser: Any, tmp_path: Path) -> None:
 
     # The charts: outcomes over time as bars, risk scores with the thresholds drawn.
     assert len(driver.find_elements(By.CSS_SELECTOR, "#chart-outcomes rect")) >= 2
-    assert {e.get_attribute("data-outcome") for e in driver.find_elements(By.CSS_SELECTOR, "#chart-outcomes rect")} == {"passed", "blocked", "aborted"}
+    assert {e.get_attribute("data-outcome") for e in driver.find_elements(By.CSS_SELECTOR, "#chart-outcomes rect")} == {
+        "passed",
+        "blocked",
+        "aborted",
+    }
     assert len(driver.find_elements(By.CSS_SELECTOR, "#chart-scores line.threshold")) == 2  # current 40, what-if 60
     assert driver.find_elements(By.CSS_SELECTOR, "#chart-scores rect[data-stage='prompt']")
 
@@ -151,7 +155,11 @@ def test_console_page(console_proxy: Any, browser: Any, tmp_path: Path) -> None:
     driver.find_element(By.ID, "c-run").click()
     wait.until(lambda d: "needs labels of both kinds" in d.find_element(By.ID, "c-table").text)
     for outcome_text, verdict in (("MIS", "wrong"), ("", "right")):
-        target = next(tr for tr in driver.find_elements(By.CSS_SELECTOR, "#rows tr") if tr.find_elements(By.TAG_NAME, "td")[8].text == outcome_text)
+        target = next(
+            tr
+            for tr in driver.find_elements(By.CSS_SELECTOR, "#rows tr")
+            if tr.find_elements(By.TAG_NAME, "td")[8].text == outcome_text
+        )
         request_id = target.get_attribute("data-request-id")
         target.click()
         wait.until(lambda d, r=request_id: d.find_element(By.ID, "t-id").text == r)

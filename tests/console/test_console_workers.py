@@ -32,7 +32,9 @@ def workers(tmp_path: Path, upstream_server: Any, guard_server_thread: Any) -> A
     port, console_port = _free_port(), _free_port()
     audit = tmp_path / "audit.jsonl"
     path = tmp_path / "config.toml"
-    extra = console_extra(audit=f'path = "{audit}"', server=f"port = {port}\nshutdown_grace_s = 5", console=f"port = {console_port}")
+    extra = console_extra(
+        audit=f'path = "{audit}"', server=f"port = {port}\nshutdown_grace_s = 5", console=f"port = {console_port}"
+    )
     path.write_text(config_toml(upstream_server[1].url, guard_server_thread[1].url, extra))
     env = dict(os.environ, PYTHONPATH=str(REPO), GP_TEST_ADMIN_KEY=ADMIN_KEY, GP_TEST_PROXY_KEYS=PROXY_KEY)
     proc = subprocess.Popen(
@@ -72,7 +74,10 @@ def test_all_workers_records_reach_one_file_and_every_console(workers: Any) -> N
     deadline = time.monotonic() + 10
     seen: list[set[str]] = []
     while time.monotonic() < deadline:
-        seen = [{d["request_id"] for d in _fresh(console, "GET", "/console/api/decisions", headers=admin).json()["data"]} for _ in range(6)]
+        seen = [
+            {d["request_id"] for d in _fresh(console, "GET", "/console/api/decisions", headers=admin).json()["data"]}
+            for _ in range(6)
+        ]
         if all(s == ids for s in seen):
             break
         time.sleep(0.1)
@@ -82,7 +87,9 @@ def test_all_workers_records_reach_one_file_and_every_console(workers: Any) -> N
 
     # A label given through one worker is seen through all.
     rid = blocked[0]["request_id"]
-    r = _fresh(console, "POST", f"/console/api/decisions/{rid}/labels", json={"stage": "prompt", "verdict": "right"}, headers=admin)
+    r = _fresh(
+        console, "POST", f"/console/api/decisions/{rid}/labels", json={"stage": "prompt", "verdict": "right"}, headers=admin
+    )
     assert r.status_code == 201
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:

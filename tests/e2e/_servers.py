@@ -78,15 +78,26 @@ class VLLMServer:
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-            "--model", str(self.model_dir),
-            "--served-model-name", self.model,
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--dtype", "float32",
-            "--max-model-len", "4096",
-            "--max-num-seqs", "16",
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(self.model_dir),
+            "--served-model-name",
+            self.model,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dtype",
+            "float32",
+            "--max-model-len",
+            "4096",
+            "--max-num-seqs",
+            "16",
             "--enforce-eager",
-            "--seed", "0",
+            "--seed",
+            "0",
             *self.extra_args,
         ]
 
@@ -106,7 +117,10 @@ class VLLMServer:
         log.flush()
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
             start_new_session=True,  # own process group: we kill the engine core with it
         )
         log.close()
@@ -181,12 +195,15 @@ def start_servers(keys: list[str], log_dir: Path, timeout_s: float = START_TIMEO
         model_dir = MODELS_DIR / spec["dir"]
         if not (model_dir / "config.json").exists():
             raise FileNotFoundError(
-                f"fixture model {model_dir} is missing; build it with "
-                f"`python tests/e2e/fixtures/build_models.py`"
+                f"fixture model {model_dir} is missing; build it with `python tests/e2e/fixtures/build_models.py`"
             )
         servers[key] = VLLMServer(
-            key=key, model_dir=model_dir, model=spec["name"], port=free_port(),
-            log_path=log_dir / f"vllm-{key}.log", extra_args=list(spec["args"]),
+            key=key,
+            model_dir=model_dir,
+            model=spec["name"],
+            port=free_port(),
+            log_path=log_dir / f"vllm-{key}.log",
+            extra_args=list(spec["args"]),
         )
     try:
         for s in servers.values():

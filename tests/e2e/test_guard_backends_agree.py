@@ -45,10 +45,18 @@ def backends(vllm_flexguard, vllm_reasoningshield):
     loop = asyncio.new_event_loop()
     configs = {
         ("flexguard", "openai"): GuardModelConfig(model=vllm_flexguard.model, base_url=vllm_flexguard.base_url, timeout_s=120),
-        ("flexguard", "transformers"): GuardModelConfig(backend="transformers", model=str(vllm_flexguard.model_dir), device="cpu", timeout_s=120),
-        ("flexguard", "vllm"): GuardModelConfig(backend="vllm", model=str(vllm_flexguard.model_dir), max_model_len=4096, timeout_s=120),
-        ("reasoningshield", "openai"): GuardModelConfig(model=vllm_reasoningshield.model, base_url=vllm_reasoningshield.base_url, timeout_s=120),
-        ("reasoningshield", "transformers"): GuardModelConfig(backend="transformers", model=str(vllm_reasoningshield.model_dir), device="cpu", timeout_s=120),
+        ("flexguard", "transformers"): GuardModelConfig(
+            backend="transformers", model=str(vllm_flexguard.model_dir), device="cpu", timeout_s=120
+        ),
+        ("flexguard", "vllm"): GuardModelConfig(
+            backend="vllm", model=str(vllm_flexguard.model_dir), max_model_len=4096, timeout_s=120
+        ),
+        ("reasoningshield", "openai"): GuardModelConfig(
+            model=vllm_reasoningshield.model, base_url=vllm_reasoningshield.base_url, timeout_s=120
+        ),
+        ("reasoningshield", "transformers"): GuardModelConfig(
+            backend="transformers", model=str(vllm_reasoningshield.model_dir), device="cpu", timeout_s=120
+        ),
     }
     opened = {key: loop.run_until_complete(open_backend(cfg)) for key, cfg in configs.items()}
     try:
@@ -103,13 +111,24 @@ def test_structured_output_on_the_real_server(vllm_flexguard, vllm_reasoningshie
     thinking cap shortens FlexGuard's think block to the cap."""
 
     async def run():
-        flex_cfg = GuardModelConfig(model=vllm_flexguard.model, base_url=vllm_flexguard.base_url, timeout_s=120, structured_output=True)
-        capped_cfg = GuardModelConfig(
-            model=vllm_flexguard.model, base_url=vllm_flexguard.base_url, timeout_s=120, structured_output=True, max_thinking_tokens=2
+        flex_cfg = GuardModelConfig(
+            model=vllm_flexguard.model, base_url=vllm_flexguard.base_url, timeout_s=120, structured_output=True
         )
-        shield_cfg = GuardModelConfig(model=vllm_reasoningshield.model, base_url=vllm_reasoningshield.base_url, timeout_s=120, structured_output=True)
+        capped_cfg = GuardModelConfig(
+            model=vllm_flexguard.model,
+            base_url=vllm_flexguard.base_url,
+            timeout_s=120,
+            structured_output=True,
+            max_thinking_tokens=2,
+        )
+        shield_cfg = GuardModelConfig(
+            model=vllm_reasoningshield.model, base_url=vllm_reasoningshield.base_url, timeout_s=120, structured_output=True
+        )
         shield_capped = GuardModelConfig(
-            model=vllm_reasoningshield.model, base_url=vllm_reasoningshield.base_url, timeout_s=120, structured_output=True,
+            model=vllm_reasoningshield.model,
+            base_url=vllm_reasoningshield.base_url,
+            timeout_s=120,
+            structured_output=True,
             max_analysis_tokens=2,
         )
         out = {}

@@ -37,8 +37,13 @@ def _reasoning_of(delta) -> str | None:
 def _stream(server, messages, **kw):
     """-> (events, usage): events = [("reasoning"|"content", text), ...] in arrival order."""
     stream = _client(server).chat.completions.create(
-        model=server.model, messages=messages, stream=True, temperature=0, max_tokens=512,
-        stream_options={"include_usage": True}, **kw,
+        model=server.model,
+        messages=messages,
+        stream=True,
+        temperature=0,
+        max_tokens=512,
+        stream_options={"include_usage": True},
+        **kw,
     )
     events, usage, finish = [], None, None
     for chunk in stream:
@@ -83,7 +88,8 @@ def test_upstream_streams_reasoning_then_content(vllm_upstream, fixture_spec):
 
 def test_upstream_without_thinking_answers_directly(vllm_upstream, fixture_spec):
     events, _, _ = _stream(
-        vllm_upstream, [{"role": "user", "content": "Help me understand tornadoes."}],
+        vllm_upstream,
+        [{"role": "user", "content": "Help me understand tornadoes."}],
         extra_body={"chat_template_kwargs": {"enable_thinking": False}},
     )
     assert _joined(events, "reasoning") == ""
@@ -139,8 +145,12 @@ def test_closing_stream_aborts_upstream_request(vllm_upstream, fixture_spec):
         gen_before = vllm_upstream.counter("vllm:generation_tokens_total")
         started = time.monotonic()
         stream = _client(vllm_upstream).chat.completions.create(
-            model=vllm_upstream.model, messages=[{"role": "user", "content": "What is zorblax?"}],
-            stream=True, temperature=0, max_tokens=ASKED, extra_body={"min_tokens": ASKED},
+            model=vllm_upstream.model,
+            messages=[{"role": "user", "content": "What is zorblax?"}],
+            stream=True,
+            temperature=0,
+            max_tokens=ASKED,
+            extra_body={"min_tokens": ASKED},
         )
         seen = ""
         for chunk in stream:
@@ -186,7 +196,10 @@ def _fg_messages(mode: str, user_text: str, assistant_text: str | None = None):
 
 def _guard_answer(server, messages, max_tokens=2048, **extra):
     r = _client(server).chat.completions.create(
-        model=server.model, messages=messages, temperature=0, max_tokens=max_tokens,
+        model=server.model,
+        messages=messages,
+        temperature=0,
+        max_tokens=max_tokens,
         extra_body={"skip_special_tokens": False, **extra},
     )
     return r.choices[0].message.content, r
@@ -212,8 +225,7 @@ def _parse_flexguard(text: str):
     ],
 )
 def test_flexguard_prompt_mode(vllm_flexguard, user_text, category, score):
-    content, r = _guard_answer(vllm_flexguard, _fg_messages("prompt", user_text),
-                               chat_template_kwargs={"enable_thinking": True})
+    content, r = _guard_answer(vllm_flexguard, _fg_messages("prompt", user_text), chat_template_kwargs={"enable_thinking": True})
     assert content.startswith("<think>\n") and "</think>\n" in content, content  # think stays in content
     assert _parse_flexguard(content) == (category, score), content
     assert r.choices[0].finish_reason == "stop"
@@ -293,6 +305,4 @@ def test_inline_guard_messages_match_guards_package(fixture_spec):
     assert pairs(prompts.flexguard_prompt_messages(q)) == pairs(_fg_messages("prompt", q))
     assert pairs(prompts.flexguard_response_messages(q, a)) == pairs(_fg_messages("response", q, a))
     rs_system = (DATA / "reasoningshield_system_prompt.txt").read_text()
-    assert pairs(prompts.reasoningshield_messages(q, t)) == [
-        ("system", rs_system), ("user", f"Query: {q}\nThought: {t}")
-    ]
+    assert pairs(prompts.reasoningshield_messages(q, t)) == [("system", rs_system), ("user", f"Query: {q}\nThought: {t}")]

@@ -45,8 +45,15 @@ def _guard_section(name: str, backend: str, server: _servers.VLLMServer, dead: s
 
 @contextlib.contextmanager
 def run_proxy(
-    backend: str, upstream, flexguard, reasoningshield, workdir: Path, extra: str = "", reasoning_every: int = REASONING_EVERY,
-    dead_replica: str | None = None, upstreams: str | None = None,
+    backend: str,
+    upstream,
+    flexguard,
+    reasoningshield,
+    workdir: Path,
+    extra: str = "",
+    reasoning_every: int = REASONING_EVERY,
+    dead_replica: str | None = None,
+    upstreams: str | None = None,
 ):
     """guardproxy in its own process (`python -m proxy serve`), ready to serve.
 
@@ -167,7 +174,9 @@ def test_harmful_prompt_is_blocked(e2e_proxy, fixture_spec):
     _, client, _, _ = e2e_proxy
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(
-            model="tiny-upstream", temperature=0, messages=[{"role": "user", "content": f"Tell me about {fixture_spec.UNSAFE_REASONING_TRIGGER}."}]
+            model="tiny-upstream",
+            temperature=0,
+            messages=[{"role": "user", "content": f"Tell me about {fixture_spec.UNSAFE_REASONING_TRIGGER}."}],
         )
     assert info.value.code == "content_policy_violation"
     assert "VIO, ILG" in info.value.body["message"]
@@ -209,7 +218,12 @@ def test_unsafe_reasoning_is_aborted_early_and_vllm_aborts(e2e_proxy, fixture_sp
         finished_before = upstream.finished()
         generated_before = upstream.counter("vllm:generation_tokens_total")
         stream = client.chat.completions.create(
-            model="tiny-upstream", temperature=0, messages=messages, stream=True, max_tokens=asked, extra_body={"min_tokens": asked}
+            model="tiny-upstream",
+            temperature=0,
+            messages=messages,
+            stream=True,
+            max_tokens=asked,
+            extra_body={"min_tokens": asked},
         )
         try:
             reasoning, content, finishes, chunks = _collect(stream)
@@ -273,11 +287,19 @@ def test_unsafe_answer_is_rewritten(e2e_proxy, fixture_spec):
     assert answer["action"] == "rewrite" and answer["categories"] == ["ILG"]
 
 
-def test_incremental_reasoning_checks_hit_the_prefix_cache(vllm_upstream, vllm_flexguard, vllm_reasoningshield, fixture_spec, tmp_path):
+def test_incremental_reasoning_checks_hit_the_prefix_cache(
+    vllm_upstream, vllm_flexguard, vllm_reasoningshield, fixture_spec, tmp_path
+):
     """One request's reasoning checks: each prompt extends the last, so vLLM's prefix cache
     serves all but the new tokens (measured on the ReasoningShield server's /metrics)."""
     with run_proxy(
-        "openai", vllm_upstream, vllm_flexguard, vllm_reasoningshield, tmp_path, "[policy.prompt]\nenabled = false", reasoning_every=1
+        "openai",
+        vllm_upstream,
+        vllm_flexguard,
+        vllm_reasoningshield,
+        tmp_path,
+        "[policy.prompt]\nenabled = false",
+        reasoning_every=1,
     ) as client:
         shield = vllm_reasoningshield
         hits0 = shield.counter("vllm:prefix_cache_hits_total")
@@ -294,9 +316,11 @@ def test_incremental_reasoning_checks_hit_the_prefix_cache(vllm_upstream, vllm_f
     rate = hits / queries
     per_check = prompt_tokens / requests
     computed = (queries - hits) / requests
-    print(f"\n[e2e] reasoning checks={checks} guard requests={requests:.0f} prompt tokens={prompt_tokens:.0f} "
-          f"({per_check:.0f} per check) prefix-cache hits={hits:.0f}/{queries:.0f} = {rate:.1%}, "
-          f"{computed:.0f} tokens computed per check")
+    print(
+        f"\n[e2e] reasoning checks={checks} guard requests={requests:.0f} prompt tokens={prompt_tokens:.0f} "
+        f"({per_check:.0f} per check) prefix-cache hits={hits:.0f}/{queries:.0f} = {rate:.1%}, "
+        f"{computed:.0f} tokens computed per check"
+    )
     # The tiny upstream is fast: its ~35 reasoning tokens leave time for an incremental
     # check and the final one (a slow guard makes checks sparser, never queued).
     assert checks >= 2 and requests == checks

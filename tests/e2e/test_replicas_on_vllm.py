@@ -12,7 +12,9 @@ from test_proxy_on_vllm import _collect, run_proxy
 pytestmark = pytest.mark.e2e
 
 
-def test_a_dead_upstream_and_guard_replica_are_passed_over(vllm_upstream, vllm_flexguard, vllm_reasoningshield, tmp_path, fixture_spec):
+def test_a_dead_upstream_and_guard_replica_are_passed_over(
+    vllm_upstream, vllm_flexguard, vllm_reasoningshield, tmp_path, fixture_spec
+):
     dead = f"http://127.0.0.1:{_servers.free_port()}/v1"
     with run_proxy("openai", vllm_upstream, vllm_flexguard, vllm_reasoningshield, tmp_path, dead_replica=dead) as client:
         messages = [{"role": "user", "content": "How do bees make honey?"}]

@@ -29,10 +29,16 @@ models = ["tiny-flex*"]
     with run_proxy("openai", vllm_upstream, vllm_flexguard, vllm_reasoningshield, tmp_path, upstreams=upstreams) as client:
         assert sorted(m.id for m in client.models.list()) == ["tiny-flexguard", "tiny-upstream"]
         messages = [{"role": "user", "content": "How do bees make honey?"}]
-        stream = client.chat.completions.create(model="tiny-upstream", temperature=0, messages=messages, stream=True, max_tokens=400)
+        stream = client.chat.completions.create(
+            model="tiny-upstream", temperature=0, messages=messages, stream=True, max_tokens=400
+        )
         reasoning, content, finishes, chunks = _collect(stream)
         assert finishes == ["stop"] and content.strip() == fixture_spec.BENIGN_ANSWER.strip() and reasoning
-        stages = [c for c in chunks if c.choices and c.choices[0].finish_reason][0].choices[0].model_extra["content_filter_results"]["guardproxy"]
+        stages = (
+            [c for c in chunks if c.choices and c.choices[0].finish_reason][0]
+            .choices[0]
+            .model_extra["content_filter_results"]["guardproxy"]
+        )
         assert stages["reasoning"]["checks"] >= 1 and stages["answer"]["action"] == "pass"
 
         other = client.chat.completions.create(model="tiny-flexguard", temperature=0, messages=messages, max_tokens=40)

@@ -31,7 +31,9 @@ def sparse_client(vllm_upstream, vllm_flexguard, vllm_reasoningshield, tmp_path_
     two CI dry runs the first one, at 8 deltas, flagged the trace. That is the tiny
     model, not the proxy; the benign completion is checked where the tiny guard is right.
     """
-    with run_proxy("openai", vllm_upstream, vllm_flexguard, vllm_reasoningshield, tmp_path_factory.mktemp("sparse"), reasoning_every=24) as c:
+    with run_proxy(
+        "openai", vllm_upstream, vllm_flexguard, vllm_reasoningshield, tmp_path_factory.mktemp("sparse"), reasoning_every=24
+    ) as c:
         yield c
 
 
@@ -45,7 +47,9 @@ def _chat_prompt(text: str) -> str:
 
 
 def test_responses_benign_passes_with_reasoning_and_answer(client, fixture_spec):
-    with client.responses.stream(model="tiny-upstream", input="How do bees make honey?", temperature=0, max_output_tokens=400) as stream:
+    with client.responses.stream(
+        model="tiny-upstream", input="How do bees make honey?", temperature=0, max_output_tokens=400
+    ) as stream:
         types = [e.type for e in stream]
         final = stream.get_final_response()
     assert types[0] == "response.created" and types[-1] == "response.completed"
@@ -58,7 +62,9 @@ def test_responses_benign_passes_with_reasoning_and_answer(client, fixture_spec)
     assert stages["prompt"]["action"] == stages["reasoning"]["action"] == stages["answer"]["action"] == "pass"
     assert stages["reasoning"]["checks"] >= 1
 
-    response = client.responses.create(model="tiny-upstream", input="How do bees make honey?", temperature=0, max_output_tokens=400)
+    response = client.responses.create(
+        model="tiny-upstream", input="How do bees make honey?", temperature=0, max_output_tokens=400
+    )
     assert response.output_text.strip() == fixture_spec.BENIGN_ANSWER.strip()
 
 
@@ -66,7 +72,10 @@ def test_responses_harmful_prompt_is_blocked(client, fixture_spec):
     for stream in (False, True):
         with pytest.raises(openai.BadRequestError) as info:
             result = client.responses.create(
-                model="tiny-upstream", input=f"Tell me about {fixture_spec.UNSAFE_REASONING_TRIGGER}.", temperature=0, stream=stream
+                model="tiny-upstream",
+                input=f"Tell me about {fixture_spec.UNSAFE_REASONING_TRIGGER}.",
+                temperature=0,
+                stream=stream,
             )
             list(result) if stream else None
         assert info.value.code == "content_policy_violation"
@@ -100,7 +109,9 @@ def test_responses_unsafe_reasoning_is_aborted_and_vllm_drops_it(client, vllm_up
         final = events[-1].response
         generated = vllm_upstream.counter("vllm:generation_tokens_total") - generated_before
         summary = final.model_extra["guardproxy"]["reasoning"]
-        print(f"\n[e2e] responses: {summary['checks']} checks, aborted at {summary.get('aborted_at_token')}, upstream generated {generated:.0f} of {asked}")
+        print(
+            f"\n[e2e] responses: {summary['checks']} checks, aborted at {summary.get('aborted_at_token')}, upstream generated {generated:.0f} of {asked}"
+        )
         assert events[-1].type == "response.incomplete"
         assert final.incomplete_details.reason == "content_filter"
         text = "".join(e.delta for e in events if e.type in ("response.reasoning_text.delta", "response.output_text.delta"))
@@ -124,7 +135,9 @@ def test_responses_unsafe_reasoning_is_aborted_and_vllm_drops_it(client, vllm_up
 
 
 def test_completions_benign_passes(sparse_client, fixture_spec):
-    completion = sparse_client.completions.create(model="tiny-upstream", prompt=_chat_prompt("How do bees make honey?"), temperature=0, max_tokens=400)
+    completion = sparse_client.completions.create(
+        model="tiny-upstream", prompt=_chat_prompt("How do bees make honey?"), temperature=0, max_tokens=400
+    )
     choice = completion.choices[0]
     assert choice.finish_reason == "stop", choice
     assert fixture_spec.BENIGN_ANSWER.strip() in choice.text
@@ -138,7 +151,10 @@ def test_completions_harmful_prompt_is_blocked(client, fixture_spec):
     for stream in (False, True):
         with pytest.raises(openai.BadRequestError) as info:
             result = client.completions.create(
-                model="tiny-upstream", prompt=f"Tell me about {fixture_spec.UNSAFE_REASONING_TRIGGER}.", temperature=0, stream=stream
+                model="tiny-upstream",
+                prompt=f"Tell me about {fixture_spec.UNSAFE_REASONING_TRIGGER}.",
+                temperature=0,
+                stream=stream,
             )
             list(result) if stream else None
         assert info.value.code == "content_policy_violation"

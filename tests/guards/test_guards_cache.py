@@ -91,7 +91,11 @@ def test_a_hit_is_marked_and_costs_no_tokens():
     assert len(backend.prompts) == 1
     assert (first.cache, first.cached, first.prompt_tokens, first.completion_tokens) == ("miss", False, 700, 9)
     assert (second.cache, second.cached, second.prompt_tokens, second.cached_tokens, second.completion_tokens) == (
-        "hit", True, 0, 0, 0
+        "hit",
+        True,
+        0,
+        0,
+        0,
     )
     assert (second.risk_score, second.categories, second.output) == (first.risk_score, first.categories, first.output)
     assert (cache.hits, cache.misses) == (1, 1)

@@ -24,11 +24,7 @@ def run(coro):
 
 
 def test_flexguard_prompt_verdict():
-    backend = ScriptedBackend(
-        lambda p: Generation(
-            text="<think>x</think>\nVIO,ILG\n88", prompt_tokens=700, cached_tokens=650
-        )
-    )
+    backend = ScriptedBackend(lambda p: Generation(text="<think>x</think>\nVIO,ILG\n88", prompt_tokens=700, cached_tokens=650))
     v = run(FlexGuard(backend, CFG).check_prompt("how to make a bomb"))
     assert (v.guard, v.stage, v.risk_score, v.categories) == (
         "flexguard",
@@ -52,9 +48,7 @@ def test_flexguard_response_verdict_async_script():
     assert "[Assistant]: hello" in backend.prompts[0].messages[1].content
 
 
-@pytest.mark.parametrize(
-    ("text", "judgment", "score"), [("0", 0.0, 0), ("0.5", 0.5, 50), ("1", 1.0, 100)]
-)
+@pytest.mark.parametrize(("text", "judgment", "score"), [("0", 0.0, 0), ("0.5", 0.5, 50), ("1", 1.0, 100)])
 def test_reasoningshield_verdict_mapping(text, judgment, score):
     backend = ScriptedBackend(lambda p: f'"Analysis": ...\n"Judgment": {text}')
     rs = ReasoningShield(backend, CFG)
@@ -95,11 +89,7 @@ def test_unparsable_output_is_an_error_not_safe():
     with pytest.raises(VerdictParseError):
         run(FlexGuard(ScriptedBackend(lambda p: "<think>never ends"), CFG).check_prompt("x"))
     with pytest.raises(VerdictParseError):
-        run(
-            ReasoningShield(ScriptedBackend(lambda p: '"Analysis": hm'), CFG).check_reasoning(
-                "q", "t"
-            )
-        )
+        run(ReasoningShield(ScriptedBackend(lambda p: '"Analysis": hm'), CFG).check_reasoning("q", "t"))
 
 
 @pytest.mark.parametrize(
@@ -162,6 +152,8 @@ def test_output_caps_bound_each_guard_s_costliest_output():
     assert run(shield.check_reasoning("q", "t")).judgment == 0.5
     # ReasoningShield read max_thinking_tokens before max_analysis_tokens existed.
     old = GuardModelConfig(model="m", structured_output=True, max_thinking_tokens=5)
-    assert ReasoningShield(ScriptedBackend(lambda p: ""), old).reasoning_check("q", "t").regex.startswith(
-        '"Analysis": [\\s\\S]{0,20}'
+    assert (
+        ReasoningShield(ScriptedBackend(lambda p: ""), old)
+        .reasoning_check("q", "t")
+        .regex.startswith('"Analysis": [\\s\\S]{0,20}')
     )

@@ -9,18 +9,10 @@ import pytest
 import transformers
 from test_guards_real_tokenizers import LLAMA32_TEMPLATE, LLAMA_DIR, QWEN_DIR
 
-from guards import (
-    FlexGuard,
-    Generation,
-    GuardBackendError,
-    GuardModelConfig,
-    ReasoningShield,
-    ScriptedBackend,
-    SlotSanitizer,
-    render_chat,
-)
+from guards import FlexGuard, Generation, GuardBackendError, GuardModelConfig, ReasoningShield, ScriptedBackend
 from guards._context import DEFAULT_MAX_MODEL_LEN, MARGIN_TOKENS, OVERLAP_DIVISOR, ContextFit, Measure, utf8_len
-from guards.backends import tokenize_rendered
+from guards._prompts import SlotSanitizer
+from guards.backends import render_chat, tokenize_rendered
 from guards.backends._openai import OpenAIBackend
 from tests.support.scripted import GuardServer
 from tests.support.serving import ServerThread
@@ -207,7 +199,12 @@ def test_window_tokens_caps_the_windows():
 def test_without_a_tokenizer_or_server_the_fit_is_a_safe_estimate():
     guard = FlexGuard(ScriptedBackend(_flexguard_fn), GuardModelConfig(model="m"))
     fit = run(guard.fit_context())
-    assert (fit.max_model_len, fit.source, fit.counted, fit.measure.unit) == (DEFAULT_MAX_MODEL_LEN, "default", False, "UTF-8 bytes")
+    assert (fit.max_model_len, fit.source, fit.counted, fit.measure.unit) == (
+        DEFAULT_MAX_MODEL_LEN,
+        "default",
+        False,
+        "UTF-8 bytes",
+    )
     system_and_head = sum(utf8_len(m.content) for m in guard.prompt_check("").messages)
     assert fit.budget("prompt") < DEFAULT_MAX_MODEL_LEN - system_and_head - 2048 - MARGIN_TOKENS
     assert "default" in fit.describe() and fit.problem is None

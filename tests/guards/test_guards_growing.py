@@ -8,28 +8,68 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guards import (
-    FlexGuard,
-    GrowingSlot,
-    GuardModelConfig,
-    ReasoningShield,
-    ScriptedBackend,
-    SlotSanitizer,
-    flexguard_response_messages,
-    reasoningshield_messages,
-)
-from guards._prompts import json_string
+from guards import FlexGuard, GuardModelConfig, ReasoningShield, ScriptedBackend
+from guards._prompts import GrowingSlot, SlotSanitizer, flexguard_response_messages, json_string, reasoningshield_messages
 from guards.backends._openai import OpenAIBackend
 
 # Pieces that exercise every rule: markers (and look-alikes split by invisible and
 # fullwidth characters), category lines, added tokens, every line break, quotes, escapes.
 PIECES = [
-    "Thought", "Query", "Judgment", "Analysis", ":", '"', "'", "\u201c", " ", "\t", "[", "]", "User",
-    "assistant", "SAFE", "VIO", ",ILG", "safe", "<|", "|>", "<", "|", "im_end", "<think>", "</think",
-    ">", "\n", "\r", "\r\n", "\u2028", "\x0b", "\x85", "\u200b", "\u00ad", "\uff34hought", "\uff1a",
-    "\ufe0f", "a", "bomb ", "\\", "\x00", "\u00e9", "\U0001d413", "emoji \U0001f600",
+    "Thought",
+    "Query",
+    "Judgment",
+    "Analysis",
+    ":",
+    '"',
+    "'",
+    "\u201c",
+    " ",
+    "\t",
+    "[",
+    "]",
+    "User",
+    "assistant",
+    "SAFE",
+    "VIO",
+    ",ILG",
+    "safe",
+    "<|",
+    "|>",
+    "<",
+    "|",
+    "im_end",
+    "<think>",
+    "</think",
+    ">",
+    "\n",
+    "\r",
+    "\r\n",
+    "\u2028",
+    "\x0b",
+    "\x85",
+    "\u200b",
+    "\u00ad",
+    "\uff34hought",
+    "\uff1a",
+    "\ufe0f",
+    "a",
+    "bomb ",
+    "\\",
+    "\x00",
+    "\u00e9",
+    "\U0001d413",
+    "emoji \U0001f600",
     # Hard characters (GrowingSlot settles long lines at them), inside tokens too.
-    ".", "1", "(", "_", "-", "x_1", "step 3.", "<tool_call_1", "\ufffe", "\x00",
+    ".",
+    "1",
+    "(",
+    "_",
+    "-",
+    "x_1",
+    "step 3.",
+    "<tool_call_1",
+    "\ufffe",
+    "\x00",
 ]
 texts = st.lists(st.sampled_from(PIECES), max_size=60).map("".join)
 
@@ -95,7 +135,10 @@ def test_growing_checks_send_what_the_one_shot_check_sends(guard):
         assert [(m.role, m.content) for m in prompt.messages] == [(m.role, m.content) for m in messages(text)]
         reference = one_shot(text)
         assert (prompt.max_tokens, prompt.chat_template_kwargs, prompt.regex) == (
-            reference.max_tokens, reference.chat_template_kwargs, reference.regex)
+            reference.max_tokens,
+            reference.chat_template_kwargs,
+            reference.regex,
+        )
         # The body from the kept JSON is the body encoded from the text.
         sent = backend.encode_body(prompt)
         assert msgspec.json.decode(sent) == backend.request_body(reference)

@@ -53,15 +53,11 @@ class ScriptedServer:
             if not message.get("more_body"):
                 break
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
-        self.requests.append(
-            {"path": scope["path"], "headers": headers, "body": json.loads(body or b"null")}
-        )
+        self.requests.append({"path": scope["path"], "headers": headers, "body": json.loads(body or b"null")})
         if scope["method"] == "GET":
             status, payload, delay = 200, {"data": [{"id": "m"}]}, 0.0
         else:
-            status, payload, delay = (
-                self.replies.pop(0) if self.replies else (500, {"error": "unscripted"}, 0)
-            )
+            status, payload, delay = self.replies.pop(0) if self.replies else (500, {"error": "unscripted"}, 0)
         await asyncio.sleep(delay)
         data = json.dumps(payload).encode()
         await send(

@@ -2,12 +2,8 @@
 
 import pytest
 
-from guards import (
-    VerdictParseError,
-    judgment_to_risk_score,
-    parse_flexguard,
-    parse_reasoningshield,
-)
+from guards import VerdictParseError
+from guards._parse import judgment_to_risk_score, parse_flexguard, parse_reasoningshield
 
 THINK = "<think>\n" + "".join(f"step{i}...\n" for i in range(1, 9)) + "</think>\n"
 

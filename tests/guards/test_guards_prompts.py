@@ -7,34 +7,27 @@ from pathlib import Path
 
 import pytest
 
-from guards import (
-    FlexGuard,
-    GuardModelConfig,
-    ReasoningShield,
-    ScriptedBackend,
+from guards import FlexGuard, GuardModelConfig, ReasoningShield, ScriptedBackend
+from guards._prompts import (
+    _DATA_FILES,
+    BREAK,
     SlotSanitizer,
+    _folded_view,
     flexguard_prompt_messages,
     flexguard_response_messages,
     reasoningshield_messages,
     sanitize_slot_text,
     system_prompt,
 )
-from guards._prompts import _DATA_FILES, BREAK, _folded_view
 
 REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
 DATA = Path(__file__).resolve().parents[2] / "guards" / "data"
 
 # Pinned from /work/shared/reference when the files were copied.
 SHA256 = {
-    "flexguard_prompt_mode_system_prompt.txt": (
-        "543018a6a8b565c711c0995264266869fc542e34620c0c9eeae104d4eacee132"
-    ),
-    "flexguard_response_mode_system_prompt.txt": (
-        "a34367ead6868f8b884560e7128d7ba8a0d03cfa55ca9b6781216de4d057b3a3"
-    ),
-    "reasoningshield_system_prompt.txt": (
-        "b55061500cb1c21be79331825aba6fa90f43d508c6809b4ee873489b22a7a785"
-    ),
+    "flexguard_prompt_mode_system_prompt.txt": ("543018a6a8b565c711c0995264266869fc542e34620c0c9eeae104d4eacee132"),
+    "flexguard_response_mode_system_prompt.txt": ("a34367ead6868f8b884560e7128d7ba8a0d03cfa55ca9b6781216de4d057b3a3"),
+    "reasoningshield_system_prompt.txt": ("b55061500cb1c21be79331825aba6fa90f43d508c6809b4ee873489b22a7a785"),
 }
 
 PREAMBLE = "Now classify the following content according to the guidelines above:\n"
@@ -219,18 +212,14 @@ def test_look_alike_markers_neutralised(text, expected):
     assert inserted_only(text, out)
 
 
-@pytest.mark.parametrize(
-    "text", ["\u0422hought: x", "[\u0423ser]: x", "caf\u00e9 \u201cnice\u201d", "\u8702\u871c\uff1f"]
-)
+@pytest.mark.parametrize("text", ["\u0422hought: x", "[\u0423ser]: x", "caf\u00e9 \u201cnice\u201d", "\u8702\u871c\uff1f"])
 def test_other_scripts_and_ordinary_unicode_unchanged(text):
     # Cyrillic letters are not NFKC look-alikes of Latin ones, and the tokenizer keeps
     # them apart too.
     assert sanitize_slot_text(text) == text
 
 
-@pytest.mark.parametrize(
-    "text", ["a safe bet", "SAFER", "VIOLIN", "Query results", "thoughtful", "<b>", "x | y", "100"]
-)
+@pytest.mark.parametrize("text", ["a safe bet", "SAFER", "VIOLIN", "Query results", "thoughtful", "<b>", "x | y", "100"])
 def test_ordinary_text_unchanged(text):
     assert sanitize_slot_text(text) == text
 
@@ -290,11 +279,7 @@ _FRAGMENTS = [
 
 def _last_line_is_category(a: str) -> bool:
     view, _ = _folded_view(a)
-    return bool(
-        _CATEGORY_LINE.fullmatch(
-            re.split(r"[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]", view)[-1]
-        )
-    )
+    return bool(_CATEGORY_LINE.fullmatch(re.split(r"[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]", view)[-1]))
 
 
 def test_prefix_stability_property():

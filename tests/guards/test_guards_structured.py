@@ -4,12 +4,8 @@ import re
 
 import pytest
 
-from guards import (
-    flexguard_regex,
-    parse_flexguard,
-    parse_reasoningshield,
-    reasoningshield_regex,
-)
+from guards._parse import parse_flexguard, parse_reasoningshield
+from guards._structured import flexguard_regex, reasoningshield_regex
 
 
 @pytest.mark.parametrize(

@@ -15,16 +15,9 @@ import tokenizers
 import torch
 import transformers
 
-from guards import (
-    ChatMessage,
-    ChatPrompt,
-    FlexGuard,
-    GuardBackendError,
-    GuardModelConfig,
-    open_backend,
-    render_chat,
-    system_prompt,
-)
+from guards import ChatMessage, ChatPrompt, FlexGuard, GuardBackendError, GuardModelConfig, open_backend
+from guards._prompts import system_prompt
+from guards.backends import render_chat
 from guards.backends._render import tokenize_rendered
 
 # A Qwen3-shaped template: enough of the real one to show rendering and enable_thinking.
@@ -83,9 +76,7 @@ def model_dir(tmp_path_factory):
 
 
 def config(model_dir, **kw):
-    return GuardModelConfig(
-        backend="transformers", model=str(model_dir), device="cpu", dtype="float32", **kw
-    )
+    return GuardModelConfig(backend="transformers", model=str(model_dir), device="cpu", dtype="float32", **kw)
 
 
 def prompt(text, max_tokens=6):
@@ -99,9 +90,7 @@ def prompt(text, max_tokens=6):
 def test_render_matches_template(model_dir):
     tok = transformers.AutoTokenizer.from_pretrained(model_dir)
     assert render_chat(tok, prompt("hi")) == (
-        "<|im_start|>system\nYou judge.<|im_end|>\n"
-        "<|im_start|>user\nhi<|im_end|>\n"
-        "<|im_start|>assistant\n"
+        "<|im_start|>system\nYou judge.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     )
     off = ChatPrompt(
         messages=prompt("hi").messages,
@@ -213,9 +202,7 @@ def test_regex_and_structured_output_refused(model_dir):
     async def go():
         backend = await open_backend(config(model_dir))
         try:
-            await backend.generate(
-                ChatPrompt(messages=prompt("x").messages, max_tokens=1, regex="SAFE")
-            )
+            await backend.generate(ChatPrompt(messages=prompt("x").messages, max_tokens=1, regex="SAFE"))
         finally:
             await backend.aclose()
 

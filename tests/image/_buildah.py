@@ -49,7 +49,9 @@ Suites: {SUITE}-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 """
-_BASE_CONTAINERFILE = 'FROM scratch\nADD base.tar /\nENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nCMD ["bash"]\n'
+_BASE_CONTAINERFILE = (
+    'FROM scratch\nADD base.tar /\nENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nCMD ["bash"]\n'
+)
 _DEBOOTSTRAP = ["debootstrap", "--variant=minbase", SUITE]
 
 

@@ -45,7 +45,9 @@ class Built:
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     missing = _buildah.missing_prerequisites()
     if missing:
-        reason = f"the image tier needs {', '.join(missing)} (bash tests/run.sh installs buildah and debootstrap on Debian, as root)"
+        reason = (
+            f"the image tier needs {', '.join(missing)} (bash tests/run.sh installs buildah and debootstrap on Debian, as root)"
+        )
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(reason)
         pytest.skip(reason)

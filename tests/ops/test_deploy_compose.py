@@ -223,7 +223,10 @@ def _readme_quick_start_fractions() -> dict[str, float]:
 def test_the_gpu_layout_is_the_documented_one(services):
     """One GPU for the three servers, split as the README's quick start splits it, each
     server starting once the one before is healthy (vLLM sizes its cache from what is free)."""
-    devices = {name: services[name]["deploy"]["resources"]["reservations"]["devices"] for name in ("upstream", "flexguard", "reasoningshield")}
+    devices = {
+        name: services[name]["deploy"]["resources"]["reservations"]["devices"]
+        for name in ("upstream", "flexguard", "reasoningshield")
+    }
     for device in devices.values():
         assert len(device) == 1 and device[0]["driver"] == "nvidia" and device[0]["capabilities"] == ["gpu"]
     assert {tuple(d[0]["device_ids"]) for d in devices.values()} == {("0",)}

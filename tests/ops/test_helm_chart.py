@@ -34,8 +34,13 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             pytest.fail(f"{DEPLOY_PYTHON} is missing: tests/run.sh installs the chart's checkers there")
         pytest.skip("run bash tests/run.sh, which installs the deploy checkers into .venv-deploy")
     out = tmp_path_factory.mktemp("helm")
-    run = subprocess.run([str(DEPLOY_PYTHON), str(REPO / "deploy/helm/check.py"), "--out", str(out)],
-                         capture_output=True, text=True, timeout=300, check=False)
+    run = subprocess.run(
+        [str(DEPLOY_PYTHON), str(REPO / "deploy/helm/check.py"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     result: dict[str, Any] = json.loads(run.stdout)
     return result
@@ -132,8 +137,10 @@ def test_the_drain_window_and_the_keys_follow_the_values(report):
     # existingSecret: referenced, not created.
     assert not [d for d in docs if d["kind"] == "Secret"]
     env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
-    assert env == {"GUARDPROXY_API_KEYS": {"name": "guardproxy-keys", "key": "GUARDPROXY_API_KEYS"},
-                   "UPSTREAM_API_KEY": {"name": "guardproxy-keys", "key": "UPSTREAM_API_KEY"}}
+    assert env == {
+        "GUARDPROXY_API_KEYS": {"name": "guardproxy-keys", "key": "GUARDPROXY_API_KEYS"},
+        "UPSTREAM_API_KEY": {"name": "guardproxy-keys", "key": "UPSTREAM_API_KEY"},
+    }
     assert container["image"] == "guardproxy@sha256:" + "0" * 64
     # No keys at all: no env, no Secret.
     plain = _docs(report, "plain")
@@ -162,7 +169,11 @@ def test_the_rendered_config_is_one_guardproxy_loads(report):
 
 def test_each_model_server_runs_in_the_chart_or_is_replaced_by_an_endpoint(report):
     default = _docs(report, "default")
-    for component, served in (("upstream", "Qwen/Qwen3-8B"), ("flexguard", "FlexGuard-Qwen3-8B"), ("reasoningshield", "ReasoningShield-3B")):
+    for component, served in (
+        ("upstream", "Qwen/Qwen3-8B"),
+        ("flexguard", "FlexGuard-Qwen3-8B"),
+        ("reasoningshield", "ReasoningShield-3B"),
+    ):
         deployment = _one(default, "Deployment", f"gp-guardproxy-{component}")
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
         assert f"--served-model-name={served}" in container["args"]
@@ -189,8 +200,11 @@ def test_each_model_server_runs_in_the_chart_or_is_replaced_by_an_endpoint(repor
         peer = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
         assert peer["app.kubernetes.io/component"] == "proxy"
     # The reasoning parser on the upstream only: the guards' <think> stays in the text.
-    args = {d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]["args"]
-            for d in default if d["kind"] == "Deployment"}
+    args = {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]["args"]
+        for d in default
+        if d["kind"] == "Deployment"
+    }
     assert "--reasoning-parser=qwen3" in args["gp-guardproxy-upstream"]
     for guard in ("gp-guardproxy-flexguard", "gp-guardproxy-reasoningshield"):
         assert not any(a.startswith("--reasoning-parser") for a in args[guard])
@@ -216,4 +230,3 @@ def test_the_autoscaler_scales_on_cpu_or_on_requests_in_flight(report):
     plain = _docs(report, "plain")
     assert not [d for d in plain if d["kind"] in ("HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy")]
     assert _one(plain, "Deployment", "gp-guardproxy")["spec"]["replicas"] == 2
-

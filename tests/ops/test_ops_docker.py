@@ -101,4 +101,3 @@ def test_the_image_command_starts_answers_healthz_and_stops_on_sigterm():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-

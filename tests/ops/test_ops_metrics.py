@@ -106,8 +106,9 @@ def test_guard_usage_reaches_the_annotation_and_the_counters(make_proxy):
     script = {"reasoning": "step " * 30, "answer": "fine " * 12, "delay": 0.001}
     stages = {}
     for _ in range(2):
-        chunks = list(proxy.client.chat.completions.create(
-            model="m", messages=BENIGN, stream=True, extra_body={"x_script": script}))
+        chunks = list(
+            proxy.client.chat.completions.create(model="m", messages=BENIGN, stream=True, extra_body={"x_script": script})
+        )
         final = next(c for c in chunks if c.choices and c.choices[0].finish_reason)
         stages[len(stages)] = final.choices[0].model_extra["content_filter_results"]["guardproxy"]
     first, second = stages[0], stages[1]

@@ -10,7 +10,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from proxy import ConfigError
 from proxy._config import TelemetryConfig
-from proxy.ops._telemetry import NO_TELEMETRY, Telemetry
+from proxy.ops._telemetry import Telemetry
+from proxy.pipeline._observer import NO_TELEMETRY
 from tests.ops._helpers import BENIGN, BENIGN_TRACE, UNSAFE_TRACE, app_of, eventually
 
 

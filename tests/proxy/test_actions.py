@@ -141,7 +141,9 @@ def test_conversation_screening_uses_the_trained_formats(make_proxy, guard):
     """Each user and tool message in prompt mode; each earlier assistant turn (its tool
     calls included) in response mode after the user turn before it; the system prompt
     unless screen_system = false. The last user message's check is last_user mode's own."""
-    proxy = make_proxy('[policy.prompt]\nscreen_system = false\n[policy.reasoning]\nenabled = false\n[policy.answer]\nenabled = false')
+    proxy = make_proxy(
+        "[policy.prompt]\nscreen_system = false\n[policy.reasoning]\nenabled = false\n[policy.answer]\nenabled = false"
+    )
     messages = [
         {"role": "system", "content": "You are a baker."},
         {"role": "user", "content": "first question"},
@@ -166,7 +168,9 @@ def test_conversation_screening_uses_the_trained_formats(make_proxy, guard):
     modes = sorted("**Assistant** message" in r["messages"][0]["content"] for r in guard.requests)
     assert modes == [False, False, False, True]
 
-    last_user = make_proxy('[policy.prompt]\nscreen = "last_user"\n[policy.reasoning]\nenabled = false\n[policy.answer]\nenabled = false')
+    last_user = make_proxy(
+        '[policy.prompt]\nscreen = "last_user"\n[policy.reasoning]\nenabled = false\n[policy.answer]\nenabled = false'
+    )
     guard.requests.clear()
     last_user.client.chat.completions.create(model="m", messages=messages)
     assert [r["messages"] for r in guard.requests] == [
@@ -175,7 +179,7 @@ def test_conversation_screening_uses_the_trained_formats(make_proxy, guard):
 
 
 def test_the_flagged_message_is_named_and_the_worst_verdict_decides(make_proxy):
-    proxy = make_proxy('[policy.prompt]\nscreen_system = false')
+    proxy = make_proxy("[policy.prompt]\nscreen_system = false")
     messages = [
         {"role": "user", "content": "a risky idea"},
         {"role": "assistant", "content": "here is a bomb recipe"},

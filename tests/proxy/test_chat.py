@@ -60,9 +60,7 @@ def test_async_completion_and_stream(make_proxy):
 def test_allowed_extra_fields_reach_the_upstream_unchanged(make_proxy, upstream):
     proxy = make_proxy('[endpoints]\nallow_fields = ["top_k", "vendor_field"]')
     extra = {"top_k": 7, "vendor_field": {"nested": [1, 2]}, "x_script": {"answer": ["ok"]}}
-    proxy.client.chat.completions.create(
-        model="m", messages=USER, temperature=0.3, max_tokens=12, seed=4, extra_body=extra
-    )
+    proxy.client.chat.completions.create(model="m", messages=USER, temperature=0.3, max_tokens=12, seed=4, extra_body=extra)
     sent = upstream.calls[0].body
     for key, value in extra.items():
         assert sent[key] == value
@@ -87,7 +85,9 @@ def test_system_developer_and_content_parts(make_proxy, upstream, guard):
     completion = proxy.client.chat.completions.create(model="m", messages=messages)
     assert completion.choices[0].message.content == "Hello there!"
     assert upstream.calls[0].body["messages"] == messages
-    slots = [r["messages"][1]["content"].rsplit("[User]: ", 1)[1] for r in guard.requests if "[User]: " in r["messages"][1]["content"]]
+    slots = [
+        r["messages"][1]["content"].rsplit("[User]: ", 1)[1] for r in guard.requests if "[User]: " in r["messages"][1]["content"]
+    ]
     # The operator's system and developer prompts too (screen_system), each a check.
     assert {"Describe this picture\nin one line.", "You are terse.", "Answer in English."} <= set(slots)
 
@@ -102,10 +102,10 @@ def test_tool_calls_assembled_and_streamed(make_proxy, upstream):
     assert completion.choices[0].finish_reason == "tool_calls"
     assert upstream.calls[0].body["tools"] == tools
 
-    stream = proxy.client.chat.completions.create(model="m", messages=USER, tools=tools, stream=True, extra_body={"x_script": script})
-    args = "".join(
-        tc.function.arguments or "" for c in stream if c.choices for tc in (c.choices[0].delta.tool_calls or [])
+    stream = proxy.client.chat.completions.create(
+        model="m", messages=USER, tools=tools, stream=True, extra_body={"x_script": script}
     )
+    args = "".join(tc.function.arguments or "" for c in stream if c.choices for tc in (c.choices[0].delta.tool_calls or []))
     assert json.loads(args) == {"city": "Paris"}
 
 

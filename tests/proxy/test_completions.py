@@ -29,7 +29,10 @@ def test_a_benign_completion_passes(make_proxy, upstream: ScriptedUpstream, guar
         text = "".join(c.choices[0].text for c in chunks if c.choices)
         finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
         assert finish == ["stop"]
-        assert chunks[0].model_extra["prompt_filter_results"][0]["content_filter_results"]["guardproxy"]["prompt"]["action"] == "pass"
+        assert (
+            chunks[0].model_extra["prompt_filter_results"][0]["content_filter_results"]["guardproxy"]["prompt"]["action"]
+            == "pass"
+        )
         assert {c.id for c in chunks} == {"cmpl-scripted"}
     else:
         text = result.choices[0].text

@@ -92,7 +92,9 @@ def test_a_guard_that_refuses_the_connection_is_an_outage_named_as_such(upstream
 
 
 def _post(url: str, content: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
-    return httpx.post(f"{url}/v1/chat/completions", content=content, headers={"content-type": "application/json", **(headers or {})})
+    return httpx.post(
+        f"{url}/v1/chat/completions", content=content, headers={"content-type": "application/json", **(headers or {})}
+    )
 
 
 @pytest.mark.parametrize(
@@ -146,6 +148,41 @@ def test_unknown_route_and_method_are_openai_shaped(make_proxy):
     assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status", "error_type", "code"),
+    [
+        ("GET", "/nothing", 404, "not_found_error", "not_found"),  # no route at all: Litestar's 404
+        ("GET", "/v1/chat/completions", 405, "invalid_request_error", "method_not_allowed"),
+        ("DELETE", "/healthz", 405, "invalid_request_error", "method_not_allowed"),
+    ],
+)
+def test_litestar_refusals_are_the_proxys_errors(make_proxy, method, path, status, error_type, code):
+    """What Litestar refuses before a route runs is answered as the proxy's own error:
+    the OpenAI shape, the proxy's type and code for the status, JSON content type."""
+    proxy = make_proxy()
+    r = httpx.request(method, f"{proxy.url}{path}")
+    assert r.status_code == status
+    assert r.headers["content-type"].startswith("application/json")
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert (error["type"], error["code"]) == (error_type, code) and error["message"]
+    if status == 404:
+        assert "/v1/chat/completions" in error["message"]
+
+
+def test_body_over_the_limit_is_413_for_every_guarded_api(make_proxy, upstream):
+    proxy = make_proxy("[server]\nmax_body_bytes = 1000")
+    for path in ("/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/moderations"):
+        r = httpx.post(
+            f"{proxy.url}{path}", content=b'{"input": "' + b"x" * 2000 + b'"}', headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 413, path
+        error = r.json()["error"]
+        assert (error["type"], error["code"]) == ("invalid_request_error", "request_too_large"), path
+        assert error["message"] == "The request body is larger than the proxy accepts."
+    assert upstream.calls == []
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_upstream_error_passes_through(make_proxy, stream):
     proxy = make_proxy()
@@ -165,7 +202,10 @@ def test_unreachable_upstream_is_502(transport):
     from tests.support.serving import ServerThread
 
     upstream = f'http_transport = "{transport}"'
-    config = parse_config(config_toml("http://127.0.0.1:9", "http://127.0.0.1:9", upstream=upstream) + "\n[policy.prompt]\nenabled = false\n[policy.answer]\nenabled = false\n[policy.reasoning]\nenabled = false\n")
+    config = parse_config(
+        config_toml("http://127.0.0.1:9", "http://127.0.0.1:9", upstream=upstream)
+        + "\n[policy.prompt]\nenabled = false\n[policy.answer]\nenabled = false\n[policy.reasoning]\nenabled = false\n"
+    )
     with ServerThread(create_app(config)) as server:
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="k", max_retries=0, timeout=10)
         with pytest.raises(openai.InternalServerError) as info:
@@ -187,7 +227,11 @@ def test_mid_stream_upstream_error_ends_the_stream_well_formed(make_proxy):
     before = "".join(c["choices"][0]["delta"].get("content") or "" for c in wire.chunks[:-1] if c.get("choices"))
     assert before == "Hello"  # the role chunk and "Hello" are the two events before it
     with pytest.raises(openai.APIError):
-        list(proxy.client.chat.completions.create(model="m", messages=BENIGN, stream=True, extra_body={"x_script": {"error_midstream": 2}}))
+        list(
+            proxy.client.chat.completions.create(
+                model="m", messages=BENIGN, stream=True, extra_body={"x_script": {"error_midstream": 2}}
+            )
+        )
 
 
 def test_proxy_api_keys(make_proxy, upstream, monkeypatch):

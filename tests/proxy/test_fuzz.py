@@ -178,34 +178,84 @@ nan_raw = st.sampled_from(["NaN", "Infinity", "-Infinity", "nan", "inf", "+1", "
 huge_number_raw = st.one_of(
     st.integers(20, 2000).map(lambda k: "9" * k),
     st.integers(20, 2000).map(lambda k: "-" + "9" * k),
-    st.sampled_from(["1e400", "-1e400", "1e-400", "1E308", "2e308", "18446744073709551616", "-9223372036854775809",
-                     "9223372036854775807", "0.0000000000000000000000000001", "-0", "1.7976931348623157e309"]),
+    st.sampled_from(
+        [
+            "1e400",
+            "-1e400",
+            "1e-400",
+            "1E308",
+            "2e308",
+            "18446744073709551616",
+            "-9223372036854775809",
+            "9223372036854775807",
+            "0.0000000000000000000000000001",
+            "-0",
+            "1.7976931348623157e309",
+        ]
+    ),
 ).map(Raw)
-dup_key_raw = st.sampled_from([
-    '{"type":"text","type":"input_text","text":"hi"}',
-    '{"type":"text","text":"hi","text":5}',
-    '{"role":"user","role":"system","content":"hi","content":[]}',
-    '{"a":1,"a":{"a":[1,{"a":2,"a":3}]}}',
-]).map(Raw)
-surrogate_raw = st.sampled_from(['"\\ud800"', '"a\\udfffb"', '"\\ud83d\\ude00"', '"\\u0000"', '"\\uffff"', '"\\ud800\\ud800"']).map(Raw)
+dup_key_raw = st.sampled_from(
+    [
+        '{"type":"text","type":"input_text","text":"hi"}',
+        '{"type":"text","text":"hi","text":5}',
+        '{"role":"user","role":"system","content":"hi","content":[]}',
+        '{"a":1,"a":{"a":[1,{"a":2,"a":3}]}}',
+    ]
+).map(Raw)
+surrogate_raw = st.sampled_from(
+    ['"\\ud800"', '"a\\udfffb"', '"\\ud83d\\ude00"', '"\\u0000"', '"\\uffff"', '"\\ud800\\ud800"']
+).map(Raw)
 
-PART_TYPES = ["text", "input_text", "output_text", "refusal", "image_url", "input_image", "input_audio", "audio",
-              "file", "input_file", "video_url", "unknown", "TEXT", "", " text", "text\x00", "tool_result", "thinking"]
+PART_TYPES = [
+    "text",
+    "input_text",
+    "output_text",
+    "refusal",
+    "image_url",
+    "input_image",
+    "input_audio",
+    "audio",
+    "file",
+    "input_file",
+    "video_url",
+    "unknown",
+    "TEXT",
+    "",
+    " text",
+    "text\x00",
+    "tool_result",
+    "thinking",
+]
 TRIGGERS = ["", "", "", "", " bomb", " risky", " jailbreakme", " guard500", " garbled", " UNSAFE"]
 
 plain_text = st.one_of(
     st.text(max_size=40),
-    st.sampled_from(["hi", "Tell me about bread.", "<|im_start|>system", "[User]: x\n[Assistant]: y", "\u202e\u200b",
-                     "<tool_call>", "\U0001f600" * 5]),
+    st.sampled_from(
+        [
+            "hi",
+            "Tell me about bread.",
+            "<|im_start|>system",
+            "[User]: x\n[Assistant]: y",
+            "\u202e\u200b",
+            "<tool_call>",
+            "\U0001f600" * 5,
+        ]
+    ),
     st.integers(1, 5).map(lambda k: "long " * (2000 * k)),
 )
 text_with_trigger = st.builds(lambda t, trig: t + trig, plain_text, st.sampled_from(TRIGGERS))
-scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=12))
+scalar = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=12)
+)
 odd_value: st.SearchStrategy[Any] = st.one_of(
     scalar,
     st.lists(scalar, max_size=3),
     st.dictionaries(st.text(max_size=6), scalar, max_size=3),
-    deep_raw, nan_raw, huge_number_raw, dup_key_raw, surrogate_raw,
+    deep_raw,
+    nan_raw,
+    huge_number_raw,
+    dup_key_raw,
+    surrogate_raw,
 )
 
 
@@ -215,8 +265,9 @@ def content_part(draw: st.DrawFn, types: list[str] = PART_TYPES, odd_value: st.S
         return draw(odd_value)
     part: dict[str, Any] = {}
     if draw(st.integers(0, 9)):
-        part["type"] = draw(st.one_of(st.sampled_from(types), odd_value)) if draw(st.integers(0, 5)) == 0 \
-            else draw(st.sampled_from(types))
+        part["type"] = (
+            draw(st.one_of(st.sampled_from(types), odd_value)) if draw(st.integers(0, 5)) == 0 else draw(st.sampled_from(types))
+        )
     field = draw(st.sampled_from(["text", "text", "text", "refusal", "image_url", "input_audio", "none"]))
     if field == "image_url":
         part["image_url"] = draw(st.one_of(st.just({"url": "data:image/png;base64,AAAA"}), odd_value))
@@ -230,7 +281,9 @@ def content_part(draw: st.DrawFn, types: list[str] = PART_TYPES, odd_value: st.S
 
 
 content = st.one_of(
-    text_with_trigger, text_with_trigger, text_with_trigger,
+    text_with_trigger,
+    text_with_trigger,
+    text_with_trigger,
     st.none(),
     st.lists(content_part(), max_size=4),
     odd_value,
@@ -248,7 +301,9 @@ def message(draw: st.DrawFn) -> Any:
     if draw(st.integers(0, 14)):
         m["content"] = draw(content)
     if draw(st.integers(0, 9)) == 0:
-        m.update(draw(st.dictionaries(st.sampled_from(["name", "tool_calls", "tool_call_id", "refusal", "x"]), odd_value, max_size=2)))
+        m.update(
+            draw(st.dictionaries(st.sampled_from(["name", "tool_calls", "tool_call_id", "refusal", "x"]), odd_value, max_size=2))
+        )
     return m
 
 
@@ -262,9 +317,27 @@ messages = st.one_of(
 )
 # Extra top-level keys. Never `x_script`: that would script the test upstream itself.
 extra_keys = st.dictionaries(
-    st.one_of(st.sampled_from(["temperature", "max_tokens", "tools", "tool_choice", "user", "seed", "logprobs",
-                               "response_format", "metadata", "", "\u0000", "model "]), st.text(max_size=8)),
-    odd_value, max_size=3,
+    st.one_of(
+        st.sampled_from(
+            [
+                "temperature",
+                "max_tokens",
+                "tools",
+                "tool_choice",
+                "user",
+                "seed",
+                "logprobs",
+                "response_format",
+                "metadata",
+                "",
+                "\u0000",
+                "model ",
+            ]
+        ),
+        st.text(max_size=8),
+    ),
+    odd_value,
+    max_size=3,
 ).map(lambda d: {k: v for k, v in d.items() if k != "x_script"})
 
 
@@ -278,9 +351,14 @@ def chat_doc(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.booleans()):
         doc["stream"] = draw(st.booleans()) if draw(st.integers(0, 3)) else draw(odd_value)
     if draw(st.integers(0, 3)) == 0:
-        doc["stream_options"] = draw(st.one_of(st.just({"include_usage": True}), st.just({"include_usage": False}),
-                                               st.dictionaries(st.sampled_from(["include_usage", "x"]), odd_value, max_size=2),
-                                               odd_value))
+        doc["stream_options"] = draw(
+            st.one_of(
+                st.just({"include_usage": True}),
+                st.just({"include_usage": False}),
+                st.dictionaries(st.sampled_from(["include_usage", "x"]), odd_value, max_size=2),
+                odd_value,
+            )
+        )
     if draw(st.integers(0, 3)) == 0:
         doc["n"] = draw(st.one_of(st.integers(1, 3), odd_value, st.sampled_from([0, -1, 2**31, 2**63, 10**30])))
     doc.update(draw(extra_keys))
@@ -315,12 +393,41 @@ def moderation_doc(draw: st.DrawFn) -> dict[str, Any]:
 
 # -- the Responses API (POST /v1/responses) --------------------------------------------------
 
-RESPONSE_PART_TYPES = ["input_text", "input_text", "output_text", "refusal", "input_image", "input_file", "input_audio",
-                       "summary_text", "reasoning_text", "text", "unknown", "", "INPUT_TEXT", "computer_screenshot"]
+RESPONSE_PART_TYPES = [
+    "input_text",
+    "input_text",
+    "output_text",
+    "refusal",
+    "input_image",
+    "input_file",
+    "input_audio",
+    "summary_text",
+    "reasoning_text",
+    "text",
+    "unknown",
+    "",
+    "INPUT_TEXT",
+    "computer_screenshot",
+]
 # Item types the adapter does not read (it must refuse them: 400, never forwarded).
-UNKNOWN_ITEM_TYPES = ["computer_call", "computer_call_output", "web_search_call", "file_search_call", "image_generation_call",
-                      "custom_tool_call", "custom_tool_call_output", "mcp_call", "mcp_approval_response",
-                      "local_shell_call_output", "", "Message", "message ", "input_text", "FUNCTION_CALL", "reasoning\x00"]
+UNKNOWN_ITEM_TYPES = [
+    "computer_call",
+    "computer_call_output",
+    "web_search_call",
+    "file_search_call",
+    "image_generation_call",
+    "custom_tool_call",
+    "custom_tool_call_output",
+    "mcp_call",
+    "mcp_approval_response",
+    "local_shell_call_output",
+    "",
+    "Message",
+    "message ",
+    "input_text",
+    "FUNCTION_CALL",
+    "reasoning\x00",
+]
 TOOL_NAMES = ["get_weather", "", "<tool_call>", "x" * 5_000, "bomb_maker", "\u202eevil"]
 
 # Two things about hypothesis shape the strategies below (not the chat ones, kept as they
@@ -343,14 +450,30 @@ def pick(draw: st.DrawFn, *weighted: tuple[int, st.SearchStrategy[Any]]) -> Any:
 
 # A wrong type that still parses: it reaches the adapter's checks (a NaN or a 100,000-deep
 # value in ``odd_value`` stops the whole body at the JSON decoder).
-wrong_type = pick((3, scalar), (2, st.lists(scalar, max_size=3)), (2, st.dictionaries(st.text(max_size=6), scalar, max_size=3)),
-                  (1, odd_value))
+wrong_type = pick(
+    (3, scalar), (2, st.lists(scalar, max_size=3)), (2, st.dictionaries(st.text(max_size=6), scalar, max_size=3)), (1, odd_value)
+)
 response_part = content_part(RESPONSE_PART_TYPES, wrong_type)
-response_content = pick((6, text_with_trigger), (6, st.lists(response_part, min_size=1, max_size=4)), (1, st.none()),
-                        (1, st.just([])), (2, wrong_type))
+response_content = pick(
+    (6, text_with_trigger),
+    (6, st.lists(response_part, min_size=1, max_size=4)),
+    (1, st.none()),
+    (1, st.just([])),
+    (2, wrong_type),
+)
 reasoning_parts = pick(
-    (6, st.lists(st.builds(lambda t, kind: {"type": kind, "text": t}, text_with_trigger,
-                           st.sampled_from(["summary_text", "reasoning_text", "text", "unknown"])), min_size=1, max_size=3)),
+    (
+        6,
+        st.lists(
+            st.builds(
+                lambda t, kind: {"type": kind, "text": t},
+                text_with_trigger,
+                st.sampled_from(["summary_text", "reasoning_text", "text", "unknown"]),
+            ),
+            min_size=1,
+            max_size=3,
+        ),
+    ),
     (3, st.lists(response_part, min_size=1, max_size=3)),
     (1, st.just([])),
     (1, st.none()),
@@ -372,24 +495,51 @@ def input_item(draw: st.DrawFn) -> Any:
     """One Responses input item: each type the adapter reads, unknown ones, hostile fields."""
     if draw(st.integers(0, 14)) == 14:
         return draw(wrong_type)
-    kind = draw(st.sampled_from(["message", "message", "untyped-message", "function_call", "function_call_output",
-                                 "function_call_output", "reasoning", "reasoning", "item_reference", "unknown"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "message",
+                "message",
+                "untyped-message",
+                "function_call",
+                "function_call_output",
+                "function_call_output",
+                "reasoning",
+                "reasoning",
+                "item_reference",
+                "unknown",
+            ]
+        )
+    )
     item: dict[str, Any] = {}
     if kind == "unknown":
         item["type"] = draw(st.sampled_from(UNKNOWN_ITEM_TYPES))
         # text where the upstream might read it: nothing the guards did not see may pass
-        item.update(draw(st.dictionaries(st.sampled_from(["text", "output", "content", "arguments", "action", "role"]),
-                                         pick((3, text_with_trigger), (1, wrong_type)), max_size=3)))
+        item.update(
+            draw(
+                st.dictionaries(
+                    st.sampled_from(["text", "output", "content", "arguments", "action", "role"]),
+                    pick((3, text_with_trigger), (1, wrong_type)),
+                    max_size=3,
+                )
+            )
+        )
     elif kind != "untyped-message":
         item["type"] = draw(wrong_type) if draw(st.integers(0, 11)) == 11 else kind
     if kind in ("message", "untyped-message"):
-        _maybe(draw, item, "role", st.sampled_from(["user", "user", "user", "assistant", "system", "developer", "tool", "",
-                                                    "USER"]))
+        _maybe(
+            draw, item, "role", st.sampled_from(["user", "user", "user", "assistant", "system", "developer", "tool", "", "USER"])
+        )
         _maybe(draw, item, "content", response_content, odd_one_in=1_000)
     elif kind == "function_call":
         _maybe(draw, item, "call_id", st.sampled_from(["call_1", "", "x" * 300]))
         _maybe(draw, item, "name", st.builds(lambda n, t: n + t, st.sampled_from(TOOL_NAMES), st.sampled_from(TRIGGERS)))
-        _maybe(draw, item, "arguments", pick((1, text_with_trigger), (1, st.builds(lambda t: json.dumps({"city": t}), text_with_trigger))))
+        _maybe(
+            draw,
+            item,
+            "arguments",
+            pick((1, text_with_trigger), (1, st.builds(lambda t: json.dumps({"city": t}), text_with_trigger))),
+        )
     elif kind == "function_call_output":
         _maybe(draw, item, "call_id", st.sampled_from(["call_1", "", "x" * 300]))
         _maybe(draw, item, "output", pick((2, text_with_trigger), (1, st.lists(response_part, max_size=3))))
@@ -408,30 +558,67 @@ def input_item(draw: st.DrawFn) -> Any:
 
 
 # Lists mix hostile items with valid ones, so that an item after the first is reached too.
-item_lists = st.lists(pick((2, input_item()), (1, st.deferred(lambda: well_formed_item(text_with_trigger)))), min_size=1, max_size=5)
+item_lists = st.lists(
+    pick((2, input_item()), (1, st.deferred(lambda: well_formed_item(text_with_trigger)))), min_size=1, max_size=5
+)
 responses_input = pick(
     (12, item_lists),
     (4, text_with_trigger),
-    (1, st.just([])), (1, st.just("")),
+    (1, st.just([])),
+    (1, st.just("")),
     (1, st.sampled_from([50, 1_000, 20_000]).map(lambda k: [{"role": "user", "content": "hi"}] * k)),
     (1, st.sampled_from([1_000, 20_000]).map(lambda k: [{"type": "item_reference", "id": "msg_1"}] * k)),
     (2, wrong_type),
 )
-FUNCTION_TOOL = {"type": "function", "name": "get_weather", "description": "weather",
-                 "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+FUNCTION_TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "weather",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
 tools_value = pick(
     (1, st.just([FUNCTION_TOOL])),
     (1, st.just([{"type": "web_search"}, {"type": "file_search", "vector_store_ids": ["vs_1"]}])),
-    (3, st.lists(st.dictionaries(st.sampled_from(["type", "name", "parameters", "description", "strict", "x"]), wrong_type,
-                                 max_size=3), max_size=3)),
+    (
+        3,
+        st.lists(
+            st.dictionaries(
+                st.sampled_from(["type", "name", "parameters", "description", "strict", "x"]), wrong_type, max_size=3
+            ),
+            max_size=3,
+        ),
+    ),
     (1, st.just([FUNCTION_TOOL] * 5_000)),
     (2, wrong_type),
 )
 responses_extra_keys = st.dictionaries(
-    st.one_of(st.sampled_from(["previous_response_id", "store", "include", "reasoning", "text", "max_output_tokens",
-                               "truncation", "tool_choice", "parallel_tool_calls", "metadata", "conversation", "prompt",
-                               "temperature", "user", "service_tier", "", "\u0000", "input "]), st.text(max_size=8)),
-    wrong_type, max_size=3,
+    st.one_of(
+        st.sampled_from(
+            [
+                "previous_response_id",
+                "store",
+                "include",
+                "reasoning",
+                "text",
+                "max_output_tokens",
+                "truncation",
+                "tool_choice",
+                "parallel_tool_calls",
+                "metadata",
+                "conversation",
+                "prompt",
+                "temperature",
+                "user",
+                "service_tier",
+                "",
+                "\u0000",
+                "input ",
+            ]
+        ),
+        st.text(max_size=8),
+    ),
+    wrong_type,
+    max_size=3,
 ).map(lambda d: {k: v for k, v in d.items() if k != "x_script"})
 
 
@@ -440,8 +627,10 @@ responses_extra_keys = st.dictionaries(
 # reached, not only the first that a body with a dozen wrong fields trips. Wrong values
 # are mostly ``wrong_type`` (it parses), sometimes ``odd_value`` (NaN, huge numbers, deep
 # nesting: stopped at the JSON decoder, as every other kind of body here is).
-WRONG_STREAM_OPTIONS = pick((1, st.dictionaries(st.sampled_from(["include_usage", "x"]), wrong_type, min_size=1, max_size=2)),
-                            (1, wrong_type.filter(lambda v: v is not None)))
+WRONG_STREAM_OPTIONS = pick(
+    (1, st.dictionaries(st.sampled_from(["include_usage", "x"]), wrong_type, min_size=1, max_size=2)),
+    (1, wrong_type.filter(lambda v: v is not None)),
+)
 BAD_N = pick((1, wrong_type), (1, st.sampled_from([0, -1, 64, 65, 128, 129, 2**31, 2**63, 10**30])))
 
 
@@ -466,8 +655,12 @@ def _common(draw: st.DrawFn, doc: dict[str, Any], bad: set[str]) -> None:
 
 @st.composite
 def responses_doc(draw: st.DrawFn) -> dict[str, Any]:
-    bad = draw(st.sets(st.sampled_from(["model", "stream", "stream_options", "n", "instructions", "background", "tools",
-                                        "extra"]), max_size=2))
+    bad = draw(
+        st.sets(
+            st.sampled_from(["model", "stream", "stream_options", "n", "instructions", "background", "tools", "extra"]),
+            max_size=2,
+        )
+    )
     doc: dict[str, Any] = {}
     _common(draw, doc, bad)
     if draw(st.integers(0, 4)) < 4:
@@ -500,8 +693,16 @@ prompt_value = pick(
     (3, st.lists(text_with_trigger, min_size=1, max_size=4)),
     (1, st.lists(st.integers(-5, 300_000), max_size=8)),  # token ids
     (1, st.lists(st.lists(st.integers(0, 50_000), max_size=4), max_size=3)),  # a batch of token-id prompts
-    (2, st.lists(pick((3, text_with_trigger), (1, st.integers(0, 50_000)), (1, st.lists(st.integers(0, 9), max_size=3)),
-                      (1, wrong_type)), min_size=1, max_size=4)),  # mixed
+    (
+        2,
+        st.lists(
+            pick(
+                (3, text_with_trigger), (1, st.integers(0, 50_000)), (1, st.lists(st.integers(0, 9), max_size=3)), (1, wrong_type)
+            ),
+            min_size=1,
+            max_size=4,
+        ),
+    ),  # mixed
     (1, st.lists(st.lists(text_with_trigger, max_size=2), min_size=1, max_size=3)),  # nested strings
     (2, st.builds(lambda k, s: [s] * k, st.sampled_from(PROMPT_LIST_SIZES), st.sampled_from(["x", "hi", "bomb", ""]))),
     (1, st.sampled_from([1_000, 100_000]).map(lambda k: [1] * k)),
@@ -509,9 +710,28 @@ prompt_value = pick(
     (2, wrong_type),
 )
 completions_extra_keys = st.dictionaries(
-    st.one_of(st.sampled_from(["echo", "best_of", "logprobs", "max_tokens", "stop", "logit_bias", "seed", "temperature",
-                               "user", "presence_penalty", "", "\u0000", "prompt "]), st.text(max_size=8)),
-    wrong_type, max_size=3,
+    st.one_of(
+        st.sampled_from(
+            [
+                "echo",
+                "best_of",
+                "logprobs",
+                "max_tokens",
+                "stop",
+                "logit_bias",
+                "seed",
+                "temperature",
+                "user",
+                "presence_penalty",
+                "",
+                "\u0000",
+                "prompt ",
+            ]
+        ),
+        st.text(max_size=8),
+    ),
+    wrong_type,
+    max_size=3,
 ).map(lambda d: {k: v for k, v in d.items() if k != "x_script"})
 
 
@@ -558,13 +778,23 @@ SCRIPTS: list[dict[str, Any]] = [
     {"empty": True},
     {"plain_json": True},
     {"html_status": 502},
-    {"status": 400}, {"status": 404}, {"status": 429},
+    {"status": 400},
+    {"status": 404},
+    {"status": 429},
     {"delay": 0.002, "answer": ["a", "b", "c"]},
 ]
 REPLAYS = {  # tests/e2e/fixtures/recordings
-    RESPONSES: ["responses_stream_benign", "responses_stream_benign_cut_in_answer", "responses_stream_items",
-                "responses_stream_items_string_content", "responses_stream_tool", "responses_stream_tool_output",
-                "responses_stream_tool_required", "responses_stream_unsafe_answer", "responses_stream_unsafe_incomplete"],
+    RESPONSES: [
+        "responses_stream_benign",
+        "responses_stream_benign_cut_in_answer",
+        "responses_stream_items",
+        "responses_stream_items_string_content",
+        "responses_stream_tool",
+        "responses_stream_tool_output",
+        "responses_stream_tool_required",
+        "responses_stream_unsafe_answer",
+        "responses_stream_unsafe_incomplete",
+    ],
     COMPLETIONS: ["completions_stream_str", "completions_stream_list", "completions_stream_str_no_usage"],
 }
 
@@ -581,8 +811,19 @@ def upstream_script(path: str) -> st.SearchStrategy[dict[str, Any]]:
 
 # -- bodies ----------------------------------------------------------------------------------
 
-INVALID_UTF8 = [b"\xff", b"\xfe\xff", b"\xc3\x28", b"\xa0\xa1", b"\xe2\x28\xa1", b"\xf0\x28\x8c\x28", b"\xc0\xaf",
-                b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80", b"\x80", b"\xe2\x82"]
+INVALID_UTF8 = [
+    b"\xff",
+    b"\xfe\xff",
+    b"\xc3\x28",
+    b"\xa0\xa1",
+    b"\xe2\x28\xa1",
+    b"\xf0\x28\x8c\x28",
+    b"\xc0\xaf",
+    b"\xed\xa0\x80",
+    b"\xf8\x88\x80\x80\x80",
+    b"\x80",
+    b"\xe2\x82",
+]
 VALID_CHAT = {"model": "m", "messages": [{"role": "user", "content": "Tell me about bread."}]}
 VALID_MODERATION = {"input": "Tell me about bread."}
 VALID_RESPONSES = {"model": "m", "input": "Tell me about bread."}
@@ -599,9 +840,15 @@ def well_formed_chat(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.booleans()):
         doc["n"] = draw(st.integers(1, 3))
     if draw(st.booleans()):
-        doc["messages"] = [{"role": "system", "content": "Be brief."},
-                           {"role": "user", "content": [{"type": draw(st.sampled_from(["text", "input_text", "output_text"])),
-                                                         "text": draw(text_with_trigger)}]}]
+        doc["messages"] = [
+            {"role": "system", "content": "Be brief."},
+            {
+                "role": "user",
+                "content": [
+                    {"type": draw(st.sampled_from(["text", "input_text", "output_text"])), "text": draw(text_with_trigger)}
+                ],
+            },
+        ]
     return doc
 
 
@@ -613,20 +860,30 @@ def well_formed_moderation(draw: st.DrawFn) -> dict[str, Any]:
 @st.composite
 def well_formed_item(draw: st.DrawFn, text: st.SearchStrategy[str]) -> dict[str, Any]:
     t = draw(text)
-    return draw(st.sampled_from([
-        {"role": "user", "content": t},
-        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": t}]},
-        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": t}]},
-        {"type": "message", "role": "assistant", "content": [{"type": "refusal", "refusal": t}]},
-        {"type": "message", "role": "developer", "content": t},
-        {"role": "user", "content": [{"type": "input_text", "text": t}, {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]},
-        {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": json.dumps({"city": t})},
-        {"type": "function_call_output", "call_id": "call_1", "output": t},
-        {"type": "function_call_output", "call_id": "call_1", "output": [{"type": "input_text", "text": t}]},
-        {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": t}]},
-        {"type": "reasoning", "id": "rs_1", "summary": [], "content": [{"type": "reasoning_text", "text": t}]},
-        {"type": "item_reference", "id": "msg_1"},
-    ]))
+    return draw(
+        st.sampled_from(
+            [
+                {"role": "user", "content": t},
+                {"type": "message", "role": "user", "content": [{"type": "input_text", "text": t}]},
+                {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": t}]},
+                {"type": "message", "role": "assistant", "content": [{"type": "refusal", "refusal": t}]},
+                {"type": "message", "role": "developer", "content": t},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_text", "text": t},
+                        {"type": "input_image", "image_url": "data:image/png;base64,AAAA"},
+                    ],
+                },
+                {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": json.dumps({"city": t})},
+                {"type": "function_call_output", "call_id": "call_1", "output": t},
+                {"type": "function_call_output", "call_id": "call_1", "output": [{"type": "input_text", "text": t}]},
+                {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": t}]},
+                {"type": "reasoning", "id": "rs_1", "summary": [], "content": [{"type": "reasoning_text", "text": t}]},
+                {"type": "item_reference", "id": "msg_1"},
+            ]
+        )
+    )
 
 
 @st.composite
@@ -655,8 +912,19 @@ def well_formed_completions(draw: st.DrawFn, text: st.SearchStrategy[str] = text
     if draw(st.integers(0, 3)) == 0:
         doc["suffix"] = draw(text)
     if draw(st.integers(0, 3)) == 0:
-        doc.update(draw(st.fixed_dictionaries({}, optional={"echo": st.booleans(), "max_tokens": st.integers(1, 64),
-                                                            "logprobs": st.integers(0, 5), "stop": st.just(["\n"])})))
+        doc.update(
+            draw(
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "echo": st.booleans(),
+                        "max_tokens": st.integers(1, 64),
+                        "logprobs": st.integers(0, 5),
+                        "stop": st.just(["\n"]),
+                    },
+                )
+            )
+        )
     return doc
 
 
@@ -697,19 +965,32 @@ class Endpoint:
 
 ENDPOINTS = {
     CHAT: Endpoint(
-        chat_doc(), well_formed_chat(), VALID_CHAT, "messages", ("messages", "model", "stream_options", "extra"),
-        '[{"role":"user","content":[RAW]}]', ("n", "temperature", "model", "input", "messages"),
+        chat_doc(),
+        well_formed_chat(),
+        VALID_CHAT,
+        "messages",
+        ("messages", "model", "stream_options", "extra"),
+        '[{"role":"user","content":[RAW]}]',
+        ("n", "temperature", "model", "input", "messages"),
         CHAT_AND_MODERATION_DUPLICATES,
         None,
     ),
     MODERATIONS: Endpoint(
-        moderation_doc(), well_formed_moderation(), VALID_MODERATION, "input", ("input", "model", "stream_options", "extra"),
-        None, ("n", "temperature", "model", "input", "messages"),
+        moderation_doc(),
+        well_formed_moderation(),
+        VALID_MODERATION,
+        "input",
+        ("input", "model", "stream_options", "extra"),
+        None,
+        ("n", "temperature", "model", "input", "messages"),
         CHAT_AND_MODERATION_DUPLICATES,
         None,
     ),
     RESPONSES: Endpoint(
-        responses_doc(), well_formed_responses(), VALID_RESPONSES, "input",
+        responses_doc(),
+        well_formed_responses(),
+        VALID_RESPONSES,
+        "input",
         ("input", "instructions", "tools", "model", "stream_options", "background", "extra"),
         '[{"role":"user","content":[RAW]}]',
         ("n", "temperature", "model", "input", "instructions", "background", "max_output_tokens", "stream"),
@@ -729,8 +1010,13 @@ ENDPOINTS = {
         well_formed_responses(mostly_benign),
     ),
     COMPLETIONS: Endpoint(
-        completions_doc(), well_formed_completions(), VALID_COMPLETIONS, "prompt", ("prompt", "suffix", "model", "stream_options", "extra"),
-        "[RAW]", ("n", "temperature", "model", "prompt", "suffix", "max_tokens", "best_of", "stream"),
+        completions_doc(),
+        well_formed_completions(),
+        VALID_COMPLETIONS,
+        "prompt",
+        ("prompt", "suffix", "model", "stream_options", "extra"),
+        "[RAW]",
+        ("n", "temperature", "model", "prompt", "suffix", "max_tokens", "best_of", "stream"),
         (
             b'{"model":"m","prompt":"hi","prompt":[1,2,3]}',
             b'{"model":"m","prompt":[1,2],"prompt":"hi bomb"}',
@@ -743,9 +1029,23 @@ ENDPOINTS = {
         well_formed_completions(mostly_benign),
     ),
 }
-KINDS = ["structured"] * 8 + ["well-formed"] * 3 + [
-    "random-bytes", "invalid-utf8", "invalid-utf8", "truncated", "truncated", "deep", "deep", "nan-literal",
-    "duplicate-keys", "not-an-object", "encoding"]
+KINDS = (
+    ["structured"] * 8
+    + ["well-formed"] * 3
+    + [
+        "random-bytes",
+        "invalid-utf8",
+        "invalid-utf8",
+        "truncated",
+        "truncated",
+        "deep",
+        "deep",
+        "nan-literal",
+        "duplicate-keys",
+        "not-an-object",
+        "encoding",
+    ]
+)
 
 
 @st.composite
@@ -797,8 +1097,26 @@ def body_for(draw: st.DrawFn, path: str) -> tuple[str, bytes]:
     if kind == "duplicate-keys":
         return kind, draw(st.sampled_from(spec.duplicates))
     if kind == "not-an-object":
-        return kind, draw(st.sampled_from([b"", b" ", b"null", b"1", b'"s"', b"[]", b"true", b"[{}]", b"{}", b"{ }",
-                                           b'{"a":1} {"b":2}', b'{"a":1}garbage', b"\x00", b"{\x00}"]))
+        return kind, draw(
+            st.sampled_from(
+                [
+                    b"",
+                    b" ",
+                    b"null",
+                    b"1",
+                    b'"s"',
+                    b"[]",
+                    b"true",
+                    b"[{}]",
+                    b"{}",
+                    b"{ }",
+                    b'{"a":1} {"b":2}',
+                    b'{"a":1}garbage',
+                    b"\x00",
+                    b"{\x00}",
+                ]
+            )
+        )
     # "encoding": the right document in the wrong clothes
     base = dumps(draw(st.one_of(st.just(valid), doc_strategy)))
     how = draw(st.sampled_from(["bom", "utf-16", "utf-16-le", "utf-32", "latin-1", "padded"]))
@@ -829,17 +1147,65 @@ header_value = st.one_of(
     st.text(max_size=20).map(lambda s: _field_value(s.encode("utf-8"))),
     st.sampled_from([b"", b"x" * 70_000, b"\xff\xfe", b"null", b"0", b"-1", b"\xc3\xa9"]),
 )
-CONTENT_TYPES = [None, b"text/plain", b"multipart/form-data; boundary=xyz", b"application/x-www-form-urlencoded",
-                 b"application/json; charset=latin-1", b"application/json; charset=utf-8", b"application/json;charset=UTF8",
-                 b'application/json; charset="utf-8"', b"APPLICATION/JSON", b"application/merge-patch+json",
-                 b"application/json; charset=utf-16", b"application/json; boundary=x; charset", b"", b";", b"json",
-                 b"application/json\xff", b"*/*"]
-AUTHORIZATIONS = [None, b"Bearer sk-wrong", b"Basic dXNlcjpwYXNz", b"Bearer", b"Bearer ", b"bearer " + API_KEY.encode(),
-                  b"BEARER " + TENANT_KEY.encode(), b"Bearer " + b"k" * 70_000, b"Bearer \xff\xfe\xfd", b"Token x",
-                  b"Bearer " + API_KEY.encode() + b"x", b"Bearer sk-a, Bearer sk-b"]
-STRICTNESS = [b"strict", b"moderate", b"loose", b"STRICT", b"loose\t x", b"0", b"20", b"40", b"100", b"101", b"-1", b"-0",
-              b"1e2", b"40.5", b"nan", b"inf", b"9" * 40, b"", b"strict, loose", b"\xb2", b"\xb9\xb3",
-              "\u0664\u0660".encode(), "\uff14\uff10".encode(), b"\xff"]
+CONTENT_TYPES = [
+    None,
+    b"text/plain",
+    b"multipart/form-data; boundary=xyz",
+    b"application/x-www-form-urlencoded",
+    b"application/json; charset=latin-1",
+    b"application/json; charset=utf-8",
+    b"application/json;charset=UTF8",
+    b'application/json; charset="utf-8"',
+    b"APPLICATION/JSON",
+    b"application/merge-patch+json",
+    b"application/json; charset=utf-16",
+    b"application/json; boundary=x; charset",
+    b"",
+    b";",
+    b"json",
+    b"application/json\xff",
+    b"*/*",
+]
+AUTHORIZATIONS = [
+    None,
+    b"Bearer sk-wrong",
+    b"Basic dXNlcjpwYXNz",
+    b"Bearer",
+    b"Bearer ",
+    b"bearer " + API_KEY.encode(),
+    b"BEARER " + TENANT_KEY.encode(),
+    b"Bearer " + b"k" * 70_000,
+    b"Bearer \xff\xfe\xfd",
+    b"Token x",
+    b"Bearer " + API_KEY.encode() + b"x",
+    b"Bearer sk-a, Bearer sk-b",
+]
+STRICTNESS = [
+    b"strict",
+    b"moderate",
+    b"loose",
+    b"STRICT",
+    b"loose\t x",
+    b"0",
+    b"20",
+    b"40",
+    b"100",
+    b"101",
+    b"-1",
+    b"-0",
+    b"1e2",
+    b"40.5",
+    b"nan",
+    b"inf",
+    b"9" * 40,
+    b"",
+    b"strict, loose",
+    b"\xb2",
+    b"\xb9\xb3",
+    "\u0664\u0660".encode(),
+    "\uff14\uff10".encode(),
+    b"\xff",
+]
 
 
 @st.composite
@@ -875,16 +1241,30 @@ def header_set(draw: st.DrawFn) -> tuple[str, tuple[tuple[bytes, bytes], ...]]:
     if draw(st.integers(0, 3)) == 0:
         labels.append("extra")
         names = st.one_of(
-            st.sampled_from([b"traceparent", b"tracestate", b"x-guardproxy-key", b"accept", b"accept-encoding",
-                             b"x-request-id", b"openai-organization", b"x-forwarded-for", b"cookie"]),
+            st.sampled_from(
+                [
+                    b"traceparent",
+                    b"tracestate",
+                    b"x-guardproxy-key",
+                    b"accept",
+                    b"accept-encoding",
+                    b"x-request-id",
+                    b"openai-organization",
+                    b"x-forwarded-for",
+                    b"cookie",
+                ]
+            ),
             st.text(TOKEN_CHARS, min_size=1, max_size=30).map(str.encode),
         ).filter(lambda n: n.lower() not in FRAMING)
         for _ in range(draw(st.integers(1, 4))):
-            value = draw(st.one_of(header_value, st.sampled_from([b"00-zz-yy-01", b"00-" + b"0" * 32 + b"-" + b"0" * 16 + b"-01",
-                                                                   b"ff-" + b"f" * 200])))
+            value = draw(
+                st.one_of(
+                    header_value,
+                    st.sampled_from([b"00-zz-yy-01", b"00-" + b"0" * 32 + b"-" + b"0" * 16 + b"-01", b"ff-" + b"f" * 200]),
+                )
+            )
             headers.append((draw(names), _field_value(value)))
     return "+".join(labels) or "valid", tuple(headers)
-
 
 
 _JSON_AND_KEY = ((b"content-type", b"application/json"), (b"authorization", b"Bearer " + API_KEY.encode()))
@@ -909,46 +1289,105 @@ EXPLICIT = [
     Case(MODERATIONS, "explicit/deep-input-1000", b'{"input":' + b"[" * 1000 + b"]" * 1000 + b"}", _JSON_AND_KEY),
     Case(CHAT, "explicit/invalid-utf8", b'{"model":"m","messages":[{"role":"user","content":"\xff\xfe"}]}', _JSON_AND_KEY),
     Case(MODERATIONS, "explicit/invalid-utf8", b'{"input":"caf\xe9"}', _JSON_AND_KEY),
-    Case(CHAT, "explicit/input_text-part",
-         dumps({"model": "m", "messages": [{"role": "user", "content": [{"type": "input_text", "text": "how do I build a bomb"}]}]}),
-         _JSON_AND_KEY),
-    Case(CHAT, "explicit/output_text-part",
-         dumps({"model": "m", "messages": [{"role": "user", "content": [{"type": "output_text", "text": "hi"}]}]}), _JSON_AND_KEY),
+    Case(
+        CHAT,
+        "explicit/input_text-part",
+        dumps(
+            {"model": "m", "messages": [{"role": "user", "content": [{"type": "input_text", "text": "how do I build a bomb"}]}]}
+        ),
+        _JSON_AND_KEY,
+    ),
+    Case(
+        CHAT,
+        "explicit/output_text-part",
+        dumps({"model": "m", "messages": [{"role": "user", "content": [{"type": "output_text", "text": "hi"}]}]}),
+        _JSON_AND_KEY,
+    ),
     Case(MODERATIONS, "explicit/2000-inputs", dumps({"input": ["hello"] * 2000}), _JSON_AND_KEY),
     Case(CHAT, "explicit/nan-n", b'{"model":"m","n":NaN,"messages":[{"role":"user","content":"hi"}]}', _JSON_AND_KEY),
-    Case(CHAT, "explicit/huge-n",
-         dumps({"model": "m", "n": Raw("9" * 400), "messages": [{"role": "user", "content": "hi"}], "x_script": {"status": 400}}),
-         _JSON_AND_KEY),
-    Case(CHAT, "explicit/latin-1-charset", dumps(VALID_CHAT), ((b"content-type", b"application/json; charset=latin-1"),) + _JSON_AND_KEY[1:]),
+    Case(
+        CHAT,
+        "explicit/huge-n",
+        dumps({"model": "m", "n": Raw("9" * 400), "messages": [{"role": "user", "content": "hi"}], "x_script": {"status": 400}}),
+        _JSON_AND_KEY,
+    ),
+    Case(
+        CHAT,
+        "explicit/latin-1-charset",
+        dumps(VALID_CHAT),
+        ((b"content-type", b"application/json; charset=latin-1"),) + _JSON_AND_KEY[1:],
+    ),
     Case(CHAT, "explicit/superscript-strictness", dumps(VALID_CHAT), _JSON_AND_KEY + ((b"x-guard-strictness", b"\xb2"),)),
-    Case(MODERATIONS, "explicit/superscript-strictness", dumps(VALID_MODERATION), _JSON_AND_KEY + ((b"x-guard-strictness", b"\xb9\xb3"),)),
+    Case(
+        MODERATIONS,
+        "explicit/superscript-strictness",
+        dumps(VALID_MODERATION),
+        _JSON_AND_KEY + ((b"x-guard-strictness", b"\xb9\xb3"),),
+    ),
 ]
 EXPLICIT_RESPONSES = [
     # Found by this test: a reasoning item's `summary` / `content` that is a number or
     # `true` was a 500 (TypeError), now a 400; an upstream whose first event fails ended the
     # stream with a bare `error` event (no response.created, no response.failed).
-    Case(RESPONSES, "explicit/reasoning-summary-not-a-list", dumps({"model": "m", "input": [{"type": "reasoning", "summary": 1}]}), _JSON_AND_KEY),
-    Case(RESPONSES, "explicit/reasoning-content-not-a-list",
-         dumps({"model": "m", "input": [{"type": "reasoning", "summary": [], "content": True}]}), _JSON_AND_KEY),
-    Case(RESPONSES, "explicit/unknown-item", dumps({"model": "m", "input": [{"type": "computer_call_output", "output": "bomb"}]}), _JSON_AND_KEY),
+    Case(
+        RESPONSES,
+        "explicit/reasoning-summary-not-a-list",
+        dumps({"model": "m", "input": [{"type": "reasoning", "summary": 1}]}),
+        _JSON_AND_KEY,
+    ),
+    Case(
+        RESPONSES,
+        "explicit/reasoning-content-not-a-list",
+        dumps({"model": "m", "input": [{"type": "reasoning", "summary": [], "content": True}]}),
+        _JSON_AND_KEY,
+    ),
+    Case(
+        RESPONSES,
+        "explicit/unknown-item",
+        dumps({"model": "m", "input": [{"type": "computer_call_output", "output": "bomb"}]}),
+        _JSON_AND_KEY,
+    ),
     Case(RESPONSES, "explicit/background", dumps({"model": "m", "input": "hi", "background": True}), _JSON_AND_KEY),
-    Case(RESPONSES, "explicit/only-item-references", dumps({"model": "m", "input": [{"type": "item_reference", "id": "msg_1"}]}), _JSON_AND_KEY),
-    Case(RESPONSES, "explicit/error-before-any-event",
-         dumps({"model": "m", "input": "hi", "stream": True, "x_script": {"error_midstream": 0}}), _JSON_AND_KEY),
-    Case(RESPONSES, "explicit/guard-outage-in-the-answer",
-         dumps({"model": "m", "input": "hi", "stream": True, "x_script": {"answer": ["guard500"]}}), _JSON_AND_KEY),
-    Case(RESPONSES, "explicit/truncated-after-created",
-         dumps({"model": "m", "input": "hi", "stream": True, "x_script": {"truncate_after": 1}}), _JSON_AND_KEY),
+    Case(
+        RESPONSES,
+        "explicit/only-item-references",
+        dumps({"model": "m", "input": [{"type": "item_reference", "id": "msg_1"}]}),
+        _JSON_AND_KEY,
+    ),
+    Case(
+        RESPONSES,
+        "explicit/error-before-any-event",
+        dumps({"model": "m", "input": "hi", "stream": True, "x_script": {"error_midstream": 0}}),
+        _JSON_AND_KEY,
+    ),
+    Case(
+        RESPONSES,
+        "explicit/guard-outage-in-the-answer",
+        dumps({"model": "m", "input": "hi", "stream": True, "x_script": {"answer": ["guard500"]}}),
+        _JSON_AND_KEY,
+    ),
+    Case(
+        RESPONSES,
+        "explicit/truncated-after-created",
+        dumps({"model": "m", "input": "hi", "stream": True, "x_script": {"truncate_after": 1}}),
+        _JSON_AND_KEY,
+    ),
 ]
 EXPLICIT_COMPLETIONS = [
     Case(COMPLETIONS, "explicit/token-ids", dumps({"model": "m", "prompt": [1, 2, 3]}), _JSON_AND_KEY),
     Case(COMPLETIONS, "explicit/token-id-batch", dumps({"model": "m", "prompt": [[1, 2], [3]]}), _JSON_AND_KEY),
     Case(COMPLETIONS, "explicit/100000-token-ids", dumps({"model": "m", "prompt": [1] * 100_000}), _JSON_AND_KEY),
     Case(COMPLETIONS, "explicit/129-choices", dumps({"model": "m", "prompt": ["a", "b", "c"], "n": 43}), _JSON_AND_KEY),
-    Case(COMPLETIONS, "explicit/128-choices", dumps({"model": "m", "prompt": ["a", "b"], "n": 64, "stream": True}), _JSON_AND_KEY),
+    Case(
+        COMPLETIONS, "explicit/128-choices", dumps({"model": "m", "prompt": ["a", "b"], "n": 64, "stream": True}), _JSON_AND_KEY
+    ),
     Case(COMPLETIONS, "explicit/suffix-not-a-string", dumps({"model": "m", "prompt": "hi", "suffix": ["bomb"]}), _JSON_AND_KEY),
-    Case(COMPLETIONS, "explicit/error-midstream",
-         dumps({"model": "m", "prompt": "hi", "stream": True, "x_script": {"error_midstream": 2}}), _JSON_AND_KEY),
+    Case(
+        COMPLETIONS,
+        "explicit/error-midstream",
+        dumps({"model": "m", "prompt": "hi", "stream": True, "x_script": {"error_midstream": 2}}),
+        _JSON_AND_KEY,
+    ),
 ]
 
 
@@ -981,8 +1420,11 @@ JSON_OBJECT = {CHAT: "chat.completion", COMPLETIONS: "text_completion", RESPONSE
 CHUNK_OBJECT = {CHAT: "chat.completion.chunk", COMPLETIONS: "text_completion"}
 # The status a terminal event's Response may have: vLLM ends a response cut by
 # max_output_tokens with `response.completed` of status "incomplete", passed on as sent.
-RESPONSES_TERMINAL = {"response.completed": ("completed", "incomplete"), "response.incomplete": ("incomplete",),
-                      "response.failed": ("failed",)}
+RESPONSES_TERMINAL = {
+    "response.completed": ("completed", "incomplete"),
+    "response.incomplete": ("incomplete",),
+    "response.failed": ("failed",),
+}
 
 
 def _check_success(case: Case, r: httpx.Response, where: str) -> None:
@@ -1038,8 +1480,9 @@ def _check_typed_stream(body: bytes, where: str) -> None:
     events: list[tuple[str, dict[str, Any]]] = []
     for block in body[: -len(b"\n\n")].split(b"\n\n"):
         lines = block.split(b"\n")
-        assert len(lines) == 2 and lines[0].startswith(b"event: ") and lines[1].startswith(b"data: {"), \
+        assert len(lines) == 2 and lines[0].startswith(b"event: ") and lines[1].startswith(b"data: {"), (
             f"not an `event:` + `data:` pair ({block[:120]!r}): {where}"
+        )
         kind = lines[0][7:].decode()
         doc = json.loads(lines[1][6:])
         assert isinstance(doc, dict) and doc.get("type") == kind, f"event {kind!r} carries type {doc.get('type')!r}: {where}"
@@ -1055,7 +1498,7 @@ def _check_typed_stream(body: bytes, where: str) -> None:
     if "error" in kinds:
         k = kinds.index("error")
         _check_stream_error(events[k][1], where)
-        assert kinds[k + 1:] == ["response.failed"], f"after the error event: {kinds[k + 1:]}: {where}"
+        assert kinds[k + 1 :] == ["response.failed"], f"after the error event: {kinds[k + 1 :]}: {where}"
     if kinds[-1] == "response.failed":
         assert "error" in kinds, f"response.failed without an error event: {where}"
         _check_stream_error(final.get("error"), where)
@@ -1071,8 +1514,14 @@ def check_health(client: httpx.Client, url: str) -> None:
 # -- the tests -------------------------------------------------------------------------------
 
 
-def _fuzz(make_proxy: Any, monkeypatch: Any, paths: tuple[str, ...], examples: int, explicit: list[Case],
-          guard_retries: int | None = None) -> int:
+def _fuzz(
+    make_proxy: Any,
+    monkeypatch: Any,
+    paths: tuple[str, ...],
+    examples: int,
+    explicit: list[Case],
+    guard_retries: int | None = None,
+) -> int:
     """Send ``examples`` generated requests (and the explicit ones first) to one proxy,
     checking each answer and /healthz; the number of requests sent."""
     monkeypatch.setenv("GUARDPROXY_FUZZ_KEYS", API_KEY)
@@ -1109,8 +1558,12 @@ def _fuzz(make_proxy: Any, monkeypatch: Any, paths: tuple[str, ...], examples: i
             deadline=None,
             database=None,
             print_blob=True,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example,
-                                   HealthCheck.filter_too_much],
+            suppress_health_check=[
+                HealthCheck.too_slow,
+                HealthCheck.data_too_large,
+                HealthCheck.large_base_example,
+                HealthCheck.filter_too_much,
+            ],
         )(test)
         test()
         check_health(client, proxy.url)

@@ -53,9 +53,13 @@ def _prompt_checks(guard: GuardServer) -> list[str]:
     return [user for system, user in systems if "Risk Auditor" not in system and "**Assistant** message" not in system]
 
 
-def test_a_prompt_three_times_the_context_is_screened(proxy: Proxy, small_guard: GuardServer, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_prompt_three_times_the_context_is_screened(
+    proxy: Proxy, small_guard: GuardServer, caplog: pytest.LogCaptureFixture
+) -> None:
     # The proxy read the guard's context when it opened the guards, and said so.
-    assert any("flexguard" in r.message and f"context {CONTEXT} tokens (served)" in r.message for r in caplog.get_records("setup"))
+    assert any(
+        "flexguard" in r.message and f"context {CONTEXT} tokens (served)" in r.message for r in caplog.get_records("setup")
+    )
     text = _words(1200)
     assert len(text.encode()) > 3 * CONTEXT
     raw = proxy.client.chat.completions.with_raw_response.create(model="m", messages=[{"role": "user", "content": text}])
@@ -99,7 +103,11 @@ def test_reasoning_longer_than_the_context_is_checked_in_a_sliding_window(proxy:
     }
     wire = raw_stream(proxy.url, body)
     wire.assert_well_formed()
-    finals = [json.loads(e)["choices"][0] for e in wire.events[:-1] if json.loads(e).get("choices") and json.loads(e)["choices"][0].get("finish_reason")]
+    finals = [
+        json.loads(e)["choices"][0]
+        for e in wire.events[:-1]
+        if json.loads(e).get("choices") and json.loads(e)["choices"][0].get("finish_reason")
+    ]
     assert [c["finish_reason"] for c in finals] == ["content_filter"]
     assert small_guard.refused == []
     shield = [r["messages"][1]["content"] for r in small_guard.requests if "Risk Auditor" in r["messages"][0]["content"]]

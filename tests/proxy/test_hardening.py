@@ -33,7 +33,9 @@ HARMFUL = "how do I build a bomb"
 
 
 def _post(url: str, path: str, content: bytes, headers: dict[str, str] | None = None, timeout: float = 10) -> httpx.Response:
-    return httpx.post(f"{url}{path}", content=content, headers={"content-type": "application/json", **(headers or {})}, timeout=timeout)
+    return httpx.post(
+        f"{url}{path}", content=content, headers={"content-type": "application/json", **(headers or {})}, timeout=timeout
+    )
 
 
 def _openai_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -106,10 +108,14 @@ def test_a_named_key_variable_that_is_unset_or_empty_stops_the_start(monkeypatch
 
 def test_an_absent_upstream_or_guard_key_stops_the_start(monkeypatch):
     monkeypatch.delenv("GP_TEST_UPSTREAM_KEY", raising=False)
-    config = parse_config(config_toml("http://127.0.0.1:1", "http://127.0.0.1:1", upstream='api_key_env = "GP_TEST_UPSTREAM_KEY"'))
+    config = parse_config(
+        config_toml("http://127.0.0.1:1", "http://127.0.0.1:1", upstream='api_key_env = "GP_TEST_UPSTREAM_KEY"')
+    )
     with pytest.raises(ConfigError, match=r"upstream\.api_key_env.*\$GP_TEST_UPSTREAM_KEY"):
         create_app(config)
-    config = parse_config(config_toml("http://127.0.0.1:1", "http://127.0.0.1:1", flexguard='api_key_env = "GP_TEST_UPSTREAM_KEY"'))
+    config = parse_config(
+        config_toml("http://127.0.0.1:1", "http://127.0.0.1:1", flexguard='api_key_env = "GP_TEST_UPSTREAM_KEY"')
+    )
     with pytest.raises(ConfigError, match=r"guards\.flexguard\.api_key_env"):
         create_app(config)
 
@@ -133,7 +139,9 @@ def test_a_2000_input_moderation_batch_leaves_the_proxy_responsive(make_proxy, g
     result: dict[str, Any] = {}
 
     def run() -> None:
-        result["response"] = _post(proxy.url, "/v1/moderations", json.dumps({"input": [f"text {i}" for i in range(2000)]}).encode(), timeout=120)
+        result["response"] = _post(
+            proxy.url, "/v1/moderations", json.dumps({"input": [f"text {i}" for i in range(2000)]}).encode(), timeout=120
+        )
 
     worker = threading.Thread(target=run)
     worker.start()
@@ -175,7 +183,9 @@ def test_a_full_guard_queue_answers_503_with_retry_after(make_proxy, guard):
 def test_a_slow_body_gets_408(make_proxy):
     proxy = make_proxy("[server]\nbody_read_timeout_s = 0.5")
     with socket.create_connection(("127.0.0.1", proxy.server.port), timeout=5) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{")
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"
+        )
         start = time.monotonic()
         data = b""
         while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
@@ -233,7 +243,11 @@ def test_an_unparseable_http_request_gets_an_openai_shaped_400(make_proxy):
 def test_an_upstream_html_error_keeps_its_status_in_the_openai_shape(make_proxy):
     proxy = make_proxy()
     for stream in (False, True):
-        r = _post(proxy.url, "/v1/chat/completions", json.dumps({"model": "m", "messages": BENIGN, "stream": stream, "x_script": {"html_status": 502}}).encode())
+        r = _post(
+            proxy.url,
+            "/v1/chat/completions",
+            json.dumps({"model": "m", "messages": BENIGN, "stream": stream, "x_script": {"html_status": 502}}).encode(),
+        )
         error = _openai_error(r, 502, "upstream_error")
         assert "502 Bad Gateway" in error["message"]
 
@@ -273,7 +287,11 @@ def test_a_truncated_completion_is_a_502(make_proxy):
 @pytest.mark.parametrize("stream", [False, True])
 def test_an_empty_upstream_stream_is_a_502(make_proxy, stream):
     proxy = make_proxy()
-    r = _post(proxy.url, "/v1/chat/completions", json.dumps({"model": "m", "messages": BENIGN, "stream": stream, "x_script": {"empty": True}}).encode())
+    r = _post(
+        proxy.url,
+        "/v1/chat/completions",
+        json.dumps({"model": "m", "messages": BENIGN, "stream": stream, "x_script": {"empty": True}}).encode(),
+    )
     error = _openai_error(r, 502, "upstream_truncated")
     assert "no chunk" in error["message"]
 
@@ -286,7 +304,9 @@ def test_a_prompt_rewrite_answers_every_choice(make_proxy):
     messages = [{"role": "user", "content": HARMFUL}]
     completion = proxy.client.chat.completions.create(model="m", messages=messages, n=2)
     assert [c.index for c in completion.choices] == [0, 1]
-    assert all(c.finish_reason == "content_filter" and c.message.content == "I can't help with that request." for c in completion.choices)
+    assert all(
+        c.finish_reason == "content_filter" and c.message.content == "I can't help with that request." for c in completion.choices
+    )
     wire = raw_stream(proxy.url, {"model": "m", "messages": messages, "n": 2})
     wire.assert_well_formed()
     assert wire.text(index=0) == wire.text(index=1) == "I can't help with that request."
@@ -324,8 +344,8 @@ def _leak_probe(proxy) -> list[list[str]]:
             seen.append(sorted(pending))
             self.observer.finish(report, outcome, error)
 
-    def request(chat, headers, api="chat", upstream="default"):
-        return Probe(original(chat, headers, api, upstream))
+    def request(chat, headers, api="chat", upstream="default", request_id=None):
+        return Probe(original(chat, headers, api, upstream, request_id))
 
     telemetry.request = request
     return seen
@@ -347,7 +367,12 @@ def test_no_check_task_outlives_a_disconnected_response(make_proxy, guard, upstr
     guard.latency = 0.2
     proxy = make_proxy('[policy.answer]\nrelease = "immediate"\ncheck_every_tokens = 1')
     seen = _leak_probe(proxy)
-    body = {"model": "m", "messages": BENIGN, "stream": True, "x_script": {"answer": [f" t{i}" for i in range(200)], "delay": 0.01}}
+    body = {
+        "model": "m",
+        "messages": BENIGN,
+        "stream": True,
+        "x_script": {"answer": [f" t{i}" for i in range(200)], "delay": 0.01},
+    }
     with httpx.Client(timeout=10) as client:
         with client.stream("POST", f"{proxy.url}/v1/chat/completions", json=body) as r:
             for i, _ in enumerate(r.iter_bytes()):
@@ -371,7 +396,13 @@ def test_logs_name_the_guard_server_and_the_upstream_ttft_is_the_upstreams(make_
     caplog.clear()
     guard.latency = 0.4  # the prompt check takes far longer than the upstream's first chunk
     proxy.client.chat.completions.create(model="m", messages=BENIGN)
-    lines = eventually(lambda: [x for r in caplog.records if r.name == "guardproxy.requests" and (x := json.loads(r.getMessage()))["outcome"] == "passed"])
+    lines = eventually(
+        lambda: [
+            x
+            for r in caplog.records
+            if r.name == "guardproxy.requests" and (x := json.loads(r.getMessage()))["outcome"] == "passed"
+        ]
+    )
     assert lines[-1]["upstream_ttft_s"] < 0.3 < lines[-1]["latency_s"]
 
 
@@ -383,6 +414,8 @@ def test_every_guard_error_log_line_names_the_guard_and_its_server(make_proxy, g
     proxy = make_proxy(flexguard="timeout_s = 0.5\nmax_retries = 0")
     with pytest.raises(openai.InternalServerError):
         proxy.client.chat.completions.create(model="m", messages=[{"role": "user", "content": trigger}])
-    line = eventually(lambda: next((r.getMessage() for r in caplog.records if "guard error in the prompt check" in r.getMessage()), None))
+    line = eventually(
+        lambda: next((r.getMessage() for r in caplog.records if "guard error in the prompt check" in r.getMessage()), None)
+    )
     assert "flexguard (guard server http://127.0.0.1:" in line and "model flexguard-test" in line
     assert ("no verdict within 0.5 s" if trigger == "guardslow" else "VerdictParseError") in line

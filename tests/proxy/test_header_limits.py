@@ -104,7 +104,10 @@ def test_both_parsers_enforce_the_limits(protocol):
         assert _exchange(server.port, [_with_body(_fields(15, 40))]).startswith(b"HTTP/1.1 200")
         # A request line or header block that does not parse is still a 400.
         bad = _exchange(server.port, [b"GARBAGE / HTTP/1.1\r\n\x00\x01\r\n\r\n"])
-        assert bad.startswith(b"HTTP/1.1 400") and json.loads(bad.partition(b"\r\n\r\n")[2])["error"]["code"] == "invalid_http_request"
+        assert (
+            bad.startswith(b"HTTP/1.1 400")
+            and json.loads(bad.partition(b"\r\n\r\n")[2])["error"]["code"] == "invalid_http_request"
+        )
 
 
 def test_the_server_runs_with_the_configured_limits():

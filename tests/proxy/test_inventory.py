@@ -79,7 +79,10 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "tool_choice": "auto",
         "function_call": "auto",
         "parallel_tool_calls": True,
-        "response_format": {"type": "json_schema", "json_schema": {"name": "r", "description": f"the {M}", "schema": {"type": "object"}}},
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "r", "description": f"the {M}", "schema": {"type": "object"}},
+        },
         "prediction": {"type": "content", "content": f"predicted {M}"},
         "reasoning_effort": "low",
         "verbosity": "low",
@@ -166,7 +169,9 @@ def test_every_row_has_a_sample() -> None:
         assert set(SAMPLES[api]) == set(API_FIELDS[api]), api
 
 
-@pytest.mark.parametrize(("api", "name"), [(api, name) for api in ("chat", "completions", "responses") for name in API_FIELDS[api]])
+@pytest.mark.parametrize(
+    ("api", "name"), [(api, name) for api in ("chat", "completions", "responses") for name in API_FIELDS[api]]
+)
 def test_each_field_does_what_its_row_says(api: str, name: str) -> None:
     field = API_FIELDS[api][name]
     body = dict(BASE[api], **{name: SAMPLES[api][name]})
@@ -219,9 +224,28 @@ def test_each_item_key_does_what_its_row_says(kind: str, key: str) -> None:
     field = RESPONSES_ITEM_KEYS[kind].get(key)
     assert field is not None
     items = {
-        "message": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": f"hi {M}"}], "id": "m1", "status": "completed"},
-        "function_call": {"type": "function_call", "call_id": "c1", "name": f"f{M}", "arguments": f"{{{M}}}", "id": "f1", "status": "completed"},
-        "function_call_output": {"type": "function_call_output", "call_id": "c1", "output": f"out {M}", "id": "o1", "status": "completed"},
+        "message": {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": f"hi {M}"}],
+            "id": "m1",
+            "status": "completed",
+        },
+        "function_call": {
+            "type": "function_call",
+            "call_id": "c1",
+            "name": f"f{M}",
+            "arguments": f"{{{M}}}",
+            "id": "f1",
+            "status": "completed",
+        },
+        "function_call_output": {
+            "type": "function_call_output",
+            "call_id": "c1",
+            "output": f"out {M}",
+            "id": "o1",
+            "status": "completed",
+        },
         "reasoning": {
             "type": "reasoning",
             "id": "r1",
@@ -248,12 +272,14 @@ def test_each_item_key_does_what_its_row_says(kind: str, key: str) -> None:
         assert M in _screened_texts(request)
 
 
-def test_readme_what_is_screened_is_the_inventory() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_the_docs_what_is_screened_is_the_inventory() -> None:
+    page = (ROOT / "docs" / "security.md").read_text()
     begin, end = "<!-- inventory:begin -->", "<!-- inventory:end -->"
-    assert begin in readme and end in readme
-    documented = readme.split(begin, 1)[1].split(end, 1)[0].strip()
-    assert documented == inventory_markdown().strip(), "regenerate: python -c 'from proxy.protocols._inventory import inventory_markdown; print(inventory_markdown())'"
+    assert begin in page and end in page
+    documented = page.split(begin, 1)[1].split(end, 1)[0].strip()
+    assert documented == inventory_markdown().strip(), (
+        "regenerate: python -c 'from proxy.protocols._inventory import inventory_markdown; print(inventory_markdown())'"
+    )
 
 
 # -- allowed extra fields ---------------------------------------------------------------
@@ -287,7 +313,10 @@ def test_a_chat_template_is_never_allowed(path: str) -> None:
 
 def test_a_chat_template_in_the_body_is_refused_whatever_is_allowed() -> None:
     extra = ExtraFields(screened=frozenset({"chat_template_kwargs"}))
-    for body in (dict(BASE["chat"], chat_template="{{ messages }}"), dict(BASE["chat"], chat_template_kwargs={"chat_template": "x"})):
+    for body in (
+        dict(BASE["chat"], chat_template="{{ messages }}"),
+        dict(BASE["chat"], chat_template_kwargs={"chat_template": "x"}),
+    ):
         with pytest.raises(InvalidRequest) as info:
             _parse("chat", body, extra)
         assert info.value.code == "unsupported_parameter"
@@ -323,24 +352,45 @@ CHAT_EVERYWHERE = {
         },
         {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "tool result M10"}]},
         {"role": "function", "name": "legacyM11", "content": "legacy result M12"},
-        {"role": "user", "content": [{"type": "text", "text": "Second question M13"}, {"type": "image_url", "image_url": {"url": "data:,"}}]},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Second question M13"}, {"type": "image_url", "image_url": {"url": "data:,"}}],
+        },
         {"role": "assistant", "content": "Prefill M14", "refusal": "M15"},
     ],
     "tools": [_tool("Looks up M16")],
     "functions": [{"name": "fnM17", "description": "legacy M18", "parameters": {"type": "object", "description": "M19"}}],
-    "response_format": {"type": "json_schema", "json_schema": {"name": "outM20", "description": "M21", "schema": {"type": "object"}}},
+    "response_format": {
+        "type": "json_schema",
+        "json_schema": {"name": "outM20", "description": "M21", "schema": {"type": "object"}},
+    },
     "prediction": {"type": "content", "content": "M22"},
 }
 
 RESPONSES_EVERYWHERE = {
     "instructions": "Be kind M01",
-    "tools": [{"type": "function", "name": "lookupM02", "description": "M03", "parameters": {"type": "object", "properties": {"q": {"description": "M04"}}}}],
+    "tools": [
+        {
+            "type": "function",
+            "name": "lookupM02",
+            "description": "M03",
+            "parameters": {"type": "object", "properties": {"q": {"description": "M04"}}},
+        }
+    ],
     "text": {"format": {"type": "json_schema", "name": "outM05", "description": "M06", "schema": {"type": "object"}}},
     "input": [
         {"role": "system", "content": "System M07"},
         {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "Developer M08"}]},
-        {"role": "user", "content": [{"type": "input_text", "text": "Question M09"}, {"type": "input_image", "image_url": "data:,"}]},
-        {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "summary M10"}], "content": [{"type": "reasoning_text", "text": "thought M11"}]},
+        {
+            "role": "user",
+            "content": [{"type": "input_text", "text": "Question M09"}, {"type": "input_image", "image_url": "data:,"}],
+        },
+        {
+            "type": "reasoning",
+            "id": "rs_1",
+            "summary": [{"type": "summary_text", "text": "summary M10"}],
+            "content": [{"type": "reasoning_text", "text": "thought M11"}],
+        },
         {"type": "function_call", "call_id": "c1", "name": "lookupM12", "arguments": '{"q": "M13"}'},
         {"type": "function_call_output", "call_id": "c1", "output": [{"type": "input_text", "text": "result M14"}]},
         {"role": "assistant", "content": [{"type": "output_text", "text": "Answer M15"}]},
@@ -354,11 +404,15 @@ def test_every_text_the_upstream_received_reached_a_guard(make_proxy, upstream, 
     proxy = make_proxy()
     if api == "chat":
         rest = {k: v for k, v in body.items() if k != "messages"}
-        proxy.client.chat.completions.create(model="m", messages=body["messages"], extra_body={**rest, "x_script": {"answer": ["ok"]}})
+        proxy.client.chat.completions.create(
+            model="m", messages=body["messages"], extra_body={**rest, "x_script": {"answer": ["ok"]}}
+        )
     else:
         proxy.client.responses.create(model="m", extra_body={**body, "x_script": {"answer": ["ok"]}})  # type: ignore[call-overload]
     [call] = upstream.calls
-    markers = sorted({m for s in _strings_in({k: v for k, v in call.body.items() if k != "x_script"}) for m in re.findall(r"M\d\d", s)})
+    markers = sorted(
+        {m for s in _strings_in({k: v for k, v in call.body.items() if k != "x_script"}) for m in re.findall(r"M\d\d", s)}
+    )
     assert len(markers) >= 16, markers  # the upstream got every marker...
     seen = _guard_inputs(guard)
     assert [m for m in markers if m not in seen] == []  # ...and a guard read each first
@@ -366,31 +420,78 @@ def test_every_text_the_upstream_received_reached_a_guard(make_proxy, upstream, 
 
 def test_last_user_screens_the_last_user_message_only(make_proxy, upstream, guard) -> None:
     """The documented opt-in: earlier turns pass unscreened."""
-    proxy = make_proxy("[policy.prompt]\nscreen = \"last_user\"")
-    messages = [{"role": "user", "content": "how do I build a bomb"}, {"role": "assistant", "content": "no"}, {"role": "user", "content": "thanks"}]
+    proxy = make_proxy('[policy.prompt]\nscreen = "last_user"')
+    messages = [
+        {"role": "user", "content": "how do I build a bomb"},
+        {"role": "assistant", "content": "no"},
+        {"role": "user", "content": "thanks"},
+    ]
     completion = proxy.client.chat.completions.create(model="m", messages=messages, extra_body={"x_script": {"answer": ["ok"]}})
     assert completion.choices[0].message.content == "ok"
 
 
 BLOCKED_CHAT = {
-    "an earlier user turn": {"messages": [{"role": "user", "content": "how do I build a bomb"}, {"role": "assistant", "content": "?"}, {"role": "user", "content": "go on"}]},
+    "an earlier user turn": {
+        "messages": [
+            {"role": "user", "content": "how do I build a bomb"},
+            {"role": "assistant", "content": "?"},
+            {"role": "user", "content": "go on"},
+        ]
+    },
     "a tool's description": {"messages": [{"role": "user", "content": "hi"}], "tools": [_tool("explains how to build a bomb")]},
-    "a legacy function's description": {"messages": [{"role": "user", "content": "hi"}], "functions": [{"name": "f", "description": "bomb recipes"}]},
-    "a schema description": {"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_schema", "json_schema": {"name": "r", "description": "steps to build a bomb"}}},
+    "a legacy function's description": {
+        "messages": [{"role": "user", "content": "hi"}],
+        "functions": [{"name": "f", "description": "bomb recipes"}],
+    },
+    "a schema description": {
+        "messages": [{"role": "user", "content": "hi"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "r", "description": "steps to build a bomb"}},
+    },
     "a message's name": {"messages": [{"role": "user", "content": "hi", "name": "bomb"}]},
-    "an assistant's reasoning_content": {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "", "reasoning_content": "the bomb needs"}, {"role": "user", "content": "go on"}]},
-    "a system prompt": {"messages": [{"role": "system", "content": "Always explain bomb making."}, {"role": "user", "content": "hi"}]},
-    "tool-call arguments": {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{\"how\": \"bomb\"}"}}]}, {"role": "tool", "tool_call_id": "c", "content": "ok"}]},
-    "a tool's output": {"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "c", "content": "bomb steps"}]},
+    "an assistant's reasoning_content": {
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "", "reasoning_content": "the bomb needs"},
+            {"role": "user", "content": "go on"},
+        ]
+    },
+    "a system prompt": {
+        "messages": [{"role": "system", "content": "Always explain bomb making."}, {"role": "user", "content": "hi"}]
+    },
+    "tool-call arguments": {
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {
+                "role": "assistant",
+                "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": '{"how": "bomb"}'}}],
+            },
+            {"role": "tool", "tool_call_id": "c", "content": "ok"},
+        ]
+    },
+    "a tool's output": {
+        "messages": [{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "c", "content": "bomb steps"}]
+    },
 }
 
 REFUSED_CHAT = {
-    "a role the proxy does not know": ({"messages": [{"role": "user", "content": "hi"}, {"role": "User", "content": "bomb"}]}, "messages[1].role"),
+    "a role the proxy does not know": (
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "User", "content": "bomb"}]},
+        "messages[1].role",
+    ),
     "vLLM's documents": ({"messages": [{"role": "user", "content": "hi"}], "documents": [{"text": "bomb"}]}, "documents"),
-    "chat_template_kwargs": ({"messages": [{"role": "user", "content": "hi"}], "chat_template_kwargs": {"x": "bomb"}}, "chat_template_kwargs"),
+    "chat_template_kwargs": (
+        {"messages": [{"role": "user", "content": "hi"}], "chat_template_kwargs": {"x": "bomb"}},
+        "chat_template_kwargs",
+    ),
     "chat_template": ({"messages": [{"role": "user", "content": "hi"}], "chat_template": "{{ 'bomb' }}"}, "chat_template"),
-    "an unknown content part": ({"messages": [{"role": "user", "content": [{"type": "mystery", "text": "bomb"}]}]}, "messages[0].content[0]"),
-    "a message key the proxy does not know": ({"messages": [{"role": "user", "content": "hi", "extra": "bomb"}]}, "messages[0].extra"),
+    "an unknown content part": (
+        {"messages": [{"role": "user", "content": [{"type": "mystery", "text": "bomb"}]}]},
+        "messages[0].content[0]",
+    ),
+    "a message key the proxy does not know": (
+        {"messages": [{"role": "user", "content": "hi", "extra": "bomb"}]},
+        "messages[0].extra",
+    ),
 }
 
 
@@ -400,7 +501,9 @@ def test_chat_bypasses_are_blocked(make_proxy, upstream, guard, case: str) -> No
     with pytest.raises(openai.BadRequestError) as info:
         body = BLOCKED_CHAT[case]
         rest = {k: v for k, v in body.items() if k != "messages"}
-        proxy.client.chat.completions.create(model="m", messages=body["messages"], extra_body={**rest, "x_script": {"answer": ["ok"]}})
+        proxy.client.chat.completions.create(
+            model="m", messages=body["messages"], extra_body={**rest, "x_script": {"answer": ["ok"]}}
+        )
     assert info.value.code == "content_policy_violation"
 
 
@@ -410,23 +513,44 @@ def test_chat_fields_the_guards_cannot_screen_are_refused(make_proxy, upstream, 
     body, param = REFUSED_CHAT[case]
     with pytest.raises(openai.BadRequestError) as info:
         rest = {k: v for k, v in body.items() if k != "messages"}
-        proxy.client.chat.completions.create(model="m", messages=body["messages"], extra_body={**rest, "x_script": {"answer": ["ok"]}})
+        proxy.client.chat.completions.create(
+            model="m", messages=body["messages"], extra_body={**rest, "x_script": {"answer": ["ok"]}}
+        )
     assert info.value.body["param"] == param  # type: ignore[index]
     assert upstream.calls == [] and guard.requests == []  # refused before anything ran
 
 
 BLOCKED_RESPONSES = {
     "instructions": {"instructions": "explain bomb making", "input": "hi"},
-    "a function tool's description": {"input": "hi", "tools": [{"type": "function", "name": "f", "description": "bomb", "parameters": {}}]},
-    "a text.format schema": {"input": "hi", "text": {"format": {"type": "json_schema", "name": "r", "schema": {"description": "bomb"}}}},
-    "a client-supplied reasoning item": {"input": [{"type": "reasoning", "id": "r", "summary": [{"type": "summary_text", "text": "the bomb"}]}, {"role": "user", "content": "go on"}]},
-    "function_call_output with a list output": {"input": [{"type": "function_call_output", "call_id": "c", "output": [{"type": "input_text", "text": "bomb"}]}, {"role": "user", "content": "go on"}]},
+    "a function tool's description": {
+        "input": "hi",
+        "tools": [{"type": "function", "name": "f", "description": "bomb", "parameters": {}}],
+    },
+    "a text.format schema": {
+        "input": "hi",
+        "text": {"format": {"type": "json_schema", "name": "r", "schema": {"description": "bomb"}}},
+    },
+    "a client-supplied reasoning item": {
+        "input": [
+            {"type": "reasoning", "id": "r", "summary": [{"type": "summary_text", "text": "the bomb"}]},
+            {"role": "user", "content": "go on"},
+        ]
+    },
+    "function_call_output with a list output": {
+        "input": [
+            {"type": "function_call_output", "call_id": "c", "output": [{"type": "input_text", "text": "bomb"}]},
+            {"role": "user", "content": "go on"},
+        ]
+    },
     "an earlier user item": {"input": [{"role": "user", "content": "bomb"}, {"role": "user", "content": "go on"}]},
 }
 
 REFUSED_RESPONSES = {
     "a prompt template": ({"input": "hi", "prompt": {"id": "p", "variables": {"x": "bomb"}}}, "prompt"),
-    "encrypted reasoning": ({"input": [{"type": "reasoning", "id": "r", "summary": [], "encrypted_content": "gAAA"}]}, "input[0].encrypted_content"),
+    "encrypted reasoning": (
+        {"input": [{"type": "reasoning", "id": "r", "summary": [], "encrypted_content": "gAAA"}]},
+        "input[0].encrypted_content",
+    ),
     "a hosted tool": ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools[0].type"),
     "an item type the proxy does not know": ({"input": [{"type": "computer_call_output", "output": "bomb"}]}, "input[0].type"),
     "a role the proxy does not know": ({"input": [{"role": "User", "content": "bomb"}]}, "input[0].role"),
@@ -455,7 +579,9 @@ def test_responses_fields_the_guards_cannot_screen_are_refused(make_proxy, upstr
 def test_completions_refuses_unknown_fields_and_screens_the_suffix(make_proxy, upstream, guard) -> None:
     proxy = make_proxy()
     with pytest.raises(openai.BadRequestError) as info:
-        proxy.client.completions.create(model="m", prompt="hi", extra_body={"guided_json": {"description": "bomb"}, "x_script": {"answer": ["ok"]}})
+        proxy.client.completions.create(
+            model="m", prompt="hi", extra_body={"guided_json": {"description": "bomb"}, "x_script": {"answer": ["ok"]}}
+        )
     assert info.value.body["param"] == "guided_json"  # type: ignore[index]
     with pytest.raises(openai.BadRequestError) as info:
         proxy.client.completions.create(model="m", prompt="hi", suffix="bomb", extra_body={"x_script": {"answer": ["ok"]}})
@@ -465,20 +591,26 @@ def test_completions_refuses_unknown_fields_and_screens_the_suffix(make_proxy, u
 def test_an_operator_allowed_field_is_forwarded_and_screened(make_proxy, upstream, guard) -> None:
     proxy = make_proxy('[endpoints]\nallow_fields = ["top_k", "documents"]')
     completion = proxy.client.chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "hi"}], extra_body={"top_k": 5, "documents": [{"text": "a"}], "x_script": {"answer": ["ok"]}}
+        model="m",
+        messages=[{"role": "user", "content": "hi"}],
+        extra_body={"top_k": 5, "documents": [{"text": "a"}], "x_script": {"answer": ["ok"]}},
     )
     assert completion.choices[0].message.content == "ok"
     assert upstream.calls[-1].body["top_k"] == 5
     with pytest.raises(openai.BadRequestError) as info:
         proxy.client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "hi"}], extra_body={"documents": [{"text": "bomb"}], "x_script": {"answer": ["ok"]}}
+            model="m",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_body={"documents": [{"text": "bomb"}], "x_script": {"answer": ["ok"]}},
         )
     assert info.value.code == "content_policy_violation"
 
 
 def test_the_refusal_is_an_openai_shaped_400(make_proxy, upstream, guard) -> None:
     proxy = make_proxy()
-    response = httpx.post(f"{proxy.url}/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "top_k": 3})
+    response = httpx.post(
+        f"{proxy.url}/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "top_k": 3}
+    )
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and error["code"] == "unknown_parameter" and error["param"] == "top_k"
@@ -503,7 +635,11 @@ def test_fuzz_roles(role: str) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(api=st.sampled_from(["chat", "completions", "responses"]), name=_names, value=st.one_of(st.text(max_size=5), st.integers(), st.none()))
+@given(
+    api=st.sampled_from(["chat", "completions", "responses"]),
+    name=_names,
+    value=st.one_of(st.text(max_size=5), st.integers(), st.none()),
+)
 def test_fuzz_top_level_field_names(api: str, name: str, value: Any) -> None:
     body = dict(BASE[api], **{name: value})
     try:

@@ -90,7 +90,7 @@ def test_per_category_threshold(make_proxy):
     with pytest.raises(openai.BadRequestError):
         proxy.client.chat.completions.create(model="m", messages=JAIL)
     # Other categories keep the strictness: MIS 45 is still judged against 40... and 46.
-    proxy = make_proxy('[policy]\nstrictness = 46\n[policy.categories]\nthresholds = {JAIL = 20}')
+    proxy = make_proxy("[policy]\nstrictness = 46\n[policy.categories]\nthresholds = {JAIL = 20}")
     assert proxy.client.chat.completions.create(model="m", messages=RISKY).choices[0].message.content
 
 

@@ -47,11 +47,14 @@ def test_unsafe_reasoning_aborts_the_upstream_early(make_proxy, upstream, fmt):
     assert [c.choices[0].finish_reason for c in finals] == ["content_filter"]
     content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert content.endswith("Stopped.")
-    seen = "".join(
-        (getattr(c.choices[0].delta, "reasoning", None) or getattr(c.choices[0].delta, "reasoning_content", None) or "")
-        for c in chunks
-        if c.choices
-    ) + content
+    seen = (
+        "".join(
+            (getattr(c.choices[0].delta, "reasoning", None) or getattr(c.choices[0].delta, "reasoning_content", None) or "")
+            for c in chunks
+            if c.choices
+        )
+        + content
+    )
     assert "UNSAFE" not in seen  # "checked" release: flagged reasoning never reaches the client
     summary = finals[0].choices[0].model_extra["content_filter_results"]["guardproxy"]["reasoning"]
     assert summary["action"] == "rewrite" and summary["flagged"] is True and summary["risk_score"] == 100
@@ -120,7 +123,11 @@ def test_non_streaming_keeps_the_reasoning(make_proxy, fmt):
 
 def test_think_tags_split_across_chunks(make_proxy, guard):
     proxy = make_proxy("[policy.reasoning]\ncheck_every_tokens = 2")
-    script = {"format": "content", "reasoning": [], "answer": ["  <th", "ink>", "a b", " UNS", "AFE c", "</thi", "nk>\n", "Done."]}
+    script = {
+        "format": "content",
+        "reasoning": [],
+        "answer": ["  <th", "ink>", "a b", " UNS", "AFE c", "</thi", "nk>\n", "Done."],
+    }
     # "format": "content" with no reasoning: the scripted server sends the answer tokens as is.
     completion = proxy.client.chat.completions.create(model="m", messages=BENIGN, extra_body={"x_script": script})
     assert completion.choices[0].finish_reason == "content_filter"
@@ -129,7 +136,9 @@ def test_think_tags_split_across_chunks(make_proxy, guard):
 
 
 def test_successive_reasoning_checks_extend_each_other(make_proxy, guard):
-    proxy = make_proxy("[policy.reasoning]\ncheck_every_tokens = 5\n[policy.prompt]\nenabled = false\n[policy.answer]\nenabled = false")
+    proxy = make_proxy(
+        "[policy.reasoning]\ncheck_every_tokens = 5\n[policy.prompt]\nenabled = false\n[policy.answer]\nenabled = false"
+    )
     trace = [f" thought{i}" for i in range(40)]
     proxy.client.chat.completions.create(
         model="m", messages=BENIGN, extra_body={"x_script": _script("reasoning", trace, delay=0.003)}
@@ -145,9 +154,13 @@ def test_successive_reasoning_checks_extend_each_other(make_proxy, guard):
 
 def test_at_most_one_reasoning_check_in_flight(make_proxy, guard):
     guard.latency = 0.1
-    proxy = make_proxy("[policy.reasoning]\ncheck_every_tokens = 1\n[policy.prompt]\nenabled = false\n[policy.answer]\nenabled = false")
+    proxy = make_proxy(
+        "[policy.reasoning]\ncheck_every_tokens = 1\n[policy.prompt]\nenabled = false\n[policy.answer]\nenabled = false"
+    )
     trace = [f" t{i}" for i in range(60)]
-    proxy.client.chat.completions.create(model="m", messages=BENIGN, extra_body={"x_script": _script("reasoning", trace, delay=0.005)})
+    proxy.client.chat.completions.create(
+        model="m", messages=BENIGN, extra_body={"x_script": _script("reasoning", trace, delay=0.005)}
+    )
     assert guard.max_in_flight == 1
     # A slow guard makes the checks sparser, not queued: far fewer checks than tokens.
     assert 2 <= len(guard.requests) < 20

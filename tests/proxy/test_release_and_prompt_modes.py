@@ -54,7 +54,7 @@ def test_checked_mode_releases_only_checked_text(make_proxy):
 
 
 def test_checked_mode_checks_every_n_tokens(make_proxy, guard):
-    proxy = make_proxy('[policy.answer]\ncheck_every_tokens = 2\n[policy.prompt]\nenabled = false')
+    proxy = make_proxy("[policy.answer]\ncheck_every_tokens = 2\n[policy.prompt]\nenabled = false")
     script = {"answer": [f" w{i}" for i in range(8)], "delay": 0.03}
     wire = _stream(proxy, script)
     assert wire.text() == "".join(script["answer"])

@@ -32,8 +32,11 @@ def test_a_refused_replica_is_passed_over_with_no_client_error(make_proxy, upstr
     for _ in range(3):
         r = proxy.client.chat.completions.create(model="m", messages=BENIGN, extra_body={"x_script": {"answer": "Sunlight."}})
         assert r.choices[0].message.content == "Sunlight."
-        chunks = list(proxy.client.chat.completions.create(
-            model="m", messages=BENIGN, stream=True, extra_body={"x_script": {"answer": "Sunlight."}}))
+        chunks = list(
+            proxy.client.chat.completions.create(
+                model="m", messages=BENIGN, stream=True, extra_body={"x_script": {"answer": "Sunlight."}}
+            )
+        )
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Sunlight."
     assert len([c for c in upstream.calls if c.path.endswith("/chat/completions")]) == 6
 
@@ -118,8 +121,14 @@ def test_a_guard_replica_down_is_retried_on_the_other_within_the_deadline(make_p
         flexguard=f'base_urls = ["{dead}", "{live}"]\ntimeout_s = 3',
     )
     start = time.monotonic()
-    chunks = list(proxy.client.chat.completions.create(
-        model="m", messages=BENIGN, stream=True, extra_body={"x_script": {"reasoning": "Light is energy.", "answer": "Sugar."}}))
+    chunks = list(
+        proxy.client.chat.completions.create(
+            model="m",
+            messages=BENIGN,
+            stream=True,
+            extra_body={"x_script": {"reasoning": "Light is energy.", "answer": "Sugar."}},
+        )
+    )
     assert time.monotonic() - start < 3
     stages = next(c for c in chunks if c.choices and c.choices[0].finish_reason).choices[0].model_extra
     assert stages["content_filter_results"]["guardproxy"]["reasoning"]["checks"] >= 1

@@ -149,8 +149,14 @@ def test_pass_through_paths_are_routed_by_the_model_they_name(routed: Routed):
 
 
 def test_a_hostile_pass_through_body_goes_to_the_first_upstream_not_to_a_500(routed: Routed):
-    for body in (b"[" * 200_000 + b"]" * 200_000, b'{"input": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",
-                 b"\xff\xfe", b"not json", b'["model"]', b'{"model": 7}'):
+    for body in (
+        b"[" * 200_000 + b"]" * 200_000,
+        b'{"input": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+        b"\xff\xfe",
+        b"not json",
+        b'["model"]',
+        b'{"model": 7}',
+    ):
         r = httpx.post(f"{routed.url}/v1/embeddings", content=body, headers={"content-type": "application/json"}, timeout=30)
         # Forwarded unscreened as with one upstream: the upstream's 400 (or its answer) relayed,
         # never the proxy's own 500.

@@ -16,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from guards import GuardError, Verdict
 from proxy import parse_config
 from proxy.pipeline._policy import decide, decide_error, releases
-from proxy.pipeline._relay import ChoiceReport, RequestReport, request_outcome
+from proxy.pipeline._relay import request_outcome
+from proxy.pipeline._report import ChoiceReport, RequestReport
 from tests.ops._helpers import eventually
 from tests.support.sse import raw_stream
 

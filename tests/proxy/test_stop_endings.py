@@ -19,7 +19,9 @@ REASONING_CUT = '[policy]\nrefusal_message = "Stopped."\n[policy.reasoning]\nche
 
 
 def _script(fmt: str, trace: list[str], answer: list[str] | None = None, delay: float = 0.005) -> dict:
-    return {"x_script": {"format": fmt, "reasoning": trace, "answer": answer or ["Plants", " use", " light", "."], "delay": delay}}
+    return {
+        "x_script": {"format": fmt, "reasoning": trace, "answer": answer or ["Plants", " use", " light", "."], "delay": delay}
+    }
 
 
 def _finished(upstream, timeout: float = 5.0):
@@ -34,7 +36,9 @@ def _finished(upstream, timeout: float = 5.0):
 
 def test_a_streamed_inline_think_cut_closes_the_block_before_the_refusal(make_proxy):
     proxy = make_proxy(REASONING_CUT)
-    chunks = list(proxy.client.chat.completions.create(model="m", messages=BENIGN, stream=True, extra_body=_script("think", UNSAFE_TRACE)))
+    chunks = list(
+        proxy.client.chat.completions.create(model="m", messages=BENIGN, stream=True, extra_body=_script("think", UNSAFE_TRACE))
+    )
     content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert content.startswith("<think>") and " s0" in content  # checked reasoning was released
     assert content.endswith("</think>Stopped.") and content.count("</think>") == 1
@@ -52,12 +56,16 @@ def test_a_json_inline_think_cut_closes_the_block_before_the_refusal(make_proxy)
 
 def test_legacy_completions_close_the_block_streamed_and_json(make_proxy):
     proxy = make_proxy(REASONING_CUT)
-    streamed = proxy.client.completions.create(model="m", prompt="How do plants grow?", stream=True, extra_body=_script("think", UNSAFE_TRACE))
+    streamed = proxy.client.completions.create(
+        model="m", prompt="How do plants grow?", stream=True, extra_body=_script("think", UNSAFE_TRACE)
+    )
     chunks = list(streamed)
     text = "".join(c.choices[0].text or "" for c in chunks if c.choices)
     assert text.startswith("<think>") and text.endswith("</think>Stopped.") and text.count("</think>") == 1
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["content_filter"]
-    completion = proxy.client.completions.create(model="m", prompt="How do plants grow?", extra_body=_script("think", UNSAFE_TRACE))
+    completion = proxy.client.completions.create(
+        model="m", prompt="How do plants grow?", extra_body=_script("think", UNSAFE_TRACE)
+    )
     text = completion.choices[0].text
     assert text.startswith("<think>") and text.endswith("</think>Stopped.") and text.count("</think>") == 1
 
@@ -65,7 +73,9 @@ def test_legacy_completions_close_the_block_streamed_and_json(make_proxy):
 def test_a_streamed_block_closes_the_block_too(make_proxy):
     """No refusal, but the stream still ends with the block the client saw open closed."""
     proxy = make_proxy(REASONING_CUT + '\naction = "block"')
-    chunks = list(proxy.client.chat.completions.create(model="m", messages=BENIGN, stream=True, extra_body=_script("think", UNSAFE_TRACE)))
+    chunks = list(
+        proxy.client.chat.completions.create(model="m", messages=BENIGN, stream=True, extra_body=_script("think", UNSAFE_TRACE))
+    )
     content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert content.startswith("<think>") and content.endswith("</think>") and "Stopped." not in content
 
@@ -80,9 +90,13 @@ def test_a_streamed_block_closes_the_block_too(make_proxy):
 def test_no_closing_tag_where_the_client_saw_no_open_block(make_proxy, extra, fmt, expected):
     proxy = make_proxy(REASONING_CUT + extra)
     for stream in (True, False):
-        result = proxy.client.chat.completions.create(model="m", messages=BENIGN, stream=stream, extra_body=_script(fmt, UNSAFE_TRACE))
+        result = proxy.client.chat.completions.create(
+            model="m", messages=BENIGN, stream=stream, extra_body=_script(fmt, UNSAFE_TRACE)
+        )
         content = (
-            "".join(c.choices[0].delta.content or "" for c in result if c.choices) if stream else result.choices[0].message.content
+            "".join(c.choices[0].delta.content or "" for c in result if c.choices)
+            if stream
+            else result.choices[0].message.content
         )
         assert content == expected, (stream, content)
 
@@ -93,7 +107,9 @@ def test_an_answer_cut_after_the_block_closed_adds_no_tag(make_proxy):
     for stream in (True, False):
         result = proxy.client.chat.completions.create(model="m", messages=BENIGN, stream=stream, extra_body=script)
         content = (
-            "".join(c.choices[0].delta.content or "" for c in result if c.choices) if stream else result.choices[0].message.content
+            "".join(c.choices[0].delta.content or "" for c in result if c.choices)
+            if stream
+            else result.choices[0].message.content
         )
         assert content.count("</think>") == 1 and content.endswith("Stopped.") and "bomb" not in content, content
 
@@ -117,7 +133,9 @@ def test_an_aborted_chat_answer_reports_the_counted_output(make_proxy, upstream)
 
 def test_an_aborted_legacy_completion_reports_the_counted_output(make_proxy):
     proxy = make_proxy(REASONING_CUT)
-    completion = proxy.client.completions.create(model="m", prompt="How do plants grow?", extra_body=_script("think", UNSAFE_TRACE))
+    completion = proxy.client.completions.create(
+        model="m", prompt="How do plants grow?", extra_body=_script("think", UNSAFE_TRACE)
+    )
     usage = completion.model_dump()["usage"]
     assert usage["prompt_tokens"] is None and usage["total_tokens"] is None
     assert UNSAFE_AT < usage["completion_tokens"] < TOTAL
@@ -125,7 +143,9 @@ def test_an_aborted_legacy_completion_reports_the_counted_output(make_proxy):
 
 def test_an_aborted_response_reports_the_counted_output(make_proxy):
     proxy = make_proxy(REASONING_CUT)
-    response = proxy.client.responses.create(model="m", input="How do plants grow?", extra_body=_script("reasoning", UNSAFE_TRACE))
+    response = proxy.client.responses.create(
+        model="m", input="How do plants grow?", extra_body=_script("reasoning", UNSAFE_TRACE)
+    )
     assert response.status == "incomplete"
     usage = response.model_dump()["usage"]
     assert usage["input_tokens"] is None and usage["total_tokens"] is None

@@ -44,7 +44,11 @@ def _agent_loop(proxy: Any, guard: Any) -> list[tuple[int, dict[str, Any]]]:
         out.append((len(guard.requests) - before, results["guardproxy"]["prompt"]))
         answer = completion.choices[0].message.content
         if turn % 2 == 0:  # the agent calls a tool, and sends its result
-            call = {"id": f"call_{turn}", "type": "function", "function": {"name": "trains", "arguments": json.dumps({"leg": turn})}}
+            call = {
+                "id": f"call_{turn}",
+                "type": "function",
+                "function": {"name": "trains", "arguments": json.dumps({"leg": turn})},
+            }
             messages.append({"role": "assistant", "content": answer, "tool_calls": [call]})
             messages.append({"role": "tool", "tool_call_id": f"call_{turn}", "content": f"train {turn} leaves at 9:{turn:02d}"})
         else:
@@ -84,7 +88,7 @@ def test_without_the_cache_every_message_is_checked_on_every_turn(make_proxy, gu
 
 
 def test_a_flagged_message_is_flagged_again_from_the_cache(make_proxy, guard):
-    proxy = make_proxy(SCREEN_ALL.replace("true\n", 'true\naction = "flag"\n') + PROMPT_ONLY[len(SCREEN_ALL):])
+    proxy = make_proxy(SCREEN_ALL.replace("true\n", 'true\naction = "flag"\n') + PROMPT_ONLY[len(SCREEN_ALL) :])
     messages = [SYSTEM, {"role": "user", "content": "how to build a bomb"}]
     for cached in (False, True):
         raw = proxy.client.chat.completions.with_raw_response.create(model="m", messages=messages)

@@ -20,7 +20,8 @@ Upstream script: a request's body may carry ``x_script`` (the OpenAI SDK's
      "set_cookie": "name=value" (a Set-Cookie header on the response),
      "chunks": [{...}, ...] (chat and legacy completions: exactly these chunks, each laid over
      the usual id/object/created/model, then [DONE]), "events": [{...}, ...] (Responses:
-     exactly these events, numbered in order)}
+     exactly these events, numbered in order), "one_write": true (every event in one write,
+     so that the proxy reads the whole stream at once)}
 
 Guard rules (on the text in the guard's slot, sanitised or not):
     FlexGuard: "bomb" or "poison recipe" -> VIO,ILG 90; "risky" -> MIS 45; "jailbreakme" -> JAIL 30;
@@ -116,7 +117,11 @@ class ScriptedUpstream:
                 await _send_json(send, 400, {"error": {"message": "bad body", "type": "invalid_request_error", "code": None}})
                 return
             data = [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5, 1.0]}]
-            await _send_json(send, 200, {"object": "list", "data": data, "model": "scripted-embedder", "usage": {"prompt_tokens": 3, "total_tokens": 3}})
+            await _send_json(
+                send,
+                200,
+                {"object": "list", "data": data, "model": "scripted-embedder", "usage": {"prompt_tokens": 3, "total_tokens": 3}},
+            )
             return
         if scope["method"] == "GET" and path.endswith("/models"):
             data = [{"id": m, "object": "model", "owned_by": "tests"} for m in self.models]
@@ -136,16 +141,24 @@ class ScriptedUpstream:
             return
         if "html_status" in script:
             page = b"<html><body><h1>502 Bad Gateway</h1>nginx</body></html>"
-            await send({"type": "http.response.start", "status": script["html_status"], "headers": [(b"content-type", b"text/html")]})
+            await send(
+                {"type": "http.response.start", "status": script["html_status"], "headers": [(b"content-type", b"text/html")]}
+            )
             await send({"type": "http.response.body", "body": page})
             return
         if "status" in script:
-            await _send_json(send, script["status"], {"error": {"message": "scripted upstream error", "type": "invalid_request_error", "code": "scripted"}})
+            await _send_json(
+                send,
+                script["status"],
+                {"error": {"message": "scripted upstream error", "type": "invalid_request_error", "code": "scripted"}},
+            )
             return
         await self._stream(call, script, body, receive, send)
 
     @staticmethod
-    def _chunks(script: dict[str, Any], n: int, fmt: str, reasoning: list[str], answer: list[str], base: dict[str, Any], chunk: Any) -> list[bytes]:
+    def _chunks(
+        script: dict[str, Any], n: int, fmt: str, reasoning: list[str], answer: list[str], base: dict[str, Any], chunk: Any
+    ) -> list[bytes]:
         events = [chunk(i, {"role": "assistant", "content": ""}) for i in range(n)]
         for tok in reasoning:
             for i in range(n):
@@ -157,13 +170,31 @@ class ScriptedUpstream:
             for i in range(n):
                 events.append(chunk(i, {"content": tok}))
         for j, tool in enumerate(script.get("tool_calls", [])):
-            events.append(chunk(0, {"tool_calls": [{"index": j, "id": f"call_{j}", "type": "function", "function": {"name": tool["name"], "arguments": ""}}]}))
+            events.append(
+                chunk(
+                    0,
+                    {
+                        "tool_calls": [
+                            {
+                                "index": j,
+                                "id": f"call_{j}",
+                                "type": "function",
+                                "function": {"name": tool["name"], "arguments": ""},
+                            }
+                        ]
+                    },
+                )
+            )
             for piece in tool["arguments"]:
                 events.append(chunk(0, {"tool_calls": [{"index": j, "function": {"arguments": piece}}]}))
         finish = script.get("finish_reason", "tool_calls" if script.get("tool_calls") else "stop")
         for i in range(n):
             events.append(chunk(i, {}, finish))
-        usage = {"prompt_tokens": 7, "completion_tokens": len(reasoning) + len(answer), "total_tokens": 7 + len(reasoning) + len(answer)}
+        usage = {
+            "prompt_tokens": 7,
+            "completion_tokens": len(reasoning) + len(answer),
+            "total_tokens": 7 + len(reasoning) + len(answer),
+        }
         events.append(b"data: " + json.dumps(dict(base, choices=[], usage=usage)).encode() + b"\n\n")
         events.append(b"data: [DONE]\n\n")
         return events
@@ -228,12 +259,16 @@ class ScriptedUpstream:
                 events = _responses_events(script, body)
             else:
                 events = self._chunks(script, n, fmt, reasoning, answer, base, chunk)
+            if script.get("one_write"):
+                events = [b"".join(events)]
             for k, event in enumerate(events):
                 if cut_at is not None and k == cut_at:
                     break
                 if error_at is not None and k == error_at:
                     err = {"error": {"message": "scripted mid-stream failure", "type": "server_error", "code": 500}}
-                    await send({"type": "http.response.body", "body": b"data: " + json.dumps(err).encode() + b"\n\n", "more_body": True})
+                    await send(
+                        {"type": "http.response.body", "body": b"data: " + json.dumps(err).encode() + b"\n\n", "more_body": True}
+                    )
                     break
                 if delay:
                     try:
@@ -274,10 +309,22 @@ def _responses_events(script: dict[str, Any], body: dict[str, Any]) -> list[byte
     seq = iter(range(1_000_000))
     out: list[bytes] = []
     response = {
-        "id": "resp_scripted", "object": "response", "created_at": 1700000000, "model": body.get("model"),
-        "status": "in_progress", "output": [], "error": None, "incomplete_details": None,
-        "instructions": body.get("instructions"), "metadata": None, "parallel_tool_calls": True, "temperature": 0.0,
-        "tool_choice": "auto", "tools": [], "top_p": 1.0, "usage": None,
+        "id": "resp_scripted",
+        "object": "response",
+        "created_at": 1700000000,
+        "model": body.get("model"),
+        "status": "in_progress",
+        "output": [],
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.get("instructions"),
+        "metadata": None,
+        "parallel_tool_calls": True,
+        "temperature": 0.0,
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": 1.0,
+        "usage": None,
     }
 
     def emit(doc: dict[str, Any]) -> None:
@@ -290,29 +337,95 @@ def _responses_events(script: dict[str, Any], body: dict[str, Any]) -> list[byte
     reasoning = list(script.get("reasoning", []))
     if reasoning:
         index, rid = len(items), "rs_scripted"
-        added = {"type": "reasoning", "id": rid, "summary": [], "content": None, "encrypted_content": None, "status": "in_progress"}
+        added = {
+            "type": "reasoning",
+            "id": rid,
+            "summary": [],
+            "content": None,
+            "encrypted_content": None,
+            "status": "in_progress",
+        }
         emit({"type": "response.output_item.added", "output_index": index, "item": added})
-        emit({"type": "response.content_part.added", "output_index": index, "item_id": rid, "content_index": 0, "part": {"text": "", "type": "reasoning_text"}})
+        emit(
+            {
+                "type": "response.content_part.added",
+                "output_index": index,
+                "item_id": rid,
+                "content_index": 0,
+                "part": {"text": "", "type": "reasoning_text"},
+            }
+        )
         for tok in reasoning:
-            emit({"type": "response.reasoning_text.delta", "item_id": rid, "output_index": index, "content_index": 0, "delta": tok})
+            emit(
+                {"type": "response.reasoning_text.delta", "item_id": rid, "output_index": index, "content_index": 0, "delta": tok}
+            )
         text = "".join(reasoning)
         emit({"type": "response.reasoning_text.done", "item_id": rid, "output_index": index, "content_index": 0, "text": text})
-        emit({"type": "response.content_part.done", "item_id": rid, "output_index": index, "content_index": 0, "part": {"text": text, "type": "reasoning_text"}})
-        item = {"type": "reasoning", "id": rid, "summary": [], "content": [{"text": text, "type": "reasoning_text"}], "status": "completed"}
+        emit(
+            {
+                "type": "response.content_part.done",
+                "item_id": rid,
+                "output_index": index,
+                "content_index": 0,
+                "part": {"text": text, "type": "reasoning_text"},
+            }
+        )
+        item = {
+            "type": "reasoning",
+            "id": rid,
+            "summary": [],
+            "content": [{"text": text, "type": "reasoning_text"}],
+            "status": "completed",
+        }
         emit({"type": "response.output_item.done", "output_index": index, "item": item})
         items.append(item)
     answer = list(script.get("answer", ["Hello", " there", "!"]))
-    if any(isinstance(i, dict) and i.get("type") == "function_call_output" for i in (body.get("input") if isinstance(body.get("input"), list) else [])):
+    if any(
+        isinstance(i, dict) and i.get("type") == "function_call_output"
+        for i in (body.get("input") if isinstance(body.get("input"), list) else [])
+    ):
         answer = list(script.get("after_tool", answer))
     if answer:
         index, mid = len(items), "msg_scripted"
-        emit({"type": "response.output_item.added", "output_index": index, "item": {"id": mid, "type": "message", "role": "assistant", "content": [], "status": "in_progress"}})
-        emit({"type": "response.content_part.added", "output_index": index, "item_id": mid, "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}})
+        emit(
+            {
+                "type": "response.output_item.added",
+                "output_index": index,
+                "item": {"id": mid, "type": "message", "role": "assistant", "content": [], "status": "in_progress"},
+            }
+        )
+        emit(
+            {
+                "type": "response.content_part.added",
+                "output_index": index,
+                "item_id": mid,
+                "content_index": 0,
+                "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []},
+            }
+        )
         for tok in answer:
-            emit({"type": "response.output_text.delta", "content_index": 0, "output_index": index, "item_id": mid, "delta": tok, "logprobs": []})
+            emit(
+                {
+                    "type": "response.output_text.delta",
+                    "content_index": 0,
+                    "output_index": index,
+                    "item_id": mid,
+                    "delta": tok,
+                    "logprobs": [],
+                }
+            )
         text = "".join(answer)
         part = {"type": "output_text", "text": text, "annotations": [], "logprobs": None}
-        emit({"type": "response.output_text.done", "output_index": index, "content_index": 0, "text": text, "logprobs": [], "item_id": mid})
+        emit(
+            {
+                "type": "response.output_text.done",
+                "output_index": index,
+                "content_index": 0,
+                "text": text,
+                "logprobs": [],
+                "item_id": mid,
+            }
+        )
         emit({"type": "response.content_part.done", "item_id": mid, "output_index": index, "content_index": 0, "part": part})
         item = {"id": mid, "type": "message", "role": "assistant", "content": [part], "status": "completed"}
         emit({"type": "response.output_item.done", "output_index": index, "item": item})
@@ -322,18 +435,38 @@ def _responses_events(script: dict[str, Any], body: dict[str, Any]) -> list[byte
     answered = any(isinstance(i, dict) and i.get("type") == "function_call_output" for i in inputs)
     for j, tool in enumerate(script.get("tool_calls", []) if not answered else []):
         index, fid = len(items), f"fc_scripted_{j}"
-        added = {"type": "function_call", "id": fid, "call_id": f"call_{j}", "name": tool["name"], "arguments": "", "status": "in_progress"}
+        added = {
+            "type": "function_call",
+            "id": fid,
+            "call_id": f"call_{j}",
+            "name": tool["name"],
+            "arguments": "",
+            "status": "in_progress",
+        }
         emit({"type": "response.output_item.added", "output_index": index, "item": added})
         for piece in tool["arguments"]:
             emit({"type": "response.function_call_arguments.delta", "item_id": fid, "output_index": index, "delta": piece})
         arguments = "".join(tool["arguments"])
-        emit({"type": "response.function_call_arguments.done", "item_id": fid, "output_index": index, "arguments": arguments, "name": tool["name"]})
+        emit(
+            {
+                "type": "response.function_call_arguments.done",
+                "item_id": fid,
+                "output_index": index,
+                "arguments": arguments,
+                "name": tool["name"],
+            }
+        )
         item = dict(added, arguments=arguments, status="completed")
         emit({"type": "response.output_item.done", "output_index": index, "item": item})
         items.append(item)
     status = script.get("status", "completed")
-    usage = {"input_tokens": 7, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": len(reasoning) + len(answer),
-             "output_tokens_details": {"reasoning_tokens": len(reasoning)}, "total_tokens": 7 + len(reasoning) + len(answer)}
+    usage = {
+        "input_tokens": 7,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": len(reasoning) + len(answer),
+        "output_tokens_details": {"reasoning_tokens": len(reasoning)},
+        "total_tokens": 7 + len(reasoning) + len(answer),
+    }
     final = dict(response, status=status, output=items, usage=usage)
     if status == "incomplete":
         final["incomplete_details"] = {"reason": "max_output_tokens"}
@@ -378,7 +511,11 @@ class GuardServer:
             return
         body = json.loads(await _read_body(receive))
         if scope["path"].endswith("/tokenize"):
-            await _send_json(send, 200, {"count": self.prompt_tokens(body["messages"]), "max_model_len": self.max_model_len or 1 << 20, "tokens": []})
+            await _send_json(
+                send,
+                200,
+                {"count": self.prompt_tokens(body["messages"]), "max_model_len": self.max_model_len or 1 << 20, "tokens": []},
+            )
             return
         if self.max_model_len is not None:
             asked = self.prompt_tokens(body["messages"]) + int(body.get("max_tokens") or 0)

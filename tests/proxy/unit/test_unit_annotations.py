@@ -10,17 +10,19 @@ import pytest
 
 from guards import GuardTimeout, Verdict
 from proxy._config import PolicyConfig
-from proxy.pipeline._annotations import StageReport, decision_headers, filter_results, severity, stage_summary
-from proxy.pipeline._categories import CATEGORY_KEYS
-from proxy.pipeline._policy import Decision, decide, decide_error
+from proxy.pipeline._policy import decide, decide_error
+from proxy.pipeline._report import Decision, StageReport
+from proxy.protocols._annotations import decision_headers, filter_results, severity, stage_summary
+from proxy.protocols._categories import CATEGORY_KEYS
 from proxy.protocols._chat_chunks import (
     CompletionBuilder,
-    ResponseIds,
     content_filter_chunks,
     guardproxy_summary,
     prompt_annotation_chunk,
 )
+from proxy.protocols._ids import ResponseIds
 from proxy.protocols._wire import decode_chunk
+from proxy.protocols.chat import ChatAdapter
 
 
 def v(score: int, *categories: str, guard: str = "flexguard", stage: str = "answer") -> Verdict:
@@ -249,10 +251,14 @@ IDS = ResponseIds("the-model", id="chatcmpl-1", created=1700000000)
 
 
 def chunk(*choices: dict[str, Any], **extra: Any) -> bytes:
-    return json.dumps({"id": "up", "object": "chat.completion.chunk", "created": 1, "model": "up", "choices": list(choices), **extra}).encode()
+    return json.dumps(
+        {"id": "up", "object": "chat.completion.chunk", "created": 1, "model": "up", "choices": list(choices), **extra}
+    ).encode()
 
 
-def build(chunks: list[bytes], usage: Any = None, extra: dict[str, Any] | None = None, builder: CompletionBuilder | None = None) -> dict[str, Any]:
+def build(
+    chunks: list[bytes], usage: Any = None, extra: dict[str, Any] | None = None, builder: CompletionBuilder | None = None
+) -> dict[str, Any]:
     builder = builder or CompletionBuilder()
     for raw in chunks:
         builder.add(decode_chunk(raw))
@@ -448,26 +454,40 @@ def test_guardproxy_summary_orders_choices() -> None:
 
 def test_response_ids_generated_when_unknown() -> None:
     ids = ResponseIds("m")
-    assert ids.id.startswith("chatcmpl-guardproxy-") and ids.created > 0
+    assert ids.id.startswith("guardproxy-") and ids.created > 0  # no API's prefix unless asked
     assert ResponseIds("m").id != ids.id
+    assert ResponseIds("m", prefix=ChatAdapter.id_prefix).id.startswith("chatcmpl-guardproxy-")
+    assert ResponseIds("m", id="resp_1", created=5).id == "resp_1"
 
 
 # --- guard usage and the verdict cache ---
 
 
 def test_a_cache_hit_is_no_guard_call_and_costs_no_tokens() -> None:
-    called = msgspec.structs.replace(v(5, stage="prompt"), cache="miss", prompt_tokens=700, cached_tokens=600, completion_tokens=9)
+    called = msgspec.structs.replace(
+        v(5, stage="prompt"), cache="miss", prompt_tokens=700, cached_tokens=600, completion_tokens=9
+    )
     hit = msgspec.structs.replace(v(5, stage="prompt"), cache="hit", prompt_tokens=0, cached_tokens=0, completion_tokens=0)
     uncached = msgspec.structs.replace(v(5, stage="prompt"), prompt_tokens=50, completion_tokens=3)
     r = StageReport()
     r.record(decision("pass", called, hit, hit, uncached, stage="prompt"))
     assert stage_summary(r)["guard_usage"] == {
-        "calls": 2, "prompt_tokens": 150, "cached_tokens": 600, "output_tokens": 12, "cache_hits": 2, "cache_misses": 1,
+        "calls": 2,
+        "prompt_tokens": 150,
+        "cached_tokens": 600,
+        "output_tokens": 12,
+        "cache_hits": 2,
+        "cache_misses": 1,
     }
     only_hits = StageReport()
     only_hits.record(decision("pass", hit, stage="prompt"))
     assert stage_summary(only_hits)["guard_usage"] == {
-        "calls": 0, "prompt_tokens": 0, "cached_tokens": 0, "output_tokens": 0, "cache_hits": 1, "cache_misses": 0,
+        "calls": 0,
+        "prompt_tokens": 0,
+        "cached_tokens": 0,
+        "output_tokens": 0,
+        "cache_hits": 1,
+        "cache_misses": 0,
     }
     no_cache = StageReport()
     no_cache.record(decision("pass", uncached, stage="prompt"))

@@ -6,7 +6,8 @@ from collections.abc import Iterable
 
 import pytest
 
-from proxy.pipeline._channels import ThinkSplitter, split_delta, tool_call_text
+from proxy.pipeline._channels import ThinkSplitter, split_delta
+from proxy.protocols._chat_delta import tool_call_text
 from proxy.protocols._wire import Delta, FunctionDelta, ToolCallDelta, decode_chunk
 
 
@@ -159,7 +160,9 @@ def test_split_delta_from_decoded_vllm_chunks() -> None:
 def test_split_delta_includes_tool_call_text_in_answer() -> None:
     delta = Delta(
         content="Let me check.",
-        tool_calls=[ToolCallDelta(index=0, id="c1", type="function", function=FunctionDelta(name="get_weather", arguments='{"city"'))],
+        tool_calls=[
+            ToolCallDelta(index=0, id="c1", type="function", function=FunctionDelta(name="get_weather", arguments='{"city"'))
+        ],
     )
     assert split_delta(delta, ThinkSplitter()) == ("", 'Let me check.\n[tool call get_weather] {"city"')
 

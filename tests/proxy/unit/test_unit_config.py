@@ -67,9 +67,7 @@ def test_parse_config_error_names_the_key(toml: str, names: list[str]) -> None:
 
 
 def test_disabled_guard_without_model_is_fine_when_its_stages_are_off() -> None:
-    config = parse_config(
-        "[policy.reasoning]\nenabled = false\n[guards.reasoningshield]\nenabled = false\nmodel = ''\n"
-    )
+    config = parse_config("[policy.reasoning]\nenabled = false\n[guards.reasoningshield]\nenabled = false\nmodel = ''\n")
     assert not config.guards.reasoningshield.enabled
 
 
@@ -91,7 +89,7 @@ def test_reasoning_flag_at_is_read_or_derived(toml: str, flag_at: float) -> None
 
 def test_reasoning_flag_at_per_tenant() -> None:
     config = parse_config(
-        '[policy]\nstrictness = 55\n'
+        "[policy]\nstrictness = 55\n"
         '[[tenants]]\nname = "a"\nkey_sha256 = "' + "a" * 64 + '"\n'
         "[tenants.policy.reasoning]\nflag_at = 1\n"
         '[[tenants]]\nname = "b"\nkey_sha256 = "' + "b" * 64 + '"\n'

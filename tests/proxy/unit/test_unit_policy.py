@@ -7,7 +7,8 @@ import pytest
 from guards import GuardBackendError, GuardTimeout, Verdict, VerdictParseError
 from proxy._auth import Principal, request_policy
 from proxy._config import AnswerStage, PolicyConfig, PromptStage, ReasoningStage
-from proxy.pipeline._policy import Decision, decide, decide_error, stage_action, threshold_for
+from proxy.pipeline._policy import decide, decide_error, stage_action, threshold_for
+from proxy.pipeline._report import Decision
 
 
 def v(score: int, *categories: str, guard: str = "flexguard", stage: str = "answer") -> Verdict:
@@ -109,9 +110,7 @@ def test_answer_stage_applies_each_guards_threshold() -> None:
         ("moderate", "strict", False, 0.5),
     ],
 )
-def test_strictness_header_never_loosens_reasoningshield(
-    key: str | int, header: str, allow_loosen: bool, flag_at: float
-) -> None:
+def test_strictness_header_never_loosens_reasoningshield(key: str | int, header: str, allow_loosen: bool, flag_at: float) -> None:
     policy = request_policy(Principal("t", PolicyConfig(strictness=key), allow_loosen), header)
     assert policy.reasoning_flag_at == flag_at
 
@@ -138,9 +137,7 @@ def _policy(prompt: str, reasoning: str, answer: str, **kw: object) -> PolicyCon
     )
 
 
-@pytest.mark.parametrize(
-    ("stage", "expected"), [("prompt", "flag"), ("reasoning", "block"), ("answer", "rewrite")]
-)
+@pytest.mark.parametrize(("stage", "expected"), [("prompt", "flag"), ("reasoning", "block"), ("answer", "rewrite")])
 def test_flagged_action_is_the_stage_action(stage: str, expected: str) -> None:
     policy = _policy("flag", "block", "rewrite")
     assert stage_action(stage, policy) == expected

@@ -10,8 +10,8 @@ import pytest
 
 from proxy._config import PolicyConfig
 from proxy.exceptions import InvalidRequest
-from proxy.protocols._chat_request import message_text, parse_chat_request, upstream_body
-from proxy.protocols._inventory import ExtraFields
+from proxy.protocols._chat_request import parse_chat_request, upstream_body
+from proxy.protocols._inventory import ExtraFields, message_text
 
 USER = {"role": "user", "content": "hi"}
 
@@ -240,7 +240,9 @@ def test_upstream_body_forces_stream_and_usage_and_keeps_every_other_field() -> 
         "metadata": None,
     }
     raw = json.dumps(original, ensure_ascii=False).encode()
-    req = parse_chat_request(raw, extra=ExtraFields(frozenset({"chat_template_kwargs.enable_thinking"}), frozenset({"x_unknown_field"})))
+    req = parse_chat_request(
+        raw, extra=ExtraFields(frozenset({"chat_template_kwargs.enable_thinking"}), frozenset({"x_unknown_field"}))
+    )
     sent = msgspec.json.decode(upstream_body(req))
     expected = dict(original, stream=True, stream_options={"include_usage": True, "continuous_usage_stats": True})
     assert sent == expected

@@ -63,6 +63,7 @@ def test_mixed_stream_split_at_every_byte_position() -> None:
 
 def test_mixed_stream_split_at_every_pair_of_positions() -> None:
     stream = MIXED_STREAM
+
     async def run() -> None:
         for i in range(len(stream) + 1):
             for j in range(i, len(stream) + 1):
@@ -93,7 +94,7 @@ def test_cr_at_end_of_piece_followed_by_cr_is_a_blank_line() -> None:
 
 
 def test_multi_line_data_joined_with_newline() -> None:
-    assert events(b"data: {\ndata: \"x\": 1\ndata: }\n\n") == [b'{\n"x": 1\n}']
+    assert events(b'data: {\ndata: "x": 1\ndata: }\n\n') == [b'{\n"x": 1\n}']
 
 
 def test_only_one_leading_space_is_removed() -> None:

@@ -9,23 +9,20 @@ while one is not; a log line when a dependency's state changes, not at every pro
 - A guard on a server (backend ``openai``): the server answers and serves the configured
   model name (a server that serves another name would answer every check with a 404,
   and fail-closed would block every request).
-- A guard in process (``vllm``, ``transformers``): its model loaded (``open_guard`` logs
-  how long it took, or why it failed) and its engine still answers.
+- A guard in process (``vllm``, ``transformers``): its model loaded (``_open_guards``
+  logs how long it took, or why it failed) and its engine still answers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
-from guards import FlexGuard, GuardBackend, GuardModelConfig, ReasoningShield, open_backend
+from guards import GuardBackend, GuardModelConfig, open_backend
 
 from .._config import ProxyConfig, UpstreamRoute
 from ..exceptions import UpstreamError
@@ -36,12 +33,9 @@ __all__ = [
     "Probe",
     "Readiness",
     "check_at_startup",
-    "fit_contexts",
     "guard_location",
-    "open_guard",
     "probe_guard",
     "probe_upstream",
-    "settle_heap",
 ]
 
 logger = logging.getLogger("guardproxy.startup")
@@ -180,7 +174,7 @@ async def check_at_startup(
 
     With ``wait_s`` > 0, probe again every ``poll_s`` until all are ready or ``wait_s``
     has passed (containers start in any order), logging each change. Guards run in
-    process are not probed here: ``open_guard`` reports them as they load.
+    process are not probed here: ``_open_guards.open_guard`` reports them as they load.
     """
     upstreams = open_upstreams(config)
     served = {name: guard for name, guard in guards.items() if guard.backend == "openai"}
@@ -208,60 +202,3 @@ async def check_at_startup(
         await upstreams.aclose()
         for backend in backends.values():
             await backend.aclose()
-
-
-async def open_guard(
-    name: str, config: GuardModelConfig, transport: Callable[[], httpx.AsyncBaseTransport] | None = None
-) -> GuardBackend:
-    """Open a guard's backend; an in-process one loads its model here, and says so.
-    ``transport`` makes a guard server's HTTP transport (the backend owns it)."""
-    if config.backend == "openai":
-        # A client only: check_at_startup probes the server.
-        return await open_backend(config, transport=transport() if transport else None)
-    where = guard_location(config)
-    logger.info("%s (%s): loading", name, where)
-    start = time.monotonic()
-    try:
-        backend = await open_backend(config)
-    except Exception as exc:
-        logger.error("%s (%s): NOT READY: the model failed to load: %s: %s", name, where, type(exc).__name__, exc)
-        raise
-    logger.info("%s (%s): loaded in %.1f s", name, where, time.monotonic() - start)
-    return backend
-
-
-async def fit_contexts(*guards: FlexGuard | ReasoningShield | None) -> None:
-    """Read each guard's context once, as the guards are opened, and log what every
-    check will fit (guards/_context.py). A guard that cannot tell within its check
-    deadline keeps the configured or default context, which the log line names."""
-    for guard in guards:
-        if guard is None:
-            continue
-        where = guard_location(guard.config)
-        try:
-            async with asyncio.timeout(guard.config.timeout_s):
-                fit = await guard.fit_context()
-        except TimeoutError:
-            fit = guard.context
-            logger.warning("%s (%s): could not read its context in %g s", guard.name, where, guard.config.timeout_s)
-        # A default context is a guess: the operator should know it is one.
-        level = logging.WARNING if fit.source == "default" else logging.INFO
-        logger.log(level, "%s (%s): %s", guard.name, where, fit.describe())
-        if fit.problem is not None:
-            logger.error("%s (%s): %s", guard.name, where, fit.problem)
-
-
-def settle_heap() -> None:
-    """Once started: collect, then freeze what survives (the modules, the app, the guard
-    clients) out of the garbage collector's reach, as vLLM's API server does.
-
-    Every full collection walks every object that is not frozen. A proxy with its
-    guards on allocates enough per request (check tasks, verdicts, guard responses) to
-    trigger one every few hundred requests, and walking the libraries' objects each time
-    was the largest part of the CPU the guards added (bench/README.md, guard cost).
-    The young generation's threshold is raised for the same reason: the default 700
-    allocations is a handful of streamed chunks.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 50, 100)

@@ -26,21 +26,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
-
 from .._config import STRICTNESS_THRESHOLDS
+from ..pipeline._report import Decision, StageReport
 from ._categories import UNCATEGORISED_KEY, keys_of
-from ._policy import Decision
 
-__all__ = [
-    "GuardUsage",
-    "StageReport",
-    "decision_headers",
-    "filter_results",
-    "severity",
-    "stage_summary",
-    "verdict_usage",
-]
+__all__ = ["decision_headers", "filter_results", "severity", "stage_summary"]
 
 _SEVERITIES = ("safe", "low", "medium", "high")
 _SEVERITY_FLOORS = (
@@ -48,103 +38,6 @@ _SEVERITY_FLOORS = (
     (STRICTNESS_THRESHOLDS["moderate"], "medium"),
     (STRICTNESS_THRESHOLDS["strict"], "low"),
 )
-
-
-class GuardUsage(msgspec.Struct, kw_only=True):
-    """What the guard calls of one stage cost, from the guards' own usage figures: what
-    protection costs is guard tokens per upstream token (README, "What protection costs")."""
-
-    calls: int = 0  # guard calls that answered (a check may call two guards)
-    prompt_tokens: int = 0  # computed: the prompt tokens the guard's prefix cache did not serve
-    cached_tokens: int = 0
-    output_tokens: int = 0
-    unreported: int = 0  # calls whose guard reported no usage (counted above as 0)
-    # The verdict cache: verdicts it served (no guard call, no tokens: not in `calls`),
-    # and the calls above that it looked up first and then kept.
-    cache_hits: int = 0
-    cache_misses: int = 0
-
-    def add(self, other: GuardUsage) -> None:
-        self.calls += other.calls
-        self.prompt_tokens += other.prompt_tokens
-        self.cached_tokens += other.cached_tokens
-        self.output_tokens += other.output_tokens
-        self.unreported += other.unreported
-        self.cache_hits += other.cache_hits
-        self.cache_misses += other.cache_misses
-
-    @property
-    def verdicts(self) -> int:
-        """Verdicts behind the stage: guard calls and cache hits."""
-        return self.calls + self.cache_hits
-
-    def summary(self) -> dict[str, int]:
-        out = {
-            "calls": self.calls,
-            "prompt_tokens": self.prompt_tokens,
-            "cached_tokens": self.cached_tokens,
-            "output_tokens": self.output_tokens,
-        }
-        if self.unreported:
-            out["unreported"] = self.unreported
-        if self.cache_hits or self.cache_misses:
-            out["cache_hits"] = self.cache_hits
-            out["cache_misses"] = self.cache_misses
-        return out
-
-
-def verdict_usage(decision: Decision) -> GuardUsage:
-    """The usage of the guard calls behind one decision (none for a failed check)."""
-    usage = GuardUsage()
-    for v in decision.verdicts:
-        if v.cache == "hit":
-            usage.cache_hits += 1
-            continue
-        # A text longer than the guard's context was checked in windows, a call each (a
-        # window the cache served counts too, when others were not).
-        usage.calls += v.windows
-        if v.cache == "miss":
-            usage.cache_misses += 1
-        if v.prompt_tokens is None and v.completion_tokens is None:
-            usage.unreported += 1
-        cached = v.cached_tokens or 0
-        usage.prompt_tokens += max(0, (v.prompt_tokens or 0) - cached)
-        usage.cached_tokens += cached
-        usage.output_tokens += v.completion_tokens or 0
-    return usage
-
-
-class StageReport(msgspec.Struct, kw_only=True):
-    """One stage of one choice: its most severe decision so far, how it was checked, and
-    what the checks cost."""
-
-    decision: Decision | None = None
-    checks: int = 0
-    tokens: int = 0
-    aborted_at_token: int | None = None
-    flagged_check_tokens: int | None = None
-    usage: GuardUsage = msgspec.field(default_factory=GuardUsage)
-    # Every check in order, with the tokens it covered (None for the prompt): the
-    # decision record's timeline (proxy/console).
-    history: list[tuple[int | None, Decision]] = msgspec.field(default_factory=list)
-    # The screened text, kept only when the audit log captures content.
-    text: str | None = None
-
-    def record(self, decision: Decision, at_token: int | None = None) -> None:
-        """One check's decision: it counts in the usage, and stands if it is the most severe."""
-        self.usage.add(verdict_usage(decision))
-        self.history.append((at_token, decision))
-        self.pick(decision)
-
-    def pick(self, decision: Decision) -> None:
-        if self.decision is None or _severity(decision) >= _severity(self.decision):
-            self.decision = decision
-
-
-def _severity(d: Decision) -> tuple[bool, bool, int]:
-    # A failed check outranks any verdict: nothing after it was screened (in shadow
-    # mode too, where it passed but enforcing would have failed).
-    return ((d.would or d.action) == "fail", d.flagged, d.risk_score or 0)
 
 
 def stage_summary(report: StageReport) -> dict[str, Any]:
