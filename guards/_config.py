@@ -43,7 +43,7 @@ class GuardModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     # evaluated with (a cut reasoning may change the verdict).
     max_thinking_tokens: int | None = None
     # The same for ReasoningShield's "Analysis" (its output before the Judgment). Unset:
-    # max_thinking_tokens, which ReasoningShield read before this option existed.
+    # max_thinking_tokens, which then caps the analysis too.
     max_analysis_tokens: int | None = None
     # In-process backends.
     device: str = "auto"

@@ -40,7 +40,7 @@ A text over its window is cut into windows that each fit, cut after a space or l
 break where one is near, each overlapping the one before by about an eighth of a window
 (``OVERLAP_DIVISOR``), so that a phrase cut by one boundary appears whole in the next
 window. Each window is its own check; the verdict of the text is the worst window's
-(:func:`worst_verdict`). A text that fits is one check, exactly as before.
+(:func:`worst_verdict`). A text that fits is one check.
 
 Where the guard judges one text against another (FlexGuard's response mode: the answer
 against the user's message; ReasoningShield: the reasoning against the query), the other

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import msgspec
@@ -27,6 +28,7 @@ from .exceptions import (
 )
 from .ops._telemetry import request_id_of
 from .pipeline._guardset import GuardSet, gather_checks
+from .pipeline._policy import decide, decide_error
 from .pipeline._relay import Exchange
 from .pipeline._report import RequestReport
 from .pipeline._response import GuardedResponse
@@ -215,7 +217,7 @@ _MODERATION_CONCURRENCY = 8
 
 
 @post("/v1/moderations", status_code=200)
-async def moderations(request: Request[Any, Any, Any], state: State) -> dict[str, Any]:
+async def moderations(request: Request[Any, Any, Any], state: State) -> Response[dict[str, Any]]:
     principal, _ = _authenticate(request, state)
     policy = request_policy(principal, request.headers.get(STRICTNESS_HEADER))
     server = state.config.server
@@ -224,6 +226,18 @@ async def moderations(request: Request[Any, Any, Any], state: State) -> dict[str
     if guards.flexguard is None:
         raise InvalidRequest("Moderations need FlexGuard, which is disabled in this proxy's config.")
     lanes = asyncio.Semaphore(_MODERATION_CONCURRENCY)
+    request_id = request_id_of(request.headers.get("x-request-id"))
+    recorder: Recorder | None = state.recorder
+    started, clock = time.time(), time.perf_counter()
+    report = RequestReport(request_id=request_id)
+
+    def record(outcome: str, error: BaseException | None) -> None:
+        if recorder is not None:
+            latency = time.perf_counter() - clock
+            recorder.moderation(
+                request_id=request_id, started=started, latency_s=latency, tenant=principal.name, texts=texts,
+                model=model, policy=policy, report=report, outcome=outcome, error=error,
+            )  # fmt: skip
 
     async def one(text: str) -> Verdict:
         async with lanes:
@@ -233,8 +247,16 @@ async def moderations(request: Request[Any, Any, Any], state: State) -> dict[str
         verdicts = await gather_checks([one(text) for text in texts])
     except GuardError as exc:
         logger.warning("guard error in a moderation request: %s: %s", type(exc).__name__, exc)
-        raise guard_error_class(exc)(f"FlexGuard could not classify the input ({type(exc).__name__}).") from exc
-    return moderation_response(model, [moderation_result(v, policy) for v in verdicts])
+        failed = guard_error_class(exc)(f"FlexGuard could not classify the input ({type(exc).__name__}).")
+        report.prompt.record(decide_error("prompt", exc, policy))
+        record("guard_error", failed)
+        raise failed from exc
+    for verdict in verdicts:
+        report.prompt.record(decide("prompt", (verdict,), policy))
+    report.prompt.checks = len(verdicts)
+    results = [moderation_result(v, policy) for v in verdicts]
+    record("flagged" if any(r["flagged"] for r in results) else "passed", None)
+    return Response(moderation_response(model, results), headers={"x-request-id": request_id})
 
 
 @get("/v1/models")

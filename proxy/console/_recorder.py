@@ -20,7 +20,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .._config import ProxyConfig
+import msgspec
+
+from .._config import PolicyConfig, ProxyConfig
 from ..protocols._wire import encode
 from ._audit import AuditWriter
 from ._follow import AuditFollower
@@ -93,6 +95,41 @@ class Recorder:
 
         return done
 
+    def moderation(
+        self,
+        *,
+        request_id: str,
+        started: float,
+        latency_s: float,
+        tenant: str,
+        texts: list[str],
+        model: str,
+        policy: PolicyConfig,
+        report: RequestReport,
+        outcome: str,
+        error: BaseException | None,
+    ) -> None:
+        """The record of a moderation request: one prompt-mode check per input."""
+        try:
+            record = build_record(
+                request_id=request_id,
+                started=started,
+                latency_s=latency_s,
+                tenant=tenant,
+                api="moderations",
+                upstream="",
+                request=_Moderation(model=model, n=len(texts), texts=texts),
+                policy=policy,
+                report=report,
+                outcome=outcome,
+                error=error,
+                capture=self.capture if self.capture.enabled else None,
+                policy_doc=self._policies.of(policy),
+            )
+            self.add(record)
+        except Exception:  # the request is answered: a record that failed must not change that
+            logger.exception("the decision record of request %s failed", request_id)
+
     def add(self, record: Record) -> None:
         data = encode(record)  # once: the ring keeps it, the audit log writes it
         if self.store is not None and self.follower is None:
@@ -105,3 +142,15 @@ class Recorder:
             self.store.label(line)
         if self.audit is not None:
             self.audit.submit(encode(line))
+
+
+class _Moderation(msgspec.Struct, kw_only=True):
+    """A moderation request as a record reads it (the fields of ``ApiRequest`` it uses)."""
+
+    model: str
+    n: int
+    texts: list[str]
+    stream: bool = False
+
+    def screened_prompt(self, scope: str) -> str:
+        return "\n".join(self.texts)

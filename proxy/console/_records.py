@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -36,7 +36,6 @@ from .._config import AuditConfig, PolicyConfig
 
 if TYPE_CHECKING:
     from ..pipeline._report import Decision, RequestReport, StageReport
-    from ..protocols._base import ApiRequest
 
 __all__ = [
     "Capture",
@@ -50,6 +49,17 @@ __all__ = [
 ]
 
 Record = dict[str, Any]
+
+
+class RecordedRequest(Protocol):
+    """What a record reads of a request (every API's request has it, and a moderation's)."""
+
+    model: str
+    stream: bool
+    n: int
+
+    def screened_prompt(self, scope: str) -> str: ...
+
 
 _STOP_FINISH = "content_filter"
 
@@ -145,7 +155,7 @@ def build_record(
     tenant: str,
     api: str,
     upstream: str,
-    request: ApiRequest,
+    request: RecordedRequest,
     policy: PolicyConfig,
     report: RequestReport | None,
     outcome: str,
@@ -221,7 +231,7 @@ def _stopped_choices(report: RequestReport, error: BaseException | None) -> set[
     return {i for i, c in report.choices.items() if c.finish_reason is None or i == report.stop_choice}
 
 
-def _content(request: ApiRequest, policy: PolicyConfig, report: RequestReport, capture: Capture) -> dict[str, Any]:
+def _content(request: RecordedRequest, policy: PolicyConfig, report: RequestReport, capture: Capture) -> dict[str, Any]:
     try:
         prompt: str | None = request.screened_prompt(policy.prompt.screen)
     except Exception:  # a request shape the adapter cannot render so: keep what there is

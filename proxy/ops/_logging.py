@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RequestLog", "request_record"]
 
-# The event name per API: "chat_completion" as before the other APIs were guarded.
+# The event name per API, as log queries select it.
 _EVENTS = {"chat": "chat_completion", "responses": "response", "completions": "completion"}
 _USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
 

@@ -373,6 +373,7 @@ class _Relay:
         self.policy = ex.policy
         self.report = ex.report
         self.opened = opened
+        self.read = ex.adapter.stream_reader()  # this request's reading of its upstream stream
         self.choices: dict[int, _Choice] = {}
         self.queue: deque[_Held] = deque()
         self.checks: dict[asyncio.Task[Any], tuple[_Choice, Stage, ChannelMonitor]] = {}
@@ -519,7 +520,7 @@ class _Relay:
 
     def _on_data(self, data: bytes) -> bool:
         """Take one upstream event; True when it was the end of the stream."""
-        event = self.ex.adapter.read(data)
+        event = self.read(data)
         if event.dropped:
             self.ex.telemetry.upstream_dropped(self.ex.adapter.name, event.dropped)
         if event.done:

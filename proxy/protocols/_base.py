@@ -21,7 +21,7 @@ completions); an adapter per API does three things and decides nothing:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
@@ -234,6 +234,12 @@ class Adapter(ABC):
 
     @abstractmethod
     def read(self, data: bytes) -> UpstreamEvent: ...
+
+    def stream_reader(self) -> Callable[[bytes], UpstreamEvent]:
+        """How one upstream stream is read, event by event: ``read``, where an event stands
+        alone. An API whose events refer to earlier ones returns a reader that keeps that
+        state; the relay holds it, one per request, so the adapter itself keeps none."""
+        return self.read
 
     @abstractmethod
     def writer(self, prompt: StageReport) -> ResponseWriter:

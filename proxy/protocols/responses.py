@@ -27,8 +27,10 @@ what the client saw. Every event the proxy writes continues the upstream's
 from __future__ import annotations
 
 import copy
+import functools
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -190,9 +192,6 @@ class ResponsesAdapter(Adapter):
 
     def __init__(self, allow_background: bool = False) -> None:
         self.allow_background = allow_background
-        # Which item and part each event's text belongs to: a request's adapter reads
-        # one upstream stream.
-        self.reader = EventReader()
 
     def parse(self, raw: bytes, policy: PolicyConfig, server: ServerConfig, extra: ExtraFields) -> ResponsesRequest:
         return parse_responses_request(raw, policy, server, self.allow_background, extra)
@@ -200,6 +199,14 @@ class ResponsesAdapter(Adapter):
     # -- reading --------------------------------------------------------------------
 
     def read(self, data: bytes) -> UpstreamEvent:
+        """One event on its own: no item or part it belongs to is known before it."""
+        return self._read(data, EventReader())
+
+    def stream_reader(self) -> Callable[[bytes], UpstreamEvent]:
+        # Which item and part each event's text belongs to, across one stream.
+        return functools.partial(self._read, reader=EventReader())
+
+    def _read(self, data: bytes, reader: EventReader) -> UpstreamEvent:
         try:
             doc = decode_json(data)
         except msgspec.DecodeError as exc:
@@ -214,7 +221,7 @@ class ResponsesAdapter(Adapter):
         if kind == "response.failed":
             error = (response or {}).get("error") or {}
             raise UpstreamError(f"The upstream's response failed: {str(error.get('message') or error)[:1000]}")
-        text, dropped, changed = self.reader.read(doc)
+        text, dropped, changed = reader.read(doc)
         if dropped:
             event.dropped = tuple(dropped)
             if not changed:  # dropped whole

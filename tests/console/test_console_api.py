@@ -524,3 +524,13 @@ def test_serve_refuses_to_start_without_the_admin_key(
     path.write_text(console_extra(audit=f'path = "{tmp_path / "audit.jsonl"}"'))
     assert main(["serve", "--config", str(path), "--workers", "2"]) == 2  # before any worker starts
     assert "console.admin_key_env: the environment variable $GP_TEST_ADMIN_KEY is unset or empty" in capsys.readouterr().err
+
+
+def test_a_moderation_request_yields_a_record_with_one_check_per_input(console_proxy: Any) -> None:
+    proxy = console_proxy()
+    raw = proxy.client.moderations.with_raw_response.create(input=["How do I bake bread?", "How do I build a bomb?"])
+    assert [r.flagged for r in raw.parse().results] == [False, True]
+    record = proxy.console.wait_for(raw.headers["x-request-id"])
+    assert record["api"] == "moderations" and record["outcome"] == "flagged"
+    checks = record["stages"]["prompt"]["checks"]
+    assert [c["risk_score"] for c in checks] == [5, 90] and [c["flagged"] for c in checks] == [False, True]

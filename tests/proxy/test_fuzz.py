@@ -1282,7 +1282,7 @@ def cases(draw: st.DrawFn, paths: tuple[str, ...]) -> Case:
     return Case(path, f"{kind}/{label}", body, headers)
 
 
-# The issues' own reproductions, run first on every run (hypothesis' explicit phase).
+# Known hostile requests, run first on every run (hypothesis' explicit phase).
 EXPLICIT = [
     Case(CHAT, "explicit/deep-array-1000", b"[" * 1000 + b"]" * 1000, _JSON_AND_KEY),
     Case(CHAT, "explicit/deep-object-1000", _deep("object", 1000, True).encode(), _JSON_AND_KEY),

@@ -1,6 +1,6 @@
-"""The hardening issue: each way past the guards or way to take the proxy down, closed.
+"""Hardening: each way past the guards, or to take the proxy down, stays closed.
 
-Every test here failed before its fix: a content-part type that bypassed screening,
+Each test here pins one such way: a content-part type that bypassed screening,
 proxy keys that failed open, a moderation batch that froze the event loop, bodies with no
 read deadline, hostile JSON answered with 500, uvicorn's and the upstream's non-JSON
 errors, a truncated upstream reported as a success, a prompt rewrite that answered one
