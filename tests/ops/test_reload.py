@@ -264,21 +264,7 @@ def test_requests_in_flight_keep_their_policy_across_reloads(reloadable, upstrea
     results: dict[str, list[tuple[int, int, str]]] = {"before": [], "after": []}
 
     def stream(batch: str, barrier: threading.Barrier | None) -> None:
-        body = {"model": "m", "messages": BENIGN, "stream": True, "x_script": script}
-        with httpx.Client(timeout=30) as client, client.stream("POST", f"{proxy.url}/v1/chat/completions", json=body) as r:
-            assert r.status_code == 200
-            events = []
-            for line in r.iter_lines():
-                if line.startswith("data: "):
-                    events.append(line[6:])
-                    if barrier is not None and len(events) == 1:
-                        barrier.wait(10)
-        assert events[-1] == "[DONE]"
-        chunks = [json.loads(e) for e in events[:-1]]
-        prompt = chunks[0]["prompt_filter_results"][0]["content_filter_results"]["guardproxy"]["prompt"]
-        final = next(c for ch in chunks for c in ch["choices"] if c.get("finish_reason"))
-        answer = final["content_filter_results"]["guardproxy"]["answer"]
-        results[batch].append((prompt["threshold"], answer["threshold"], final["finish_reason"]))
+        results[batch].append(_stream_policy(proxy.url, script, barrier))
 
     threads = [threading.Thread(target=stream, args=("before", started)) for _ in range(8)]
     for t in threads:
@@ -381,27 +367,7 @@ def test_sighup_reloads_the_cli_under_load(cli):
 
     def stream(batch: str, barrier: threading.Barrier | None) -> None:
         try:
-            body = {"model": "m", "messages": BENIGN, "stream": True, "x_script": script}
-            with httpx.Client(timeout=30) as client, client.stream("POST", f"{proc.url}/v1/chat/completions", json=body) as r:
-                assert r.status_code == 200
-                events = []
-                for line in r.iter_lines():
-                    if line.startswith("data: "):
-                        events.append(line[6:])
-                        if barrier is not None and len(events) == 1:
-                            barrier.wait(10)
-            assert events[-1] == "[DONE]"
-            chunks = [json.loads(e) for e in events[:-1]]
-            prompt = chunks[0]["prompt_filter_results"][0]["content_filter_results"]["guardproxy"]["prompt"]
-            final = next(c for ch in chunks for c in ch["choices"] if c.get("finish_reason"))
-            outcomes.append(
-                (
-                    batch,
-                    prompt["threshold"],
-                    final["content_filter_results"]["guardproxy"]["answer"]["threshold"],
-                    final["finish_reason"],
-                )
-            )
+            outcomes.append((batch, *_stream_policy(proc.url, script, barrier)))
         except BaseException as exc:  # reported by the test below
             errors.append(exc)
 
@@ -459,3 +425,22 @@ def test_sighup_reaches_every_worker(cli):
     time.sleep(1)
     assert len(proc.lines("config reload from")) == 1
     assert {c.pid for c in psutil.Process(proc.proc.pid).children() if "spawn_main" in " ".join(c.cmdline())} == workers
+
+
+def _stream_policy(url: str, script: dict[str, Any], barrier: threading.Barrier | None) -> tuple[int, int, str]:
+    """One streamed request: the prompt's and the answer's thresholds it was screened at,
+    and its finish reason. With ``barrier``, waits there once the first chunk arrived."""
+    body = {"model": "m", "messages": BENIGN, "stream": True, "x_script": script}
+    with httpx.Client(timeout=30) as client, client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        events = []
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                events.append(line[6:])
+                if barrier is not None and len(events) == 1:
+                    barrier.wait(10)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    prompt = chunks[0]["prompt_filter_results"][0]["content_filter_results"]["guardproxy"]["prompt"]
+    final = next(c for ch in chunks for c in ch["choices"] if c.get("finish_reason"))
+    return prompt["threshold"], final["content_filter_results"]["guardproxy"]["answer"]["threshold"], final["finish_reason"]
