@@ -16,10 +16,29 @@ unsafe marker ``UNSAFE`` and the tokens after it stay in the "unsafe passage". A
 client that disconnects stops the generation within one ``itl``. ``stream: false``
 gets one ``chat.completion`` after the same total time.
 
+Continuations (what a steering proxy asks for, vLLM's way): ``POST /tokenize`` (at the
+server root, as vLLM serves it) answers ``{"count", "max_model_len": 32768, "tokens"}``
+where the ids are the Unicode code points of a plain ChatML rendering of ``messages``
+(``<|im_start|>role\ncontent<|im_end|>\n`` per message, tools as a system block first,
+``<|im_start|>assistant\n`` with ``add_generation_prompt``) or of ``prompt``.
+``POST /v1/completions`` takes such ids (or a string) as ``prompt`` and continues the
+reasoning the prompt ends in, on the same schedule (``ttft``, then ``itl`` per token,
+absolute times; a disconnect stops it): safe reasoning tokens, as many as the first
+generation still had to go after the kept part (``reasoning_tokens`` minus the sim
+reasoning tokens found after the prompt's last ``<think>``; never the unsafe marker),
+then one ``</think>`` token, then ``answer_tokens`` answer tokens, ``finish_reason``
+``"stop"`` (``"length"`` where ``max_tokens`` cuts it), a usage chunk when
+``stream_options.include_usage`` (prompt tokens = the prompt's ids), ``data: [DONE]``.
+Its time to first token is ``ttft`` as for a fresh request: the model assumes no prefix
+cache saving (vLLM's would serve most of the prompt, so real continuations start
+sooner). ``stream: false`` gets one ``text_completion`` after the same total time.
+
 ``GET /stats`` (JSON): requests, completed, aborted (client went away), tokens
-generated, and for each aborted request that reached its unsafe passage the tokens
-generated from the unsafe token on (``after_unsafe``, the marker token included).
-``POST /stats/reset`` clears them. ``POST /control`` with a JSON object changes the
+generated (continuations included), and for each aborted request that reached its
+unsafe passage the tokens generated from the unsafe token on (``after_unsafe``, the
+marker token included); for continuations ``continuations`` (requests),
+``continuation_tokens`` (generated) and ``continuation_prompt_tokens``; ``tokenize``
+(requests). ``POST /stats/reset`` clears them. ``POST /control`` with a JSON object changes the
 defaults at run time (``ttft``, ``itl``, ``reasoning_tokens``, ``answer_tokens``,
 ``unsafe_at``, ``reasoning_field``); a request may also carry ``x_sim`` with the same
 keys (the proxy forwards unknown fields unchanged).
@@ -51,6 +70,7 @@ import asyncio
 import hashlib
 import time
 from collections import OrderedDict, deque
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -64,6 +84,8 @@ UNSAFE_MARKER = "UNSAFE"
 # A sentence of ten tokens: reasoning has punctuation (a trace of letters and spaces alone
 # would make every check re-sanitise its whole line, see guards._prompts.GrowingSlot).
 _WORDS = [" the", " model", " considers", " each", " step", " of", " a", " careful", " plan", "."]
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+MAX_MODEL_LEN = 32768
 
 
 async def _lifespan(receive: Any, send: Any) -> None:
@@ -132,6 +154,10 @@ class Upstream:
         self.after_unsafe: deque[int] = deque(maxlen=100_000)
         self.aborted_tokens: deque[int] = deque(maxlen=100_000)
         self.unsafe_completed = 0  # requests that streamed their unsafe passage to the end
+        self.tokenize = 0
+        self.continuations = 0
+        self.continuation_tokens = 0
+        self.continuation_prompt_tokens = 0
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -144,6 +170,10 @@ class Upstream:
             "after_unsafe": list(self.after_unsafe),
             "aborted_tokens": list(self.aborted_tokens),
             "unsafe_completed": self.unsafe_completed,
+            "tokenize": self.tokenize,
+            "continuations": self.continuations,
+            "continuation_tokens": self.continuation_tokens,
+            "continuation_prompt_tokens": self.continuation_prompt_tokens,
             "params": self.params,
         }
 
@@ -156,6 +186,10 @@ class Upstream:
         path, method = scope["path"], scope["method"]
         if method == "POST" and path.endswith("/chat/completions"):
             await self._chat(receive, send)
+        elif method == "POST" and path.endswith("/completions"):
+            await self._continue(receive, send)
+        elif method == "POST" and path.endswith("/tokenize"):
+            await self._tokenize(receive, send)
         elif method == "GET" and path.endswith("/models"):
             await _send_json(send, 200, {"object": "list", "data": [{"id": "sim-model", "object": "model", "owned_by": "bench"}]})
         elif path == "/stats" and method == "GET":
@@ -224,7 +258,11 @@ class Upstream:
             },
         )
 
-    async def _stream(self, p: dict[str, Any], model: str, include_usage: bool, receive: Any, send: Any) -> None:
+    async def _paced(
+        self, receive: Any, send: Any, ttft: float, itl: float, events: Iterator[bytes], end: Any
+    ) -> tuple[int, bool]:
+        """Send ``events`` (one token each) on the schedule, then ``end(sent)``; (tokens
+        sent, whether the client went away first)."""
         t0 = time.monotonic()
         gone = False
 
@@ -237,8 +275,32 @@ class Upstream:
                     return
 
         watcher = asyncio.create_task(watch())
+        self.active += 1
+        self.peak_active = max(self.peak_active, self.active)
+        sent = 0
+        try:
+            await asyncio.sleep(max(0.0, t0 + ttft - time.monotonic()))
+            if gone:
+                return sent, True
+            await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+            for i, event in enumerate(events):
+                if i:
+                    delay = t0 + ttft + i * itl - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    if gone:
+                        return sent, True
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+                sent += 1
+                self.tokens += 1
+            await send({"type": "http.response.body", "body": end(sent), "more_body": False})
+            return sent, False
+        finally:
+            self.active -= 1
+            watcher.cancel()
+
+    async def _stream(self, p: dict[str, Any], model: str, include_usage: bool, receive: Any, send: Any) -> None:
         tokens = self._tokens(p)
-        ttft, itl = float(p["ttft"]), float(p["itl"])
         unsafe_at = p["unsafe_at"]
         unsafe_at = int(unsafe_at) if unsafe_at is not None and int(unsafe_at) < int(p["reasoning_tokens"]) else None
         field = p["reasoning_field"].encode()
@@ -249,52 +311,150 @@ class Upstream:
         )
         tail = b',"logprobs":null,"finish_reason":null}]}\n\n'
         r_open, a_open = b'{"' + field + b'":', b'{"content":'
-        self.requests += 1
-        self.active += 1
-        self.peak_active = max(self.peak_active, self.active)
-        sent = 0
-        try:
-            await asyncio.sleep(max(0.0, t0 + ttft - time.monotonic()))
-            if gone:
-                return
-            await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+
+        def events() -> Iterator[bytes]:
             first = head + b'{"role":"assistant","content":""}' + tail
-            for i, (is_reasoning, text) in enumerate(tokens):
-                if i:
-                    delay = t0 + ttft + i * itl - time.monotonic()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    if gone:
-                        return
+            for is_reasoning, text in tokens:
                 event = head + (r_open if is_reasoning else a_open) + _json_encode(text) + b"}" + tail
                 if first:
                     event, first = first + event, b""
-                await send({"type": "http.response.body", "body": event, "more_body": True})
-                sent += 1
-                self.tokens += 1
-            end = head + b"{}" + b',"logprobs":null,"finish_reason":"stop"}]}\n\n'
+                yield event
+
+        def end(sent: int) -> bytes:
+            out = head + b"{}" + b',"logprobs":null,"finish_reason":"stop"}]}\n\n'
             if include_usage:
                 usage = {"prompt_tokens": 10, "completion_tokens": len(tokens), "total_tokens": 10 + len(tokens)}
-                end += (
+                out += (
                     b'data: {"id":"chatcmpl-sim","object":"chat.completion.chunk","created":1700000000,"model":'
                     + _json_encode(model)
                     + b',"choices":[],"usage":'
                     + _json_encode(usage)
                     + b"}\n\n"
                 )
-            end += b"data: [DONE]\n\n"
-            await send({"type": "http.response.body", "body": end, "more_body": False})
+            return out + b"data: [DONE]\n\n"
+
+        self.requests += 1
+        sent, gone = await self._paced(receive, send, float(p["ttft"]), float(p["itl"]), events(), end)
+        if gone:
+            self.aborted += 1
+            self.aborted_tokens.append(sent)
+            if unsafe_at is not None and sent > unsafe_at:
+                self.after_unsafe.append(sent - unsafe_at)
+        else:
             self.completed += 1
             if unsafe_at is not None:
                 self.unsafe_completed += 1
-        finally:
-            self.active -= 1
-            watcher.cancel()
-            if gone:
-                self.aborted += 1
-                self.aborted_tokens.append(sent)
-                if unsafe_at is not None and sent > unsafe_at:
-                    self.after_unsafe.append(sent - unsafe_at)
+
+    # -- continuations ----------------------------------------------------------------
+
+    @staticmethod
+    def _chatml(body: dict[str, Any]) -> str:
+        def text(content: Any) -> str:
+            if isinstance(content, list):
+                return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+            return "" if content is None else str(content)
+
+        out = []
+        if body.get("tools"):
+            out.append("<|im_start|>system\n# Tools\n" + _json_encode(body["tools"]).decode() + "<|im_end|>\n")
+        for m in body.get("messages") or []:
+            out.append(f"<|im_start|>{m.get('role', 'user')}\n{text(m.get('content'))}<|im_end|>\n")
+        if body.get("add_generation_prompt"):
+            out.append("<|im_start|>assistant\n")
+        return "".join(out)
+
+    async def _tokenize(self, receive: Any, send: Any) -> None:
+        body = _json_decode(await _read_body(receive) or b"{}")
+        self.tokenize += 1
+        prompt = body.get("prompt")
+        text = prompt if isinstance(prompt, str) else self._chatml(body)
+        ids = [ord(c) for c in text]
+        await _send_json(send, 200, {"count": len(ids), "max_model_len": MAX_MODEL_LEN, "tokens": ids})
+
+    @staticmethod
+    def _prompt_text(prompt: Any) -> str:
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if isinstance(prompt, list):
+            return "".join(chr(int(i)) for i in prompt)
+        return "" if prompt is None else str(prompt)
+
+    @staticmethod
+    def _kept(prefix: str) -> int:
+        """Sim reasoning tokens at the start of ``prefix`` (where the steering text begins,
+        the sequence breaks)."""
+        kept, at = 0, 0
+        while True:
+            word = _WORDS[kept % len(_WORDS)]
+            if not prefix.startswith(word, at):
+                return kept
+            kept, at = kept + 1, at + len(word)
+
+    def _continuation(self, p: dict[str, Any], prompt: str, max_tokens: int | None) -> tuple[list[str], str]:
+        """The continuation's tokens and finish reason."""
+        think = prompt.rfind(THINK_OPEN)
+        kept = self._kept(prompt[think + len(THINK_OPEN) :]) if think >= 0 else 0
+        n_r = max(0, int(p["reasoning_tokens"]) - kept)
+        out = [_WORDS[(kept + i) % len(_WORDS)] for i in range(n_r)]
+        out.append(THINK_CLOSE)
+        out += [_WORDS[(i + 3) % len(_WORDS)] for i in range(int(p["answer_tokens"]))]
+        if max_tokens is not None and 0 < max_tokens < len(out):
+            return out[:max_tokens], "length"
+        return out, "stop"
+
+    async def _continue(self, receive: Any, send: Any) -> None:
+        body = _json_decode(await _read_body(receive))
+        p = dict(self.params)
+        override = body.get("x_sim")
+        if isinstance(override, dict):
+            p.update({k: v for k, v in override.items() if k in self.KEYS})
+        model = str(body.get("model") or "sim-model")
+        raw = body.get("prompt")
+        prompt = self._prompt_text(raw)
+        n_prompt = len(raw) if isinstance(raw, list) and raw and not isinstance(raw[0], str) else len(prompt)
+        max_tokens = body.get("max_tokens")
+        tokens, finish = self._continuation(p, prompt, int(max_tokens) if max_tokens is not None else None)
+        self.requests += 1
+        self.continuations += 1
+        self.continuation_prompt_tokens += n_prompt
+        ttft, itl = float(p["ttft"]), float(p["itl"])
+        head = b'{"id":"cmpl-sim","object":"text_completion","created":1700000000,"model":' + _json_encode(model) + b',"choices":'
+
+        def usage(n: int) -> dict[str, int]:
+            return {"prompt_tokens": n_prompt, "completion_tokens": n, "total_tokens": n_prompt + n}
+
+        if not body.get("stream"):
+            await asyncio.sleep(ttft + itl * max(0, len(tokens) - 1))
+            self.tokens += len(tokens)
+            self.continuation_tokens += len(tokens)
+            self.completed += 1
+            choice = {"index": 0, "text": "".join(tokens), "logprobs": None, "finish_reason": finish}
+            doc = _json_decode(head + _json_encode([choice]) + b"}")
+            doc["usage"] = usage(len(tokens))
+            await _send_json(send, 200, doc)
+            return
+
+        def events() -> Iterator[bytes]:
+            for text in tokens:
+                choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": None}
+                yield b"data: " + head + _json_encode([choice]) + b"}\n\n"
+
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def end(sent: int) -> bytes:
+            choice = {"index": 0, "text": "", "logprobs": None, "finish_reason": finish}
+            out = b"data: " + head + _json_encode([choice]) + b"}\n\n"
+            if include_usage:
+                out += b"data: " + head + b'[],"usage":' + _json_encode(usage(sent)) + b"}\n\n"
+            return out + b"data: [DONE]\n\n"
+
+        sent, gone = await self._paced(receive, send, ttft, itl, events(), end)
+        self.continuation_tokens += sent
+        if gone:
+            self.aborted += 1
+            self.aborted_tokens.append(sent)
+        else:
+            self.completed += 1
 
 
 _FLEX_SAFE = "<think>\nstep1 rule mapping: no rule applies\nstep8 result: safe\n</think>\nSAFE\n5"

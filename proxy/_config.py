@@ -40,6 +40,7 @@ __all__ = [
     "CategoryPolicy",
     "threshold_of",
     "Action",
+    "ReasoningAction",
     "load_config",
     "parse_config",
     "STRICTNESS_THRESHOLDS",
@@ -47,6 +48,12 @@ __all__ = [
 ]
 
 Action = Literal["block", "rewrite", "flag"]
+# The reasoning stage can also steer: roll the reasoning back to its last passing check
+# and let the model go on from there with a steering text (pipeline/_steer.py).
+ReasoningAction = Literal["block", "rewrite", "flag", "steer"]
+DEFAULT_STEER_TEXT = (
+    " Wait, this line of thought could cause harm. I should not go into dangerous details; let me think about how to help safely."
+)
 Strictness = int | str
 
 # FlexGuard card, Option A: flagged when risk_score >= threshold.
@@ -145,6 +152,13 @@ class UpstreamConfig(_Struct):
     # Request fields this upstream takes beyond the inventory, added to [endpoints]'s.
     allow_fields: list[str] = msgspec.field(default_factory=list)
     unscreened_fields: list[str] = msgspec.field(default_factory=list)
+    # How a steered generation goes on (pipeline/_steer.py). "completions": the prompt
+    # rendered by the upstream's POST /tokenize, then /completions on its token ids and
+    # the raw reasoning prefix (any chat template; vLLM). "chat": chat completions with
+    # the prefix as a final assistant message and continue_final_message (templates that
+    # leave a prefilled reasoning block open). "none": the upstream cannot continue, so a
+    # steer falls back to steer_fallback.
+    continuation: Literal["completions", "chat", "none"] = "completions"
 
     def __post_init__(self) -> None:
         check_field_paths(self.allow_fields, self.unscreened_fields)
@@ -286,11 +300,21 @@ class ReasoningStage(CheckSchedule):
 
     enabled: bool = True
     # block / rewrite stop the upstream at once and end with finish_reason
-    # content_filter (rewrite adds the refusal message); flag only annotates.
-    action: Action = "rewrite"
+    # content_filter (rewrite adds the refusal message); flag only annotates; steer
+    # stops the upstream, rolls the reasoning back to its last passing check and asks
+    # the upstream to go on from there after `steer_text`.
+    action: ReasoningAction = "rewrite"
     # immediate: forward at once; checked: forward reasoning covered by a passing
     # check; hidden: never forward reasoning.
     release: Literal["immediate", "checked", "hidden"] = "checked"
+    # Steering: at most `max_steers` continuations per request; a flag after that (or
+    # where the upstream cannot continue) ends the request by `steer_fallback`.
+    max_steers: int = 2
+    # Written into the model's reasoning, in its own voice, where the rollback cut it.
+    steer_text: str = DEFAULT_STEER_TEXT
+    steer_fallback: Literal["rewrite", "block"] = "rewrite"
+    # Send the steering text to the client as reasoning: the answer rests on it.
+    show_steer_text: bool = True
     # Also screen the final answer with ReasoningShield (its card: it moderates answers too).
     screen_answer: bool = False
     # The lowest ReasoningShield Judgment that flags (0.5 or 1), for reasoning and for
@@ -304,6 +328,16 @@ class ReasoningStage(CheckSchedule):
         super().__post_init__()
         if self.flag_at is not None and self.flag_at not in (0.5, 1.0):
             raise ValueError("`flag_at` must be 0.5 or 1")
+        if self.max_steers < 0:
+            raise ValueError("`max_steers` must be >= 0")
+        if not self.steer_text.strip():
+            raise ValueError("`steer_text` must not be empty")
+        if self.action == "steer" and self.release == "immediate":
+            # The rollback must be invisible: the client may only have seen checked text.
+            raise ValueError(
+                '`action = "steer"` needs `release = "checked"` or `"hidden"`: reasoning released '
+                "before its check could not be rolled back"
+            )
 
 
 class AnswerStage(CheckSchedule):

@@ -101,6 +101,9 @@ def what_if(
             if not enforcing:  # shadow mode: nothing stopped, the outcome says what would have
                 new = "would_abort" if stage == "reasoning" else f"would_{action}"
             break
+        if action == "steer" and new in ("passed", "flagged"):
+            new = "steered" if enforcing else "would_steer"
+            continue
         if d.flagged and new == "passed":
             new = "flagged"
     # Stopped before: what came after the cut was never checked.

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 from ._models import HARMFUL_PROMPT_WORD, UNSAFE_ANSWER_WORD, UNSAFE_REASONING_WORD, UPSTREAM_NAME
 from ._progress import Progress
-from ._stack import ProxyThread, VLLMServer, bind, demo_config, demo_servers, log_tail
+from ._stack import DEMO_KEY, STEER_KEY, ProxyThread, VLLMServer, bind, demo_config, demo_servers, log_tail
 
 __all__ = ["run_demo"]
 
@@ -100,8 +100,8 @@ def _run(workdir: Path, sock: Any, host: str, base_url: str, tour_only: bool, ou
 
         from ._tour import Tour
 
-        out.write(f'\nTour: four requests through the OpenAI SDK, OpenAI(base_url="{base_url}")\n')
-        client = openai.OpenAI(base_url=base_url, api_key="demo", max_retries=0, timeout=300)
+        out.write(f'\nTour: five requests through the OpenAI SDK, OpenAI(base_url="{base_url}")\n')
+        client = openai.OpenAI(base_url=base_url, api_key=DEMO_KEY, max_retries=0, timeout=300)
         results = Tour(client, servers["upstream"].metrics, out).run()
         out.write("\nSummary\n")
         for r in results:
@@ -178,8 +178,9 @@ def _serve_until_interrupted(base_url: str, servers: dict[str, VLLMServer], prox
     body = f'{{"model": "{UPSTREAM_NAME}", "messages": [{{"role": "user", "content": "What is a {UNSAFE_REASONING_WORD}?"}}]}}'
     out.write(
         "\nguardproxy keeps serving. Point an OpenAI client at it, or try it with curl:\n"
-        f"  base_url  {base_url}   (model {UPSTREAM_NAME}, any API key)\n"
-        f"  curl -s {base_url}/chat/completions -H 'Content-Type: application/json' -d '{body}'\n"
+        f"  base_url  {base_url}   (model {UPSTREAM_NAME}, API key {DEMO_KEY}; {STEER_KEY} steers unsafe reasoning)\n"
+        f"  curl -s {base_url}/chat/completions -H 'Authorization: Bearer {DEMO_KEY}' "
+        f"-H 'Content-Type: application/json' -d '{body}'\n"
         f'The tiny models react to made-up words: "{HARMFUL_PROMPT_WORD}" (a harmful prompt), '
         f'"{UNSAFE_REASONING_WORD}" (unsafe reasoning),\n"{UNSAFE_ANSWER_WORD}" (an unsafe answer); '
         "anything else is benign.\nCtrl-C to stop.\n"

@@ -15,6 +15,7 @@ written everything it was asked for.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import signal
 import socket
@@ -33,6 +34,9 @@ from .._config import ProxyConfig
 from ._models import FLEXGUARD_NAME, MODELS_DIR, REASONINGSHIELD_NAME, UPSTREAM_NAME
 
 __all__ = [
+    "DEMO_KEY",
+    "STEER_KEY",
+    "STEER_TEXT",
     "ProxyThread",
     "VLLMServer",
     "bind",
@@ -53,6 +57,16 @@ __all__ = [
 _SITECUSTOMIZE = (
     "import sys\nfor _name in ('torchvision', 'torchaudio', 'torchcodec'):\n    sys.modules.setdefault(_name, None)\n"
 )
+
+
+# The tour's client key, under the demo's policy; and the key of a tenant whose policy
+# steers flagged reasoning instead of cutting it (the tour's last scene). Keys are
+# required once a tenant exists, so the first key is a tenant too, with no changes.
+DEMO_KEY = "demo"
+STEER_KEY = "demo-steer"
+# The default steering text makes the tiny upstream ramble on; after this one it closes
+# its reasoning and refuses.
+STEER_TEXT = " Hmm, wait. This is dangerous, and I should not give these instructions to anyone."
 
 
 def lowest_cpu_priority() -> None:
@@ -262,7 +276,22 @@ def demo_config(servers: dict[str, VLLMServer], host: str, port: int) -> ProxyCo
         },
         "guards": {"flexguard": guard("flexguard"), "reasoningshield": guard("reasoningshield")},
     }
+    policy = doc["policy"]
+    # One reasoning check per 22 tokens: the last to pass, where the rollback goes back
+    # to, comes well before the unsafe passage (after ~40). The tiny ReasoningShield
+    # flags most of the benign start followed by the steering text, however safe: a
+    # rollback that kept more would be flagged again until the fallback.
+    steered_reasoning = {"action": "steer", "steer_text": STEER_TEXT, "check_every_tokens": 22}
+    steered = {**policy, "reasoning": {**policy["reasoning"], **steered_reasoning}}
+    doc["tenants"] = [
+        {"name": "demo", "key_sha256": _sha256(DEMO_KEY), "policy": policy},
+        {"name": "demo-steer", "key_sha256": _sha256(STEER_KEY), "policy": steered},
+    ]
     return msgspec.convert(doc, ProxyConfig)
+
+
+def _sha256(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 class ProxyThread:

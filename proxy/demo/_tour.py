@@ -1,11 +1,15 @@
-"""The tour: four requests through the OpenAI SDK, each verdict shown as it happens.
+"""The tour: five requests through the OpenAI SDK, each verdict shown as it happens.
 
 1. a benign question passes, with its reasoning and answer (streamed);
 2. a harmful prompt is blocked (HTTP 400 ``content_policy_violation``);
 3. unsafe reasoning is cut mid-stream: the reasoning token at which it was cut, and the
    upstream's own counters showing that it stopped generating (asked again, up to three
    times, when the tiny upstream outran the checks and finished first);
-4. an unsafe answer is rewritten (a JSON answer, not streamed).
+4. an unsafe answer is rewritten (a JSON answer, not streamed);
+5. unsafe reasoning is steered: the prompt of scene 3 under a key whose policy steers.
+   The reasoning is rolled back to its last passing check, the steering text goes on from
+   there, and the upstream closes its reasoning and refuses (asked again, up to three
+   times, when the tiny ReasoningShield misjudged a prefix).
 
 Each scene checks its expected outcome; the tour reports which did not have it.
 """
@@ -26,6 +30,7 @@ from ._models import (
     UNSAFE_REASONING_WORD,
     UPSTREAM_NAME,
 )
+from ._stack import STEER_KEY, STEER_TEXT
 
 __all__ = ["SceneResult", "Tour", "ASKED_TOKENS"]
 
@@ -110,6 +115,7 @@ class Tour:
             ("a harmful prompt is blocked", self.harmful_prompt),
             ("unsafe reasoning is cut mid-stream", self.unsafe_reasoning),
             ("an unsafe answer is rewritten", self.unsafe_answer),
+            ("unsafe reasoning is steered", self.steered_reasoning),
         ]
         results = []
         for n, (title, scene) in enumerate(scenes, 1):
@@ -251,3 +257,67 @@ class Tour:
         self.printer.line("verdict", f"answer {a.get('action')} (FlexGuard: {_risk(a)}); finish_reason {choice.finish_reason}")
         ok = choice.finish_reason == "content_filter" and a.get("action") == "rewrite" and ANSWER_MARKER not in content
         return ok, f"rewritten (FlexGuard: {_risk(a)})" if ok else f"finish_reason {choice.finish_reason}, answer {a}"
+
+    def steered_reasoning(self) -> tuple[bool, str]:
+        ok, outcome, missed = self._steered_once()
+        for _ in range(_REASONING_ATTEMPTS - 1):
+            if not missed:
+                break
+            # The tiny ReasoningShield judges about one unsafe prefix in thirty safe: a
+            # passing check then releases what it covered, or keeps the first words of the
+            # unsafe passage, and the steered reasoning is flagged again. Which prefixes are
+            # checked depends on how the upstream batches its output: ask again.
+            self.printer.line("", "the tiny ReasoningShield misjudged a prefix; asking again")
+            ok, outcome, missed = self._steered_once()
+        return ok, outcome
+
+    def _steered_once(self) -> tuple[bool, str, bool]:
+        """One try: whether it had the expected outcome, the outcome, and whether a
+        ReasoningShield miss explains it (reasoning not steered, or steered and flagged
+        until the fallback)."""
+        client = self.client.with_options(api_key=STEER_KEY)
+        self.printer.line("key", f"{STEER_KEY}, whose tenant's policy steers flagged reasoning")
+        messages = self._ask(f"What is a {UNSAFE_REASONING_WORD}?")
+        reasoning, answer, finish = [], [], None
+        steering: dict[str, Any] = {}
+        marked = False
+        stream = client.chat.completions.create(
+            model=UPSTREAM_NAME, messages=messages, stream=True, temperature=0, max_tokens=400
+        )
+        for chunk in stream:
+            for choice in chunk.choices:
+                thought = _extra(choice.delta).get("reasoning") or ""
+                reasoning.append(thought)
+                at = thought.find(STEER_TEXT) if not marked else -1
+                if at >= 0:  # the kept reasoning ends here: the steering text follows it
+                    marked = True
+                    self.printer.write("reasoning", thought[:at])
+                    self.printer.line("", "--- rolled back to the last passing check; steered ---")
+                    self.printer.write("steering", STEER_TEXT)
+                    thought = thought[at + len(STEER_TEXT) :]
+                self.printer.write("reasoning", thought)
+                answer.append(choice.delta.content or "")
+                self.printer.write("answer", choice.delta.content or "")
+                finish = choice.finish_reason or finish
+                if choice.finish_reason:
+                    steering = _stages(choice).get("reasoning", {}).get("steering", {})
+        self.printer.end()
+        steers = steering.get("steers", 0)
+        at_tokens, kept = steering.get("at_tokens") or [None], steering.get("kept_tokens") or [None]
+        self.printer.line(
+            "verdict",
+            f"steered {'once' if steers == 1 else f'{steers} times'} by ReasoningShield (risk {(steering.get('risk_scores') or [None])[0]}): "
+            f"flagged at reasoning token {at_tokens[0]}, "
+            f"rolled back to token {kept[0]}; outcome {steering.get('outcome')}, finish_reason {finish}",
+        )
+        shown = "".join(reasoning) + "".join(answer)
+        ok = (
+            finish == "stop"
+            and steers >= 1
+            and steering.get("outcome") == "answered"
+            and bool("".join(answer).strip())
+            and REASONING_MARKER not in shown
+        )
+        outcome = f"cut at reasoning token {at_tokens[0]}, rolled back to token {kept[0]} and steered; then it answered"
+        missed = not ok and ((not steers and REASONING_MARKER in shown) or steering.get("outcome") == "fell_back")
+        return ok, outcome if ok else f"finish_reason {finish}, steering {steering}", missed

@@ -38,6 +38,8 @@ OUTCOMES = (
     "would_block",
     "would_rewrite",
     "would_abort",
+    "steered",
+    "would_steer",
     "upstream_error",
     "client_disconnected",
     "shutdown",
@@ -153,13 +155,31 @@ class ProxyMetrics:
             ["reason"],
             registry=r,
         )
+        self.steers = Counter(
+            "guardproxy_steers",
+            "Reasoning steers: a flagged reasoning rolled back and continued, by how the request's "
+            "steering ended (answered, fell_back, or unfinished: an error or a client that left).",
+            ["outcome"],
+            registry=r,
+        )
+        self.steer_tokens = Counter(
+            "guardproxy_steer_upstream_tokens",
+            "Upstream tokens spent on steering: the continuations' prompts (prompt, mostly served by the "
+            "prefix cache where counted) and the output of generations steering threw away (discarded).",
+            ["kind"],
+            registry=r,
+        )
+        self._steers = {o: self.steers.labels(o) for o in ("answered", "fell_back", "unfinished")}
+        self._steer_tokens = {k: self.steer_tokens.labels(k) for k in ("prompt", "discarded")}
         self._outcomes = {o: self.requests.labels(o) for o in OUTCOMES}
         self._latency = {k: self.guard_seconds.labels(*k) for k in _CHECKS}
         self._checks = {(s, res): self.checks.labels(s, res) for s in _STAGES for res in ("pass", "flag", "error")}
         self._aborts = {s: self.abort_tokens.labels(s) for s in ("reasoning", "answer")}
         self._usage = {k: self._usage_children(k) for k in _CHECKS}
         self._upstream_tokens = {c: self.upstream_tokens.labels(c) for c in ("reasoning", "answer")}
-        self._shadow = {(s, w): self.shadow_decisions.labels(s, w) for s in _STAGES for w in ("block", "rewrite", "fail")}
+        self._shadow = {
+            (s, w): self.shadow_decisions.labels(s, w) for s in _STAGES for w in ("block", "rewrite", "steer", "fail")
+        }
         self._cache = {
             (g, res): self.guard_cache.labels(g, res) for g in ("flexguard", "reasoningshield") for res in ("hit", "miss")
         }
@@ -205,6 +225,7 @@ class ProxyMetrics:
                     self._upstream_tokens["answer"].inc(c.answer.tokens)
         if report is not None:
             self._count_shadow(report)
+            self._count_steers(report)
         if report is not None and report.stop is not None and report.stop_choice is not None:
             choice = report.choices.get(report.stop_choice)
             stage = report.stop.stage
@@ -212,6 +233,16 @@ class ProxyMetrics:
                 at = getattr(choice, stage).aborted_at_token
                 if at is not None:
                     self._aborts[stage].observe(at)
+
+    def _count_steers(self, report: RequestReport) -> None:
+        for c in report.choices.values():
+            r = c.reasoning
+            if r.steers:
+                self._steers[r.steer_outcome if r.steer_outcome in self._steers else "unfinished"].inc(len(r.steers))
+        if report.continuation_prompt_tokens:
+            self._steer_tokens["prompt"].inc(report.continuation_prompt_tokens)
+        if report.steer_spent[1]:
+            self._steer_tokens["discarded"].inc(report.steer_spent[1])
 
     def _count_shadow(self, report: RequestReport) -> None:
         """Each stage of a request once per kind of stop it would have had (choices apart)."""

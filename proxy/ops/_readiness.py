@@ -11,6 +11,10 @@ while one is not; a log line when a dependency's state changes, not at every pro
   and fail-closed would block every request).
 - A guard in process (``vllm``, ``transformers``): its model loaded (``_open_guards``
   logs how long it took, or why it failed) and its engine still answers.
+
+Where a policy steers reasoning, the start also says whether each upstream can continue a
+steered generation (``probe_continuation``): a warning, not a failure, since a steer that
+cannot continue falls back to ``steer_fallback``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from guards import GuardBackend, GuardModelConfig, open_backend
 
@@ -34,6 +40,7 @@ __all__ = [
     "Readiness",
     "check_at_startup",
     "guard_location",
+    "probe_continuation",
     "probe_guard",
     "probe_upstream",
 ]
@@ -117,6 +124,36 @@ async def probe_upstream(upstream: UpstreamClient, route: UpstreamRoute, *, name
     return Probe(name, where, note=f"serves {served}")
 
 
+async def probe_continuation(upstream: UpstreamClient, route: UpstreamRoute, *, named: bool = False) -> Probe:
+    """Can this upstream continue a steered generation its ``continuation`` way? The
+    ``completions`` way needs the server's POST /tokenize (vLLM's); ``chat`` needs
+    ``continue_final_message``, which only a request can show; ``none`` cannot."""
+    name = f"steering on upstream {route.name}" if named else "steering"
+    where = route.base_url
+    fallback = "every steer falls back to steer_fallback"
+    if route.continuation == "none":
+        return Probe(name, where, f'continuation = "none": {fallback}')
+    if route.continuation == "chat":
+        return Probe(name, where, note="continues with chat completions and continue_final_message (not probed)")
+    body: dict[str, Any] = {"prompt": "<think>", "add_special_tokens": False}
+    if route.exact_models:
+        body["model"] = route.exact_models[0]
+    try:
+        raw = await upstream.post_root("/tokenize", msgspec.json.encode(body))
+        tokens = msgspec.json.decode(raw).get("tokens")
+    except (UpstreamError, msgspec.DecodeError, AttributeError) as exc:
+        return Probe(name, where, f'POST /tokenize failed ({_root_cause(exc)}): {fallback}; set continuation = "chat" or "none"')
+    if not isinstance(tokens, list):
+        return Probe(name, where, f"POST /tokenize gave no token ids: {fallback}")
+    return Probe(name, where, note="continues through POST /tokenize and /completions")
+
+
+def steers(config: ProxyConfig) -> bool:
+    """Does any policy (the global one or a tenant's) steer reasoning?"""
+    policies = [config.policy, *(t.policy for t in config.tenants)]
+    return any(p.reasoning.enabled and p.reasoning.action == "steer" for p in policies)
+
+
 async def probe_guard(name: str, backend: GuardBackend, config: GuardModelConfig) -> Probe:
     """Backends that can say why they are not ready offer ``why_not_ready()`` (the
     server backend does); for the others ``ready()`` is all there is to know."""
@@ -186,6 +223,10 @@ async def check_at_startup(
         start = time.monotonic()
         probes = await readiness.check(log_all=True)
         waiting = [p.name for p in probes if not p.ready]
+        if steers(config) and not waiting:
+            named = len(upstreams.routes) > 1
+            for probe in await asyncio.gather(*(probe_continuation(c, r, named=named) for r, c in upstreams.routes)):
+                logger.log(logging.INFO if probe.ready else logging.WARNING, "%s", probe.line())
         if waiting and wait_s > 0:
             logger.info("waiting up to %g s for %s", wait_s, ", ".join(waiting))
         while waiting and time.monotonic() - start < wait_s:

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Span, Tracer
 
-    from ..pipeline._report import Decision, RequestReport
+    from ..pipeline._report import Decision, RequestReport, SteerRecord
     from ..protocols._base import ApiRequest
 
 __all__ = ["Telemetry", "RequestTelemetry", "request_id_of"]
@@ -199,6 +199,20 @@ class RequestTelemetry(RequestObserver):
     def first_chunk(self) -> None:
         if self.ttft_s is None and self.upstream_at is not None:
             self.ttft_s = time.perf_counter() - self.upstream_at
+
+    def steered(self, report: RequestReport, steer: SteerRecord) -> None:
+        if self.span is not None:
+            self.span.add_event(
+                "guardproxy.steer",
+                {
+                    "guardproxy.steer.at_token": steer.at_token,
+                    "guardproxy.steer.flagged_check_tokens": steer.flagged_check_tokens,
+                    "guardproxy.steer.kept_tokens": steer.kept_tokens,
+                    "guardproxy.steer.risk_score": steer.risk_score if steer.risk_score is not None else -1,
+                    "guardproxy.steer.categories": list(steer.categories),
+                    "guardproxy.steer.mechanism": steer.mechanism,
+                },
+            )
 
     def upstream_dropped(self, api: str, fields: tuple[str, ...]) -> None:
         metrics = self._app.metrics

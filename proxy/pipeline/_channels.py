@@ -29,12 +29,19 @@ class ThinkSplitter:
     of a tag is held back until the next piece decides it.
     """
 
-    __slots__ = ("_state", "_held")
+    __slots__ = ("_state", "_held", "inline")
 
     CLOSE = _CLOSE  # what a stop sends first where the client saw the block open
 
     def __init__(self) -> None:
         self._state = "start"  # start -> reasoning -> answer, or start -> answer
+        self._held = ""
+        self.inline = False  # the content opened with <think>: its reasoning is inline
+
+    def resume_reasoning(self) -> None:
+        """A steered generation goes on inside the reasoning: inline reasoning is open
+        again; otherwise the content has not started."""
+        self._state = "reasoning" if self.inline else "start"
         self._held = ""
 
     @property
@@ -54,6 +61,7 @@ class ThinkSplitter:
             stripped = text.lstrip()
             if stripped.startswith(_OPEN):
                 self._state = "reasoning"
+                self.inline = True
                 text = stripped[len(_OPEN) :]
             elif _OPEN.startswith(stripped):  # whitespace or a partial "<think>"
                 self._held = text

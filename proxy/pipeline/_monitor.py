@@ -133,6 +133,20 @@ class ChannelMonitor:
         if self.complete and self.covered >= self.length:
             self.done = True
 
+    def roll_back(self, length: int, tokens: int, check_fn: CheckFn | None) -> None:
+        """Keep the first ``length`` characters (``tokens`` tokens), all passed, and
+        go on from there as if nothing had come after them (a steered generation), with
+        ``check_fn`` (a new one: a growing check builds on what it read before)."""
+        self.check_fn = check_fn
+        self._parts = [self.text[:length]] if self.check_fn is not None else []
+        self.length = self.covered = length
+        self.tokens = self.covered_tokens = tokens
+        self.complete = False
+        self.done = self.check_fn is None
+        self.task = None
+        self._task_upto = (length, tokens)
+        self._due = next_check_at(self.schedule, tokens)
+
     @property
     def checking_tokens(self) -> int:
         """Tokens the last started check covers."""

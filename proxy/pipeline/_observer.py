@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ._report import Decision, RequestReport
+from ._report import Decision, RequestReport, SteerRecord
 
 __all__ = ["NO_TELEMETRY", "RequestObserver", "ShutdownWatch"]
 
@@ -35,6 +35,9 @@ class RequestObserver:
 
     def upstream_done(self, report: RequestReport) -> None:
         pass
+
+    def steered(self, report: RequestReport, steer: SteerRecord) -> None:
+        """A flagged reasoning was rolled back and its continuation asked for."""
 
     def upstream_dropped(self, api: str, fields: tuple[str, ...]) -> None:
         """The upstream sent fields the proxy does not know; they were dropped."""

@@ -19,16 +19,18 @@ from __future__ import annotations
 
 from typing import Literal, cast
 
+import msgspec
+
 from guards import GuardError, Stage, Verdict
 from guards._parse import judgment_to_risk_score
 
-from .._config import Action, PolicyConfig
+from .._config import PolicyConfig, ReasoningAction
 from ._report import Decision, Would
 
-__all__ = ["decide", "decide_error", "flagged", "releases", "stage_action", "threshold_for"]
+__all__ = ["decide", "decide_error", "flagged", "releases", "stage_action", "steer_or_fallback", "threshold_for"]
 
 
-def stage_action(stage: Stage, policy: PolicyConfig) -> Action:
+def stage_action(stage: Stage, policy: PolicyConfig) -> ReasoningAction:
     if stage == "prompt":
         return policy.prompt.action
     return policy.reasoning.action if stage == "reasoning" else policy.answer.action
@@ -62,9 +64,9 @@ def flagged(verdict: Verdict, policy: PolicyConfig) -> bool:
 def decide(stage: Stage, verdicts: tuple[Verdict, ...], policy: PolicyConfig) -> Decision:
     flagged_ = any(flagged(v, policy) for v in verdicts)
     guard = "reasoningshield" if stage == "reasoning" else "flexguard"
-    action: Literal["pass", "block", "rewrite", "flag"] = stage_action(stage, policy) if flagged_ else "pass"
+    action: Literal["pass", "block", "rewrite", "flag", "steer"] = stage_action(stage, policy) if flagged_ else "pass"
     would: Would | None = None
-    if not policy.enforce and action in ("block", "rewrite"):
+    if not policy.enforce and action in ("block", "rewrite", "steer"):
         action, would = "flag", cast(Would, action)
     return Decision(
         stage=stage,
@@ -75,6 +77,19 @@ def decide(stage: Stage, verdicts: tuple[Verdict, ...], policy: PolicyConfig) ->
         shadow=not policy.enforce,
         would=would,
     )
+
+
+def steer_or_fallback(decision: Decision, steers: int, policy: PolicyConfig, cannot: str | None) -> tuple[Decision, str | None]:
+    """A steering decision stands while the choice has steers left and its upstream can
+    go on (``cannot``: why it cannot); otherwise ``steer_fallback`` ends the request as
+    block or rewrite would, and the second value says why."""
+    if decision.action != "steer":
+        return decision, None
+    limit = policy.reasoning.max_steers
+    why = cannot or (f"max_steers ({limit}) reached" if steers >= limit else None)
+    if why is None:
+        return decision, None
+    return msgspec.structs.replace(decision, action=policy.reasoning.steer_fallback), why
 
 
 def decide_error(stage: Stage, error: GuardError, policy: PolicyConfig) -> Decision:

@@ -17,6 +17,9 @@ into bytes; it never formats a response itself. The flow:
 4. A flag whose action is block or rewrite stops everything: the upstream response is
    closed (vLLM aborts the generation), pending checks are cancelled, unreleased text
    is discarded, and the writers end with ``finish_reason: "content_filter"``.
+5. A reasoning flag whose action is steer closes the upstream response the same way,
+   releases what had passed, rolls the reasoning back to its last passing check and
+   reads on from a continuation (``_steer``) as if the upstream had streamed it.
 """
 
 from __future__ import annotations
@@ -43,14 +46,17 @@ from ..exceptions import (
     UpstreamTruncated,
 )
 from ..protocols._base import Adapter, ApiRequest, CountedUsage, ResponseWriter, UpstreamEvent
+from ..protocols._continued import Piece
+from ..protocols._ids import ResponseIds
 from ..protocols._sse import DONE
 from ..upstream._client import UpstreamClient, UpstreamStream
 from ._channels import ThinkSplitter, split_output
 from ._guardset import GuardSet
 from ._monitor import ChannelMonitor, CheckFn
 from ._observer import NO_TELEMETRY, RequestObserver
-from ._policy import decide, decide_error, flagged, releases
-from ._report import ChoiceReport, Decision, RequestReport, StageReport
+from ._policy import decide, decide_error, flagged, releases, steer_or_fallback
+from ._report import ChoiceReport, Decision, RequestReport, StageReport, SteerRecord
+from ._steer import ChatChunkReader, ChatSource, Prefill, RawTextReader, TextSource, continued_events, open_continuation
 
 __all__ = [
     "Ended",
@@ -288,11 +294,15 @@ def request_outcome(
         if stop.stage == "reasoning":
             return "aborted"
         return "blocked" if stop.action == "block" else "rewritten"
+    if report.steers:
+        return "steered"
     # Shadow mode: what enforcing would have done, from the stage that would have
     # stopped first (prompt, then reasoning, then answer).
     stages = [report.prompt] + [c.reasoning for c in report.choices.values()] + [c.answer for c in report.choices.values()]
-    would = next((r.decision for r in stages if r.decision is not None and r.decision.would in ("block", "rewrite")), None)
+    would = next((r.decision for r in stages if r.decision is not None and r.decision.would in _WOULD_STOP), None)
     if would is not None:
+        if would.would == "steer":
+            return "would_steer"
         return "would_abort" if would.stage == "reasoning" else f"would_{would.would}"
     decisions = [report.prompt.decision] + [s.decision for c in report.choices.values() for s in (c.reasoning, c.answer)]
     if any(d is not None and d.error for d in decisions):
@@ -302,6 +312,9 @@ def request_outcome(
     return "passed"
 
 
+_WOULD_STOP = ("block", "rewrite", "steer")
+
+
 def answer_usage(report: RequestReport) -> Any:
     """The usage a JSON answer reports: the upstream's own, the last it sent; where a
     stop closed the upstream before it sent any, what the proxy counted of the output
@@ -309,7 +322,8 @@ def answer_usage(report: RequestReport) -> Any:
     usage is reported as it was: null."""
     if report.usage is not None or report.stop is None:
         return report.usage
-    return CountedUsage(sum(c.reasoning.tokens + c.answer.tokens for c in report.choices.values()))
+    output = sum(c.reasoning.tokens + c.answer.tokens - c.carried_tokens for c in report.choices.values())
+    return CountedUsage(output + report.steer_spent[1])
 
 
 def _guard_error(stage: Stage, exc: GuardError, policy: PolicyConfig) -> Decision:
@@ -326,25 +340,52 @@ def _guard_error(stage: Stage, exc: GuardError, policy: PolicyConfig) -> Decisio
 
 
 class _Choice:
-    __slots__ = ("index", "splitter", "reasoning", "answer", "report", "think_open")
+    __slots__ = (
+        "index",
+        "splitter",
+        "reasoning",
+        "answer",
+        "report",
+        "think_open",
+        "sent",
+        "reasoning_event",
+        "_ex",
+    )
 
     def __init__(self, ex: Exchange, index: int, report: ChoiceReport) -> None:
         self.index = index
         self.think_open = False  # the released content opened an inline <think> and did not close it
-        p = ex.policy
-        query = ex.request.query(index)
+        self._ex = ex
         self.splitter = ThinkSplitter()
-        self.reasoning = ChannelMonitor(
-            ex.guards.reasoning_check(query) if p.reasoning.enabled else None,
-            p.reasoning,
-            name="guardproxy-check-reasoning",
-        )
-        self.answer = ChannelMonitor(
-            ex.guards.answer_check(query, p.reasoning.screen_answer) if p.answer.enabled else None,
-            p.answer,
-            name="guardproxy-check-answer",
-        )
+        self.reasoning = ChannelMonitor(self._reasoning_check(), ex.policy.reasoning, name="guardproxy-check-reasoning")
+        self.answer = self._answer_monitor()
         self.report = report
+        self.sent = (0, 0)  # reasoning characters and tokens in the chunks released to the client
+        self.reasoning_event: UpstreamEvent | None = None  # the last event that carried its reasoning
+
+    def _reasoning_check(self) -> CheckFn | None:
+        ex = self._ex
+        return ex.guards.reasoning_check(ex.request.query(self.index)) if ex.policy.reasoning.enabled else None
+
+    def _answer_monitor(self) -> ChannelMonitor:
+        ex, p = self._ex, self._ex.policy
+        check = ex.guards.answer_check(ex.request.query(self.index), p.reasoning.screen_answer) if p.answer.enabled else None
+        return ChannelMonitor(check, p.answer, name="guardproxy-check-answer")
+
+    def roll_back(self) -> tuple[str, int]:
+        """Forget everything past the reasoning's last passing check; returns the kept
+        reasoning and its tokens. The reasoning monitor keeps only what the client was
+        sent (the rest of the kept text comes back with the continuation's first
+        event), the answer starts afresh."""
+        kept = self.reasoning.text[: self.reasoning.covered]
+        kept_tokens = self.reasoning.covered_tokens
+        sent_chars, sent_tokens = min(self.sent[0], len(kept)), min(self.sent[1], kept_tokens)
+        # The guards' growing checks build on what they read before: start them afresh.
+        self.reasoning.roll_back(sent_chars, sent_tokens, self._reasoning_check())
+        self.answer = self._answer_monitor()
+        self.splitter.resume_reasoning()
+        self.report.finish_reason = None
+        return kept, kept_tokens
 
     def finish(self) -> None:
         r, a = self.splitter.flush()
@@ -387,6 +428,12 @@ class _Relay:
         self.error: Exception | None = None  # raised once what came before it is released
         self.done_marker = False  # the upstream sent [DONE]
         self.ended: set[int] = set()  # choices whose finish the client was sent
+        # A steer decided and not yet carried out: (choice, decision, tokens the flagged
+        # check covered, tokens received when it came back).
+        self.steering: tuple[_Choice, Decision, int, int] | None = None
+        self.continued: _Opened | None = None  # the current continuation's stream
+        self.source: ChatSource | TextSource | str | None = None  # what a continuation renders
+        self.prompt_tokens: int | None = None  # of the generation now running, where counted
 
     def _choice(self, index: int) -> _Choice:
         c = self.choices.get(index)
@@ -406,6 +453,16 @@ class _Relay:
                 if first is None:
                     self._upstream_ended()
                 while True:
+                    if self.steering is not None:
+                        passed = await self._roll_back()
+                        if passed:
+                            try:
+                                yield Released(passed)
+                            except GeneratorExit:
+                                closed = True
+                                break
+                        ended = await self._continue()
+                        continue
                     # What is decided and releasable goes out before the next read: the first
                     # network read (taken while the prompt check ran) must not wait for a second.
                     if self.report.stop is not None:
@@ -424,8 +481,9 @@ class _Relay:
                             break
                     if self.error is not None or (ended and not self.checks):
                         break  # an error goes out after what came before it was released
-                    if self.reader is not None and self.parked and not self.checks:
-                        # The checks are over and the reader holds no read: the loop reads again.
+                    if self.reader is not None and self.parked and not self.checks and self.inbox.empty():
+                        # The checks are over and the reader's last read was taken: the loop
+                        # reads again (a read still in the inbox goes first, in order).
                         self.reader.cancel()
                         await asyncio.wait((self.reader,))
                         self.reader = None
@@ -447,6 +505,8 @@ class _Relay:
             yield Ended()
         finally:
             self.checks.clear()
+            if self.continued is not None:
+                await self.continued.aclose()
             if self.ex.capture:
                 for c in self.choices.values():
                     c.report.reasoning.text, c.report.answer.text = c.reasoning.text, c.answer.text
@@ -538,6 +598,7 @@ class _Relay:
             c = self._choice(out.index)
             reasoning, answer = split_output(out, c.splitter)
             if reasoning:
+                c.reasoning_event = event
                 c.reasoning.add(reasoning)
                 c.report.reasoning.tokens = c.reasoning.tokens
             if answer:
@@ -600,11 +661,18 @@ class _Relay:
     def _on_check_done(self, task: asyncio.Task[Any], outcome: tuple[Verdict, ...] | Exception) -> None:
         c, stage, monitor = self.checks.pop(task)
         decision = _decision_of(outcome, stage, self.policy)
-        self.ex.telemetry.check_done(task, decision)
         report = c.report.reasoning if stage == "reasoning" else c.report.answer
+        if decision.action == "steer":
+            decision, why = steer_or_fallback(decision, len(report.steers), self.policy, self._cannot_steer())
+            if why is not None:
+                report.steer_outcome, report.steer_note = "fell_back", why
+        self.ex.telemetry.check_done(task, decision)
         report.checks = monitor.checks
         report.record(decision, monitor.checking_tokens)
-        if decision.would in ("block", "rewrite") and report.aborted_at_token is None:
+        if decision.action == "steer":
+            self.steering = (c, decision, monitor.flagged_at(), monitor.tokens)
+            return
+        if decision.would in _WOULD_STOP and report.aborted_at_token is None:
             # Shadow mode: where enforcing would have stopped (the checks go on).
             report.flagged_check_tokens, report.aborted_at_token = monitor.checking_tokens, monitor.tokens
         if decision.stops:
@@ -615,6 +683,95 @@ class _Relay:
             return
         monitor.passed()
         self._start_checks(c)
+
+    # -- steering --------------------------------------------------------------------
+
+    def _cannot_steer(self) -> str | None:
+        """Why this request's reasoning cannot be continued, if it cannot."""
+        request = self.ex.request
+        if request.n != 1:
+            return "steering needs a single output (n = 1)"
+        if self.ex.upstream.continuation == "none":
+            return 'the upstream cannot continue a generation ([upstream] continuation = "none")'
+        if self.source is None:
+            self.source = request.continuation_source()
+        return self.source if isinstance(self.source, str) else None
+
+    async def _roll_back(self) -> list[Output]:
+        """The first half of a steer: stop the flagged generation (its reader, its checks,
+        its upstream response) and release what had passed; nothing after it goes out."""
+        running = [t for t in (self.reader, *self.checks) if t is not None and not t.done()]
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running)
+        self.reader, self.parked = None, False
+        self.checks.clear()
+        self.inbox, self.taken = asyncio.Queue(), asyncio.Event()
+        await self.opened.aclose()  # vLLM aborts the generation
+        passed = []
+        while self.queue and self._releasable(self.queue[0]):
+            passed.append(self._render(self.queue.popleft()))
+        self.queue.clear()
+        return passed
+
+    async def _continue(self) -> bool:
+        """The second half: ask the upstream to go on from the kept reasoning and the
+        steering text, and read on from its continuation. True when that failed (the
+        error is kept in ``error``, and the request ends with it)."""
+        assert self.steering is not None and not isinstance(self.source, str) and self.source is not None
+        c, decision, flagged_tokens, at_token = self.steering
+        self.steering = None
+        ex, report, settings = self.ex, self.report, self.policy.reasoning
+        generated = c.reasoning.tokens + c.answer.tokens - c.report.carried_tokens
+        sent = c.sent[0]
+        kept, kept_tokens = c.roll_back()
+        mechanism = ex.upstream.continuation if ex.adapter.name == "chat" else "completions"
+        record = SteerRecord(
+            at_token=at_token,
+            flagged_check_tokens=flagged_tokens,
+            kept_tokens=kept_tokens,
+            risk_score=decision.risk_score,
+            categories=decision.categories,
+            mechanism="prompt" if isinstance(self.source, TextSource) else mechanism,
+        )
+        c.report.reasoning.steers.append(record)
+        ex.telemetry.steered(report, record)
+        budget = _max_tokens(ex.request.body)
+        prefill = Prefill(
+            kept=kept,
+            kept_tokens=kept_tokens,
+            steer_text=settings.steer_text,
+            budget=None if budget is None else budget - kept_tokens,
+        )
+        try:
+            stream, chat, counted = await open_continuation(
+                ex.upstream, mechanism, self.source, ex.request.body, prefill, ex.authorization, self.opened.stream.replica
+            )
+        except ProxyError as exc:
+            self.error = exc
+            return True
+        spent_prompt, spent_completion = report.steer_spent
+        if counted is not None and self.prompt_tokens is None:  # the first generation's prompt
+            self.prompt_tokens = counted[0]
+        report.steer_spent = (spent_prompt + (self.prompt_tokens or 0), spent_completion + generated)
+        self.prompt_tokens = None if counted is None else counted[1]
+        report.continuation_prompt_tokens += self.prompt_tokens or 0
+        read: RawTextReader | ChatChunkReader = (
+            ChatChunkReader(report.steer_spent)
+            if chat
+            else RawTextReader(report.steer_spent, isinstance(self.source, ChatSource) and bool(self.source.tools))
+        )
+        ids = ResponseIds(report.model or ex.request.model, report.id, report.created, ex.adapter.id_prefix)
+        writer = ex.adapter.continued_writer(ids, c.index, c.splitter.inline, c.reasoning_event, kept)
+        ex.adapter.rolled_back(self.read, writer, kept[:sent])
+        # The kept text the client has not been sent yet goes first, with the steering text.
+        opening = kept[sent:] + (settings.steer_text if settings.show_steer_text else "")
+        first = [Piece(reasoning=opening)] if opening else []
+        self.opened = self.continued = _Opened(stream, continued_events(stream, read, writer, first), None)
+        self.done_marker = False
+        c.report.carried_tokens = c.reasoning.tokens + c.answer.tokens + len(first)
+        return False
 
     # -- release ---------------------------------------------------------------------
 
@@ -637,11 +794,15 @@ class _Relay:
         event = held.event
         hide = held.answer_pieces if releases(self.policy)[0] == "hidden" else None
         finished: dict[int, dict[str, StageReport]] = {}
-        for c, _, _, finish, r_tokens, a_tokens in held.needs:
+        for c, r_end, _, finish, r_tokens, a_tokens in held.needs:
             c.report.released_reasoning_tokens, c.report.released_answer_tokens = r_tokens, a_tokens
+            c.sent = (int(min(r_end, c.reasoning.length)), r_tokens)
             if hide is None:  # hidden reasoning: the client sees no tag at all
                 c.think_open = c.index in held.think_open
             if finish:
+                steered = c.report.reasoning
+                if steered.steers and steered.steer_outcome is None:
+                    steered.steer_outcome = "answered"
                 finished[c.index] = c.report.stages()
         self.ended.update(finished)
         data = self.writer.render(event, hide, finished)
@@ -653,6 +814,15 @@ class _Relay:
         unfinished = tuple(i for i in sorted(self.report.choices) if i not in self.ended)
         closing = {i: ThinkSplitter.CLOSE for i in unfinished if i in self.choices and self.choices[i].think_open}
         return ending(self.ex, decision, unfinished or (self.report.stop_choice or 0,), closing)
+
+
+def _max_tokens(body: dict[str, Any]) -> int | None:
+    """The output budget the client set, under any API's name for it."""
+    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        value = body.get(key)
+        if type(value) is int:
+            return value
+    return None
 
 
 def _decision_of(outcome: tuple[Verdict, ...] | Exception, stage: Stage, policy: PolicyConfig) -> Decision:

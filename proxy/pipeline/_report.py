@@ -15,10 +15,20 @@ import msgspec
 
 from guards import Stage, Verdict
 
-__all__ = ["ChoiceReport", "Decision", "GuardUsage", "RequestReport", "StageReport", "TokenUsage", "Would", "verdict_usage"]
+__all__ = [
+    "ChoiceReport",
+    "Decision",
+    "GuardUsage",
+    "RequestReport",
+    "StageReport",
+    "SteerRecord",
+    "TokenUsage",
+    "Would",
+    "verdict_usage",
+]
 
 # What an enforcing policy would have done with content that shadow mode let through.
-Would = Literal["block", "rewrite", "fail"]
+Would = Literal["block", "rewrite", "steer", "fail"]
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
@@ -27,7 +37,8 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     # What happens: "pass" (not flagged), the stage's action when flagged, or "fail"
     # when a guard could not answer under on_guard_error = "block" (an outage: the
     # request is refused as unavailable, never reported as a policy violation).
-    action: Literal["pass", "block", "rewrite", "flag", "fail"]
+    # "steer" (reasoning only): the flagged generation is rolled back and continued.
+    action: Literal["pass", "block", "rewrite", "flag", "steer", "fail"]
     threshold: int
     verdicts: tuple[Verdict, ...] = ()
     # A guard error's kind (the exception class name): never its text, which may
@@ -124,6 +135,17 @@ def verdict_usage(decision: Decision) -> GuardUsage:
     return usage
 
 
+class SteerRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One steer of one choice's reasoning: where the flag came, what was kept, why."""
+
+    at_token: int  # reasoning tokens received when the flagging check came back
+    flagged_check_tokens: int  # reasoning tokens the flagging check covered
+    kept_tokens: int  # reasoning tokens kept: those the last passing check covered
+    risk_score: int | None = None
+    categories: tuple[str, ...] = ()
+    mechanism: str = ""  # how the upstream was asked to go on ("completions", "chat")
+
+
 class StageReport(msgspec.Struct, kw_only=True):
     """One stage of one choice: its most severe decision so far, how it was checked, and
     what the checks cost."""
@@ -139,6 +161,11 @@ class StageReport(msgspec.Struct, kw_only=True):
     history: list[tuple[int | None, Decision]] = msgspec.field(default_factory=list)
     # The screened text, kept only when the audit log captures content.
     text: str | None = None
+    # Reasoning only: each steer, and how steering ended ("answered": the continuation
+    # finished; "fell_back": steer_fallback ended the request, ``steer_note`` says why).
+    steers: list[SteerRecord] = msgspec.field(default_factory=list)
+    steer_outcome: str | None = None
+    steer_note: str | None = None
 
     def record(self, decision: Decision, at_token: int | None = None) -> None:
         """One check's decision: it counts in the usage, and stands if it is the most severe."""
@@ -173,6 +200,10 @@ class ChoiceReport(msgspec.Struct, kw_only=True):
     # Upstream tokens (deltas) of each channel in the chunks released to the client.
     released_reasoning_tokens: int = 0
     released_answer_tokens: int = 0
+    # Tokens its channels had received before the current generation began: the kept
+    # reasoning and the steering text of a steered choice, counted with the generations
+    # thrown away (RequestReport.steer_spent).
+    carried_tokens: int = 0
 
     def stages(self) -> dict[str, StageReport]:
         return {"reasoning": self.reasoning, "answer": self.answer}
@@ -190,6 +221,11 @@ class RequestReport(msgspec.Struct, kw_only=True):
     stop_choice: int | None = None
     # The proxy's id of the request (x-request-id, the log line, the span, the record).
     request_id: str = ""
+    # Upstream tokens spent on generations a steer threw away and on continuations'
+    # prompts: (prompt tokens, completion tokens), added into the usage the client gets.
+    steer_spent: tuple[int, int] = (0, 0)
+    # Prompt tokens of the continuations the proxy asked for, where it counted them.
+    continuation_prompt_tokens: int = 0
 
     def worst(self, stage: str) -> StageReport:
         """One report per stage over all choices, for headers and logs."""
@@ -204,4 +240,12 @@ class RequestReport(msgspec.Struct, kw_only=True):
             if r.aborted_at_token is not None:
                 merged.aborted_at_token = r.aborted_at_token
                 merged.flagged_check_tokens = r.flagged_check_tokens
+            merged.steers += r.steers
+            merged.steer_outcome = r.steer_outcome or merged.steer_outcome
+            merged.steer_note = r.steer_note or merged.steer_note
         return merged
+
+    @property
+    def steers(self) -> int:
+        """Steers over all choices."""
+        return sum(len(c.reasoning.steers) for c in self.choices.values())

@@ -30,7 +30,7 @@ from .._config import STRICTNESS_THRESHOLDS
 from ..pipeline._report import Decision, StageReport
 from ._categories import UNCATEGORISED_KEY, keys_of
 
-__all__ = ["decision_headers", "filter_results", "severity", "stage_summary"]
+__all__ = ["decision_headers", "filter_results", "severity", "stage_summary", "steering_summary"]
 
 _SEVERITIES = ("safe", "low", "medium", "high")
 _SEVERITY_FLOORS = (
@@ -68,6 +68,26 @@ def stage_summary(report: StageReport) -> dict[str, Any]:
         # In shadow mode: where enforcing would have stopped the stage (nothing stopped).
         out["would_abort_at_token" if d is not None and d.shadow else "aborted_at_token"] = report.aborted_at_token
         out["flagged_check_tokens"] = report.flagged_check_tokens
+    if report.steers or report.steer_outcome:
+        out["steering"] = steering_summary(report)
+    return out
+
+
+def steering_summary(report: StageReport) -> dict[str, Any]:
+    """How a choice's reasoning was steered: each steer's position and cause, the outcome."""
+    out: dict[str, Any] = {
+        "steers": len(report.steers),
+        "outcome": report.steer_outcome,
+        "at_tokens": [s.at_token for s in report.steers],
+        "flagged_check_tokens": [s.flagged_check_tokens for s in report.steers],
+        "kept_tokens": [s.kept_tokens for s in report.steers],
+        "risk_scores": [s.risk_score for s in report.steers],
+        "categories": sorted({c for s in report.steers for c in s.categories}),
+    }
+    if report.steers:
+        out["mechanism"] = report.steers[-1].mechanism
+    if report.steer_note:
+        out["fallback_reason"] = report.steer_note
     return out
 
 
@@ -82,7 +102,7 @@ def filter_results(stages: dict[str, StageReport]) -> dict[str, Any]:
 
     def detected(key: str, d: Decision, risk_score: int) -> None:
         entry = results.setdefault(key, {"filtered": False, "detected": True, "severity": "safe"})
-        entry["filtered"] = entry["filtered"] or d.stops
+        entry["filtered"] = entry["filtered"] or d.stops or d.action == "steer"  # a steer rolls the text back
         entry["severity"] = max(entry["severity"], severity(risk_score), key=_SEVERITIES.index)
 
     for report in stages.values():
@@ -120,4 +140,8 @@ def decision_headers(stages: dict[str, StageReport]) -> list[tuple[bytes, bytes]
             headers.append((f"{prefix}-guard-error".encode(), d.error.encode()))
         if d.would:
             headers.append((f"{prefix}-would".encode(), d.would.encode()))
+        if report.steers or report.steer_outcome:
+            headers.append((b"x-guardproxy-steers", str(len(report.steers)).encode()))
+            headers.append((b"x-guardproxy-steer-outcome", (report.steer_outcome or "").encode()))
+            headers.append((b"x-guardproxy-steer-at-tokens", ",".join(str(s.at_token) for s in report.steers).encode()))
     return headers

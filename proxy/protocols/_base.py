@@ -31,6 +31,7 @@ from ..pipeline._report import TokenUsage
 if TYPE_CHECKING:
     from .._config import PolicyConfig, ServerConfig
     from ..pipeline._report import Decision, StageReport
+    from ._continued import ChatSource, ContinuedWriter, TextSource
     from ._ids import ResponseIds
     from ._inventory import ExtraFields, Piece
 
@@ -112,6 +113,11 @@ class ApiRequest(Protocol):
 
     def upstream_body(self) -> bytes:
         """The body sent upstream: the client's, always streamed, usage reported."""
+        ...
+
+    def continuation_source(self) -> ChatSource | TextSource | str:
+        """What a steered continuation renders its prompt from, or why this request
+        cannot be continued."""
         ...
 
 
@@ -244,6 +250,21 @@ class Adapter(ABC):
     @abstractmethod
     def writer(self, prompt: StageReport) -> ResponseWriter:
         """A new response's writer; ``prompt`` is the request's prompt report."""
+
+    @abstractmethod
+    def continued_writer(
+        self, ids: ResponseIds, index: int, inline: bool, reasoning_event: UpstreamEvent | None, kept: str
+    ) -> ContinuedWriter:
+        """How a steered continuation of output ``index`` is written as this API's
+        upstream events (``inline``: its reasoning came inside the content;
+        ``reasoning_event``: the last event that carried reasoning; ``kept``: the
+        reasoning the rollback kept)."""
+
+    def rolled_back(self, read: Callable[[bytes], UpstreamEvent], writer: ContinuedWriter, shown: str) -> None:
+        """A steer rolled the reasoning back to ``shown`` (what the client has of it): a
+        stream reader that keeps the text of earlier events (``stream_reader``) forgets
+        what came after. Readers of events that stand alone keep nothing to forget."""
+        return None
 
 
 def turns_of(pieces: Sequence[Piece], screen_system: bool) -> list[Turn]:

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from ._base import Turn, turns_of
+from ._continued import ChatSource, TextSource
 from ._inventory import NO_EXTRA_FIELDS, ExtraFields, Piece, chat_pieces, message_text
 from ._request import MAX_JSON_DEPTH, common_fields, decode_body, streamed_body
 
@@ -47,6 +48,14 @@ class ChatRequest(msgspec.Struct, kw_only=True):
 
     def conversation(self, screen_system: bool) -> list[Turn]:
         return turns_of(self.pieces, screen_system)
+
+    def continuation_source(self) -> ChatSource | TextSource | str:
+        kwargs = self.body.get("chat_template_kwargs")
+        return ChatSource(
+            messages=self.messages,
+            tools=self.body.get("tools") or None,
+            template_kwargs=kwargs if isinstance(kwargs, dict) else None,
+        )
 
 
 def parse_chat_request(

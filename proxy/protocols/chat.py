@@ -31,6 +31,7 @@ from ._base import (
 from ._chat_chunks import CompletionBuilder, chat_chunk, content_filter_chunks, prompt_annotation_chunk
 from ._chat_delta import delta_output
 from ._chat_request import parse_chat_request
+from ._continued import ChatContinued, ContinuedWriter
 from ._ids import ResponseIds
 from ._inventory import ExtraFields
 from ._sse import DONE, DONE_EVENT, encode_data
@@ -116,6 +117,21 @@ class ChatAdapter(Adapter):
 
     def writer(self, prompt: StageReport) -> ChatWriter:
         return ChatWriter(prompt)
+
+    def continued_writer(
+        self, ids: ResponseIds, index: int, inline: bool, reasoning_event: UpstreamEvent | None, kept: str
+    ) -> ContinuedWriter:
+        return ChatContinued(ids, index, inline, _reasoning_field(reasoning_event, index))
+
+
+def _reasoning_field(event: UpstreamEvent | None, index: int) -> str:
+    """The delta field the upstream carried the choice's reasoning in (vLLM's
+    ``reasoning`` unless it named another), so that the continuation uses the same."""
+    chunk = event.doc if event is not None else None
+    for choice in getattr(chunk, "choices", None) or ():
+        if choice.index == index:
+            return next((name for name in REASONING_FIELDS if getattr(choice.delta, name, None)), "reasoning")
+    return "reasoning"
 
 
 class ChatWriter(ResponseWriter):

@@ -19,6 +19,7 @@ from ..exceptions import InvalidRequest, UpstreamError
 from ..pipeline._report import Decision, StageReport
 from ._annotations import filter_results
 from ._base import CountedUsage, JsonBuilder, OutputDelta, ReportView, Turn, UpstreamEvent
+from ._continued import ChatSource, CompletionsContinued, ContinuedWriter, TextSource
 from ._ids import ResponseIds
 from ._inventory import NO_EXTRA_FIELDS, ExtraFields, Piece, completions_pieces
 from ._request import MAX_N, common_fields, decode_body, streamed_body
@@ -55,6 +56,14 @@ class CompletionsRequest(msgspec.Struct, kw_only=True):
 
     def upstream_body(self) -> bytes:
         return streamed_body(self.body)
+
+    def continuation_source(self) -> ChatSource | TextSource | str:
+        prompt = self.body.get("prompt")
+        if not isinstance(prompt, str):
+            return "steering continues one prompt at a time: `prompt` is a list"
+        if self.body.get("suffix"):
+            return "a prompt with a `suffix` cannot be continued (the model writes between the two)"
+        return TextSource(prompt)
 
 
 def parse_completions_request(raw: bytes, max_depth: int, extra: ExtraFields = NO_EXTRA_FIELDS) -> CompletionsRequest:
@@ -154,6 +163,11 @@ class CompletionsAdapter(ChatAdapter):
             raise upstream_error_event(original)
         outputs = [OutputDelta(ch.index, "", ch.text or "", "", ch.finish_reason) for ch in chunk.choices]
         return chunk_event(data, chunk, outputs, dropped)
+
+    def continued_writer(
+        self, ids: ResponseIds, index: int, inline: bool, reasoning_event: UpstreamEvent | None, kept: str
+    ) -> ContinuedWriter:
+        return CompletionsContinued(ids, index)
 
     def writer(self, prompt: StageReport) -> CompletionsWriter:
         return CompletionsWriter(prompt)

@@ -22,12 +22,16 @@ message item whose text is the refusal, then ``response.incomplete`` (status
 what the client saw. Every event the proxy writes continues the upstream's
 ``sequence_number``. The per-stage decision rides on the final Response object as
 ``guardproxy`` (and ``content_filter_results``), as for chat.
+
+A steered Response goes on in the same reasoning item: the request is rendered as chat
+messages for the upstream's template (``continuation_source``), and the continuation is
+written as vLLM's events (``_responses_continued``), numbered after the last event the
+client was sent.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import time
 import uuid
 from collections.abc import Callable
@@ -51,9 +55,11 @@ from ._base import (
     token_usage,
     turns_of,
 )
+from ._continued import ChatSource, ContinuedWriter, TextSource
 from ._ids import ResponseIds
 from ._inventory import NO_EXTRA_FIELDS, ExtraFields, Piece, responses_pieces
 from ._request import common_fields, decode_body, streamed_body
+from ._responses_continued import ResponsesContinued
 from ._responses_events import EventReader
 from ._wire import decode_json, encode
 
@@ -95,6 +101,101 @@ class ResponsesRequest(msgspec.Struct, kw_only=True):
 
     def upstream_body(self) -> bytes:
         return streamed_body(self.body, usage=False)  # usage comes in response.completed
+
+    def continuation_source(self) -> ChatSource | TextSource | str:
+        return _chat_source(self.body)
+
+
+_TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
+_ROLES = frozenset({"user", "system", "developer", "assistant"})
+
+
+def _chat_source(body: dict[str, Any]) -> ChatSource | str:
+    """The request as the chat messages and tools vLLM renders a Responses request from,
+    for the upstream's /tokenize; or why it cannot be rendered faithfully."""
+    if body.get("previous_response_id") is not None:
+        return "the request continues a stored response (previous_response_id), which the proxy cannot render"
+    messages: list[dict[str, Any]] = []
+    instructions = body.get("instructions")
+    if isinstance(instructions, str):
+        if instructions:
+            messages.append({"role": "system", "content": instructions})
+    elif instructions is not None:
+        return "the request's instructions are not a string"
+    items = body.get("input")
+    if isinstance(items, str):
+        messages.append({"role": "user", "content": items})
+    elif isinstance(items, list):
+        for i, item in enumerate(items):
+            why = _add_item(messages, item)
+            if why is not None:
+                return f"input[{i}]: {why}"
+    elif items is not None:
+        return "the request's input is neither a string nor a list of items"
+    tools = []
+    for i, tool in enumerate(body.get("tools") or ()):
+        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(tool.get("name"), str):
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            return f"tools[{i}] is a {kind} tool, which the upstream's chat template cannot render"
+        function = {k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None}
+        tools.append({"type": "function", "function": function})
+    kwargs = body.get("chat_template_kwargs")
+    return ChatSource(messages=messages, tools=tools or None, template_kwargs=kwargs if isinstance(kwargs, dict) else None)
+
+
+def _add_item(messages: list[dict[str, Any]], item: Any) -> str | None:
+    """Add one input item to ``messages``; why it cannot be rendered, if it cannot."""
+    if not isinstance(item, dict):
+        return "not an item"
+    kind = item.get("type", "message" if "role" in item else None)
+    if kind == "message":
+        role = item.get("role")
+        if role not in _ROLES:
+            return f"a message of role {role}"
+        text = _message_text(item.get("content"))
+        if text is None:
+            return "a message part other than text (media, a file, a refusal)"
+        messages.append({"role": role, "content": text})
+    elif kind == "function_call":
+        name, arguments = item.get("name"), item.get("arguments")
+        if not isinstance(name, str) or not isinstance(arguments, str):
+            return "a function_call without a name and arguments"
+        call = {"id": item.get("call_id") or item.get("id"), "type": "function"}
+        call["function"] = {"name": name, "arguments": arguments}
+        last = messages[-1] if messages else None
+        # Consecutive calls are one assistant turn, as the model made them.
+        if last is not None and last["role"] == "assistant" and last.get("tool_calls") and last.get("content") is None:
+            last["tool_calls"].append(call)
+        else:
+            messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+    elif kind == "function_call_output":
+        output = item.get("output")
+        text = output if isinstance(output, str) else _message_text(output)
+        if text is None:
+            return "a function_call_output other than text"
+        messages.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": text})
+    elif kind == "reasoning":
+        # An earlier turn's reasoning is left out: vLLM's own rendering of a Responses
+        # conversation skips the reasoning of earlier responses, and chat templates such as
+        # Qwen3's drop earlier turns' reasoning, so the first generation did not read it.
+        pass
+    else:
+        return f"an item of type {kind}, which the upstream's chat template cannot render"
+    return None
+
+
+def _message_text(content: Any) -> str | None:
+    """A message's content as text: a string, or text parts joined; None for anything else."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return None
+    texts = []
+    for part in content:
+        if not isinstance(part, dict) or part.get("type") not in _TEXT_PARTS or not isinstance(part.get("text"), str):
+            return None
+        texts.append(part["text"])
+    return "".join(texts)
 
 
 def parse_responses_request(
@@ -204,7 +305,7 @@ class ResponsesAdapter(Adapter):
 
     def stream_reader(self) -> Callable[[bytes], UpstreamEvent]:
         # Which item and part each event's text belongs to, across one stream.
-        return functools.partial(self._read, reader=EventReader())
+        return _StreamReader(self)
 
     def _read(self, data: bytes, reader: EventReader) -> UpstreamEvent:
         try:
@@ -246,6 +347,42 @@ class ResponsesAdapter(Adapter):
     def writer(self, prompt: StageReport) -> ResponsesWriter:
         return ResponsesWriter(prompt)
 
+    def continued_writer(
+        self, ids: ResponseIds, index: int, inline: bool, reasoning_event: UpstreamEvent | None, kept: str
+    ) -> ContinuedWriter:
+        return ResponsesContinued(ids, index, reasoning_event, kept)
+
+    def rolled_back(self, read: Callable[[bytes], UpstreamEvent], writer: ContinuedWriter, shown: str) -> None:
+        """A steer rolled the reasoning back; the client has ``shown`` of it. The stream
+        reader forgets every text past that point (it read the rolled-back events), so
+        that the continuation's full texts (its ``.done`` events, the final Response)
+        repeat what it screened instead of being screened whole again; the continuation's
+        reasoning item ends as ``shown`` plus its deltas."""
+        if not isinstance(read, _StreamReader) or not isinstance(writer, ResponsesContinued):
+            return
+        writer.shown = shown
+        oi, ci = writer.reasoning_index, writer.part_index
+        seen = read.events.seen
+        for slot in [s for s in seen if s[1] > oi or (s[:2] == ("content", oi) and s[2] > ci)]:
+            del seen[slot]
+        if shown:
+            seen[("content", oi, ci)] = [shown]
+        else:
+            seen.pop(("content", oi, ci), None)
+
+
+class _StreamReader:
+    """One upstream stream's reading: the adapter's, with the slots its text went to."""
+
+    __slots__ = ("adapter", "events")
+
+    def __init__(self, adapter: ResponsesAdapter) -> None:
+        self.adapter = adapter
+        self.events = EventReader()
+
+    def __call__(self, data: bytes) -> UpstreamEvent:
+        return self.adapter._read(data, self.events)
+
 
 class ResponsesWriter(ResponseWriter):
     """One Response's writing, and what the client has seen of it (``_Outputs``): the
@@ -257,8 +394,17 @@ class ResponsesWriter(ResponseWriter):
 
     def render(self, event: UpstreamEvent, hide: dict[int, str] | None, finished: ReportView) -> bytes:
         doc = event.doc
-        if (hide is None and not finished) or not event.data:  # unchanged, or dropped whole
+        if not event.data:  # dropped whole
             return event.data
+        # A steered continuation's events (``_responses_continued``) are numbered here, after
+        # the last event released: the rolled-back events the upstream numbered were not.
+        continued = "sequence_number" not in doc and self.outputs.sequence >= 0
+        if hide is None and not finished and not continued:  # unchanged
+            return event.data
+        if continued:
+            doc = self._continued(doc, hide)
+            if not doc:
+                return b""
         if hide is not None:
             if event.kind in _REASONING_EVENTS:
                 return b""
@@ -277,6 +423,19 @@ class ResponsesWriter(ResponseWriter):
             doc = doc if hide is not None else copy.deepcopy(doc)
             self._annotate(doc["response"], finished.get(0, {}))
         return encode(doc)
+
+    def _continued(self, doc: dict[str, Any], hide: dict[int, str] | None) -> dict[str, Any]:
+        """A continuation's event as released: numbered, its final Response completed
+        with the request's settings that the upstream's own Response echoed; empty where
+        hidden reasoning leaves nothing of it."""
+        if hide is not None and doc.get("type") in _REASONING_EVENTS:
+            return {}
+        doc = copy.deepcopy(doc)
+        self.outputs.sequence += 1
+        doc["sequence_number"] = self.outputs.sequence
+        if isinstance(doc.get("response"), dict) and self.outputs.base is not None:
+            doc["response"] = {**self.outputs.base, **doc["response"]}
+        return doc
 
     def _annotate(self, response: dict[str, Any], stages: dict[str, StageReport]) -> None:
         """The verdicts on the final Response object, as a JSON answer carries them."""

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import httpx
 
@@ -25,7 +26,7 @@ from guards import GuardModelConfig
 from .._config import UpstreamConfig
 from ..exceptions import UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
 from ..protocols._sse import iter_sse_batches
-from ._replicas import with_replicas
+from ._replicas import REPLICA, server_root, with_replicas
 
 __all__ = ["UpstreamClient", "UpstreamStream", "create_transport", "guard_transport"]
 
@@ -98,8 +99,10 @@ class UpstreamStream:
 
     def __init__(self, response: httpx.Response) -> None:
         self._response = response
+        # The replica that serves it, where the upstream has several.
+        self.replica: str | None = response.extensions.get(REPLICA)
 
-    async def events(self) -> AsyncIterator[list[bytes]]:
+    async def events(self) -> AsyncGenerator[list[bytes], None]:
         try:
             # Closed with this generator, not left to the garbage collector.
             async with contextlib.aclosing(iter_sse_batches(self._response.aiter_bytes())) as batches:
@@ -127,15 +130,28 @@ class UpstreamClient:
         if config.auth != "passthrough" and key:
             self._base_headers["authorization"] = f"Bearer {key}"
 
+    @property
+    def continuation(self) -> str:
+        """How this upstream continues a steered generation ([upstream] continuation)."""
+        return self._config.continuation
+
     def _request(
-        self, method: str, url: httpx.URL | str, client_authorization: str | None, body: bytes | None = None
+        self,
+        method: str,
+        url: httpx.URL | str,
+        client_authorization: str | None,
+        body: bytes | None = None,
+        replica: str | None = None,
     ) -> httpx.Request:
         headers = dict(self._base_headers)
         if body is not None:
             headers["content-type"] = "application/json"
         if self._config.auth == "passthrough" and client_authorization:
             headers["authorization"] = client_authorization
-        return httpx.Request(method, url, headers=headers, content=body, extensions={"timeout": self._timeout})
+        extensions: dict[str, Any] = {"timeout": self._timeout}
+        if replica is not None:
+            extensions[REPLICA] = replica
+        return httpx.Request(method, url, headers=headers, content=body, extensions=extensions)
 
     def _url(self, path: str) -> httpx.URL:
         url = self._urls.get(path)
@@ -143,9 +159,12 @@ class UpstreamClient:
             url = self._urls[path] = httpx.URL(f"{self._config.base_url}{path}")
         return url
 
-    async def open_stream(self, path: str, body: bytes, client_authorization: str | None = None) -> UpstreamStream:
-        """POST ``body`` to ``path`` (below base_url) and open its event stream."""
-        response = await self._send(self._request("POST", self._url(path), client_authorization, body))
+    async def open_stream(
+        self, path: str, body: bytes, client_authorization: str | None = None, replica: str | None = None
+    ) -> UpstreamStream:
+        """POST ``body`` to ``path`` (below base_url) and open its event stream (on
+        ``replica`` while it is healthy, where the upstream has several)."""
+        response = await self._send(self._request("POST", self._url(path), client_authorization, body, replica))
         if response.status_code >= 400:
             try:
                 raw = await _read_limited(response)
@@ -162,6 +181,21 @@ class UpstreamClient:
                 "guardproxy needs an upstream that streams its answers."
             )
         return UpstreamStream(response)
+
+    async def post_root(
+        self, path: str, body: bytes, client_authorization: str | None = None, replica: str | None = None
+    ) -> bytes:
+        """POST ``body`` to ``path`` at the server's root (beside /v1: vLLM's /tokenize)
+        and return the answer's body; an HTTP error is the upstream's error."""
+        url = server_root(self._config.base_url) + path
+        response = await self._send(self._request("POST", url, client_authorization, body, replica))
+        try:
+            raw = await _read_limited(response)
+        finally:
+            await response.aclose()
+        if response.status_code >= 400:
+            raise UpstreamHTTPError(response.status_code, raw, response.headers.get("content-type"))
+        return raw
 
     async def get(self, path: str, client_authorization: str | None = None) -> httpx.Response:
         return await self.forward("GET", path, None, client_authorization)

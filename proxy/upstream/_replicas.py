@@ -24,11 +24,21 @@ from collections.abc import AsyncIterator, Sequence
 
 import httpx
 
-__all__ = ["ReplicaTransport", "with_replicas"]
+__all__ = ["REPLICA", "ReplicaTransport", "server_root", "with_replicas"]
 
 logger = logging.getLogger("guardproxy")
 
 _HEALTH_TIMEOUT = httpx.Timeout(2.0).as_dict()
+
+# The request and response extension naming a replica: on a response, the one that
+# served it; on a request, the one it should go to while that replica is healthy.
+REPLICA = "guardproxy.replica"
+
+
+def server_root(base_url: str) -> str:
+    """The server's root below an OpenAI base URL: vLLM serves /tokenize beside /v1."""
+    base = base_url.rstrip("/")
+    return base[: -len("/v1")] if base.endswith("/v1") else base
 
 
 class _Replica:
@@ -95,23 +105,28 @@ class ReplicaTransport(httpx.AsyncBaseTransport):
         """(base URL, outstanding requests, healthy) per replica."""
         return [(r.prefix, r.outstanding, r.healthy) for r in self._replicas]
 
-    def _order(self) -> list[_Replica]:
+    def _order(self, prefer: str | None = None) -> list[_Replica]:
         healthy = [r for r in self._replicas if r.healthy] or self._replicas
         self._next = (self._next + 1) % len(self._replicas)
         rotated = sorted(healthy, key=lambda r: (self._replicas.index(r) - self._next) % len(self._replicas))
-        return sorted(rotated, key=lambda r: r.outstanding)  # stable: ties keep the rotation
+        order = sorted(rotated, key=lambda r: r.outstanding)  # stable: ties keep the rotation
+        # A steered generation's continuation goes where its prompt is in the prefix cache.
+        return sorted(order, key=lambda r: r.prefix != prefer) if prefer else order
 
     def _retarget(self, request: httpx.Request, replica: _Replica) -> httpx.Request:
         primary = self._replicas[0]
         if replica is primary:
             return request
         url = str(request.url)
-        if not url.startswith(primary.prefix):
+        # Below base_url (/v1/...), or beside it at the server's root (vLLM's /tokenize).
+        pairs = ((primary.prefix, replica.prefix), (server_root(primary.prefix), server_root(replica.prefix)))
+        source, target = next(((s, t) for s, t in pairs if url.startswith(s)), ("", ""))
+        if not source:
             return request
         headers = [(k, v) for k, v in request.headers.raw if k.lower() != b"host"]
         return httpx.Request(
             request.method,
-            replica.prefix + url[len(primary.prefix) :],
+            target + url[len(source) :],
             headers=headers,
             stream=request.stream,
             extensions=request.extensions,
@@ -121,7 +136,7 @@ class ReplicaTransport(httpx.AsyncBaseTransport):
         if self._health is None and len(self._replicas) > 1:
             self._health = asyncio.create_task(self._check_health(), name=f"guardproxy-health-{self._name}")
         last: httpx.HTTPError | None = None
-        for replica in self._order():
+        for replica in self._order(request.extensions.get(REPLICA)):
             replica.outstanding += 1
             try:
                 response = await self._inner.handle_async_request(self._retarget(request, replica))
@@ -135,6 +150,7 @@ class ReplicaTransport(httpx.AsyncBaseTransport):
             except BaseException:
                 replica.outstanding -= 1
                 raise
+            response.extensions = {**response.extensions, REPLICA: replica.prefix}
             if response.is_closed:  # read already (a transport may answer in full)
                 replica.outstanding -= 1
             else:

@@ -7,18 +7,23 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from guards import GuardModelConfig
+from proxy._auth import KeyRing
+from proxy._config import parse_config
 from proxy.demo import MODELS_DIR, _models, run_demo
 from proxy.demo._progress import Progress
-from proxy.demo._stack import demo_config, demo_servers, lowest_cpu_priority
+from proxy.demo._stack import DEMO_KEY, STEER_KEY, STEER_TEXT, demo_config, demo_servers, lowest_cpu_priority
+from proxy.exceptions import AuthenticationFailed
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -74,6 +79,43 @@ def test_the_demo_config_puts_each_guard_on_its_server(tmp_path):
     assert "--reasoning-parser" in servers["upstream"].command()
     assert "--reasoning-parser" not in servers["flexguard"].command()  # the proxy parses <think>
     assert len({s.port for s in servers.values()}) == 3
+
+
+def test_the_demo_key_keeps_the_demo_policy_and_the_steer_key_steers(tmp_path):
+    config = demo_config(demo_servers(tmp_path), "127.0.0.1", 8080)
+    keys = KeyRing.from_config(config, environ={})
+    plain, steered = keys.identify(DEMO_KEY).policy, keys.identify(STEER_KEY).policy
+    assert plain == config.policy and plain.reasoning.action == "rewrite"
+    assert steered.reasoning.action == "steer" and steered.reasoning.steer_text == STEER_TEXT
+    assert steered.reasoning.release == "checked"  # steering rolls back only checked reasoning
+    # Rolled back to a check before the unsafe passage (after ~40 tokens), not just before it.
+    assert steered.reasoning.every < 40
+    # Everything else the steering tenant has is the demo's policy.
+    assert msgspec.structs.replace(steered, reasoning=plain.reasoning) == plain
+    assert config.upstream.continuation == "completions"
+    with pytest.raises(AuthenticationFailed):
+        keys.identify("any other key")
+
+
+def test_the_demo_config_is_one_a_config_file_could_hold(tmp_path):
+    """The same settings written as TOML load to the same config: the demo uses nothing a
+    user's config could not."""
+    config = demo_config(demo_servers(tmp_path), "127.0.0.1", 8080)
+    as_toml = _toml(msgspec.to_builtins(config))
+    assert parse_config(as_toml) == config
+
+
+def _toml(doc: dict, path: tuple[str, ...] = (), header: str = "") -> str:
+    """A small TOML writer for a plain config: tables, arrays of tables, scalars, lists."""
+    tables = [(k, v) for k, v in doc.items() if isinstance(v, dict) or (isinstance(v, list) and v and isinstance(v[0], dict))]
+    # None and [] are the defaults they stand for (and `upstreams = []` would mean routes).
+    values = [(k, v) for k, v in doc.items() if v not in (None, []) and (k, v) not in tables]
+    text = (f"{header}\n" if header else "") + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values)
+    for key, value in tables:
+        name = ".".join((*path, key))
+        for item in value if isinstance(value, list) else [value]:
+            text += _toml(item, (*path, key), f"[[{name}]]" if isinstance(value, list) else f"[{name}]")
+    return text
 
 
 def test_progress_in_a_log_prints_lines_not_redraws():

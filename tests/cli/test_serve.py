@@ -263,3 +263,27 @@ def test_a_serve_that_returns_leaves_sighup_as_it_found_it(tmp_path):
     assert signal.SIGHUP not in before
     assert main(["serve", "--config", str(config)]) == 2
     assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == before
+
+
+def test_startup_says_whether_each_upstream_can_continue_a_steer(upstream_server, guard_server_thread, guard, caplog):
+    steer = '[policy.reasoning]\naction = "steer"\n'
+    config = parse_config(config_toml(upstream_server[1].url, guard_server_thread[1].url, steer))
+    guards = {"flexguard": config.guards.flexguard, "reasoningshield": config.guards.reasoningshield}
+    with caplog.at_level(logging.INFO):
+        assert asyncio.run(check_at_startup(config, guards))
+    assert _startup_lines(caplog)[-1] == (
+        f"steering ({upstream_server[1].url}/v1): ready, continues through POST /tokenize and /completions"
+    )
+    # An upstream without vLLM's /tokenize (the guard server's answers 400 to this body)
+    # cannot continue: a warning that every steer falls back, not a failed start.
+    caplog.clear()
+    config = parse_config(config_toml(guard_server_thread[1].url, guard_server_thread[1].url, steer))
+    with caplog.at_level(logging.INFO):
+        asyncio.run(check_at_startup(config, guards))
+    line = _startup_lines(caplog)[-1]
+    assert line.startswith("steering (") and "NOT READY" in line and "falls back to steer_fallback" in line
+    caplog.clear()
+    config = parse_config(config_toml(upstream_server[1].url, guard_server_thread[1].url, steer, 'continuation = "none"'))
+    with caplog.at_level(logging.INFO):
+        assert asyncio.run(check_at_startup(config, guards))
+    assert 'continuation = "none"' in _startup_lines(caplog)[-1]

@@ -20,6 +20,7 @@ SCENES = [
     "a harmful prompt is blocked",
     "unsafe reasoning is cut mid-stream",
     "an unsafe answer is rewritten",
+    "unsafe reasoning is steered",
 ]
 
 
@@ -36,7 +37,7 @@ def test_the_demo_tour_has_every_expected_outcome():
     out = run.stdout
     print(f"\n[e2e] guardproxy demo --tour-only: exit {run.returncode} after {time.monotonic() - started:.0f} s\n{out}")
     assert run.returncode == 0, out + run.stderr
-    assert "4 of 4 scenes had their expected outcome." in out
+    assert "5 of 5 scenes had their expected outcome." in out
     summary = out.split("\nSummary\n", 1)[1]
     for title in SCENES:
         assert f"  [ok] {title}: " in summary, title
@@ -51,7 +52,15 @@ def test_the_demo_tour_has_every_expected_outcome():
     assert 0 < int(cut.group(1)) and 0 < int(cut.group(2)) < 4000
     assert "(aborted, not counted as finished)" in out
     # The benign scene showed reasoning and answer as they streamed.
-    benign = out.split("1/4", 1)[1].split("2/4", 1)[0]
+    benign = out.split("1/5", 1)[1].split("2/5", 1)[0]
     assert re.search(r"\n     reasoning  \S", benign) and re.search(r"\n     answer     \S", benign)
     assert "blocked before any output (FlexGuard: VIO, ILG, risk 88)" in summary
     assert "rewritten (FlexGuard: ILG, risk 91)" in summary
+    # Scene 5 rolled the reasoning back to a check before the flag, showed where the
+    # steering text took over, and the upstream went on from there to an answer.
+    steered = re.search(r"cut at reasoning token (\d+), rolled back to token (\d+) and steered", summary)
+    assert steered is not None, summary
+    assert int(steered.group(2)) < int(steered.group(1))
+    scene = out.split("5/5", 1)[1].split("\nSummary\n", 1)[0]
+    assert "--- rolled back to the last passing check; steered ---" in scene
+    assert "outcome answered, finish_reason stop" in scene

@@ -54,12 +54,13 @@ def run_proxy(
     reasoning_every: int = REASONING_EVERY,
     dead_replica: str | None = None,
     upstreams: str | None = None,
+    reasoning: str = "",
 ):
     """guardproxy in its own process (`python -m proxy serve`), ready to serve.
 
     ``dead_replica``: a base URL where nothing listens, listed first among the replicas
     of the upstream and of each guard server. ``upstreams``: [[upstreams]] tables that
-    replace [upstream].
+    replace [upstream]. ``reasoning``: more keys of [policy.reasoning].
 
     The tiny ReasoningShield was trained on prefixes of reasoning traces, so reasoning is
     checked incrementally; the tiny FlexGuard only on whole answers, so the answer gets
@@ -84,6 +85,7 @@ refusal_message = "{REFUSAL}"
 
 [policy.reasoning]
 check_every_tokens = {reasoning_every}
+{reasoning}
 
 [policy.answer]
 check_every_tokens = 100000

@@ -21,7 +21,39 @@ Upstream script: a request's body may carry ``x_script`` (the OpenAI SDK's
      "chunks": [{...}, ...] (chat and legacy completions: exactly these chunks, each laid over
      the usual id/object/created/model, then [DONE]), "events": [{...}, ...] (Responses:
      exactly these events, numbered in order), "one_write": true (every event in one write,
-     so that the proxy reads the whole stream at once)}
+     so that the proxy reads the whole stream at once),
+     "continue": {...} or [{...}, ...] (how the model goes on from a prefilled reasoning,
+     see below)}
+
+Continuations (the proxy's steering): with ``continue`` in the script, a request that
+continues an opened reasoning is answered from one of its entries instead of the top-level
+script. Such a request is POST /v1/completions whose ``prompt`` is token ids or a string
+holding "<think>" (a legacy client's prompt plus the prefix), or POST /v1/chat/completions
+with ``continue_final_message: true`` and a final assistant message. Entry k is picked by
+the number of "Wait"s in the text continued (the decoded prompt from its last "<think>" on,
+or the final assistant message): k = count - 1, clamped to the entries, so the first steering ("...Wait, ...")
+takes entry 0 and the second takes entry 1. An entry takes "reasoning", "answer",
+"tool_calls" ([{"name", "arguments": JSON text or pieces}]), "finish_reason", "format",
+"delay", "status", "html_status", "plain_json", "truncate_after", "error_midstream",
+"chunks", "one_write", and "think_end": false (the reasoning never closes); of the
+top-level script only "delay", "format" and "set_cookie" carry over. /v1/completions
+streams one text chunk per token: the reasoning tokens, "</think>", "\n\n", the answer
+tokens, each tool call as Hermes text ("<tool_call>\n{"name": .., "arguments": {..}}\n
+</tool_call>" in three chunks), the finish_reason ("stop" unless given) on the last one,
+then the usage chunk if ``stream_options.include_usage`` (prompt_tokens: the prompt's
+characters; completion_tokens: the text chunks). Chat streams the usual chunks, the
+reasoning in its ``format`` field. ``UpstreamCall.continue_index`` records the entry.
+
+Upstream tokenizer: one token per character, its code point, so ids decode back with
+``chr``. ``POST /tokenize`` (beside /v1, as vLLM serves it) takes ``prompt`` (a string,
+``add_special_tokens`` ignored) or ``messages`` (with ``tools``, ``add_generation_prompt``,
+``continue_final_message``) rendered by ``chatml``: a ``<|im_start|>tools\n{json}<|im_end|>\n``
+block when there are tools, ``<|im_start|>{role}\n{content}<|im_end|>\n`` per message (text
+parts joined, assistant tool calls as Hermes text), then ``<|im_start|>assistant\n``. It
+answers {"count", "max_model_len": 32768, "tokens"}. Every request is recorded, with
+``UpstreamCall.prompt_text``: the text rendered for /tokenize, the decoded prompt for
+/v1/completions, the rendered messages for chat (the final one left open under
+``continue_final_message``).
 
 Guard rules (on the text in the guard's slot, sanitised or not):
     FlexGuard: "bomb" or "poison recipe" -> VIO,ILG 90; "risky" -> MIS 45; "jailbreakme" -> JAIL 30;
@@ -47,7 +79,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ScriptedUpstream", "GuardServer", "UpstreamCall", "RECORDINGS", "recorded_events"]
+__all__ = ["ScriptedUpstream", "GuardServer", "UpstreamCall", "RECORDINGS", "chatml", "recorded_events"]
 
 
 async def _read_body(receive: Any) -> bytes:
@@ -86,6 +118,11 @@ class UpstreamCall:
     completed: bool = False
     disconnected: bool = False
     finished_at: float | None = None
+    # The text the model would see: a legacy prompt decoded, chat messages rendered
+    # (see ``chatml``), the text a /tokenize call rendered; "" where there is none.
+    prompt_text: str = ""
+    # Which ``continue`` entry answered (None: not a continuation).
+    continue_index: int | None = None
 
 
 @dataclass
@@ -127,15 +164,26 @@ class ScriptedUpstream:
             data = [{"id": m, "object": "model", "owned_by": "tests"} for m in self.models]
             await _send_json(send, 200, {"object": "list", "data": data})
             return
+        if scope["method"] == "POST" and path.endswith("/tokenize") and not path.endswith("/v1/tokenize"):
+            await self._tokenize(scope, receive, send)
+            return
         if not path.endswith(("/chat/completions", "/v1/completions", "/v1/responses")):
             await _send_json(send, 404, {"error": {"message": "not found", "type": "not_found", "code": None}})
             return
         raw = await _read_body(receive)
         body = json.loads(raw)
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
-        call = UpstreamCall(body=body, headers=headers, path=path)
+        call = UpstreamCall(body=body, headers=headers, path=path, prompt_text=_request_text(path, body))
         self.calls.append(call)
         script = body.get("x_script") or {}
+        entries = _continue_entries(script)
+        continuation = bool(entries) and _is_continuation(path, body)
+        if continuation:
+            k = max(0, min(len(entries) - 1, _continued_text(path, body).count("Wait") - 1))
+            call.continue_index = k
+            # Only the pacing and the reasoning field carry over: the rest of the top-level
+            # script (errors included) is the original generation's, not the continuation's.
+            script = {key: script[key] for key in ("delay", "format", "set_cookie") if key in script} | entries[k]
         if script.get("plain_json"):  # a server that ignores `stream: true`
             await _send_json(send, 200, {"object": "chat.completion", "choices": []})
             return
@@ -153,11 +201,52 @@ class ScriptedUpstream:
                 {"error": {"message": "scripted upstream error", "type": "invalid_request_error", "code": "scripted"}},
             )
             return
-        await self._stream(call, script, body, receive, send)
+        await self._stream(call, script, body, receive, send, continuation=continuation)
+
+    async def _tokenize(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """vLLM's POST /tokenize with a toy tokenizer: one token per character, its code point."""
+        raw = await _read_body(receive)
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            body = None
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        call = UpstreamCall(body=body if isinstance(body, dict) else {}, headers=headers, path=scope["path"])
+        self.calls.append(call)
+        try:
+            if not isinstance(body, dict):
+                raise TypeError("body")
+            if isinstance(body.get("messages"), list):
+                text = chatml(
+                    body["messages"],
+                    tools=body.get("tools"),
+                    add_generation_prompt=bool(body.get("add_generation_prompt", True)),
+                    continue_final_message=bool(body.get("continue_final_message", False)),
+                )
+            elif isinstance(body.get("prompt"), str):
+                text = body["prompt"]
+            else:
+                raise TypeError("neither messages nor prompt")
+        except (TypeError, KeyError, AttributeError) as exc:
+            message = f"scripted tokenize: bad request ({exc})"
+            await _send_json(send, 400, {"error": {"message": message, "type": "BadRequestError", "code": 400}})
+            return
+        call.prompt_text = text
+        ids = [ord(c) for c in text]
+        await _send_json(send, 200, {"count": len(ids), "max_model_len": 32768, "tokens": ids})
+        call.completed = True
+        call.finished_at = time.monotonic()
 
     @staticmethod
     def _chunks(
-        script: dict[str, Any], n: int, fmt: str, reasoning: list[str], answer: list[str], base: dict[str, Any], chunk: Any
+        script: dict[str, Any],
+        n: int,
+        fmt: str,
+        reasoning: list[str],
+        answer: list[str],
+        base: dict[str, Any],
+        chunk: Any,
+        prompt_tokens: int = 7,
     ) -> list[bytes]:
         events = [chunk(i, {"role": "assistant", "content": ""}) for i in range(n)]
         for tok in reasoning:
@@ -185,21 +274,31 @@ class ScriptedUpstream:
                     },
                 )
             )
-            for piece in tool["arguments"]:
+            pieces = [tool["arguments"]] if isinstance(tool["arguments"], str) else tool["arguments"]
+            for piece in pieces:
                 events.append(chunk(0, {"tool_calls": [{"index": j, "function": {"arguments": piece}}]}))
         finish = script.get("finish_reason", "tool_calls" if script.get("tool_calls") else "stop")
         for i in range(n):
             events.append(chunk(i, {}, finish))
         usage = {
-            "prompt_tokens": 7,
+            "prompt_tokens": prompt_tokens,
             "completion_tokens": len(reasoning) + len(answer),
-            "total_tokens": 7 + len(reasoning) + len(answer),
+            "total_tokens": prompt_tokens + len(reasoning) + len(answer),
         }
         events.append(b"data: " + json.dumps(dict(base, choices=[], usage=usage)).encode() + b"\n\n")
         events.append(b"data: [DONE]\n\n")
         return events
 
-    async def _stream(self, call: UpstreamCall, script: dict[str, Any], body: dict[str, Any], receive: Any, send: Any) -> None:
+    async def _stream(
+        self,
+        call: UpstreamCall,
+        script: dict[str, Any],
+        body: dict[str, Any],
+        receive: Any,
+        send: Any,
+        *,
+        continuation: bool = False,
+    ) -> None:
         disconnected = asyncio.Event()
 
         async def watch() -> None:
@@ -219,7 +318,7 @@ class ScriptedUpstream:
         delay = float(script.get("delay", self.default_delay))
         reasoning = list(script.get("reasoning", []))
         answer = list(script.get("answer", ["Hello", " there", "!"]))
-        if fmt == "think" and reasoning:
+        if fmt == "think" and reasoning and not continuation:
             reasoning = ["<think>"] + reasoning + ["</think>"]
         base = {"id": "chatcmpl-scripted", "object": "chat.completion.chunk", "created": 1700000000, "model": body.get("model")}
         error_at = script.get("error_midstream")
@@ -234,6 +333,7 @@ class ScriptedUpstream:
         if legacy:
             base["object"] = "text_completion"
             base["id"] = "cmpl-scripted"
+        if legacy and not continuation:
             n *= len(body["prompt"]) if isinstance(body.get("prompt"), list) else 1
             fmt = "think" if reasoning else fmt
             if reasoning and reasoning[0] != "<think>":
@@ -257,6 +357,13 @@ class ScriptedUpstream:
                 events = [_event_bytes(dict(doc, sequence_number=i)) for i, doc in enumerate(script["events"])]
             elif call.path.endswith("/v1/responses"):
                 events = _responses_events(script, body)
+            elif continuation and legacy:
+                events = _completion_continuation(script, body, base, len(call.prompt_text))
+            elif continuation:
+                # The prefix already opened the reasoning: the model only closes it.
+                if fmt == "think" and script.get("think_end", True):
+                    reasoning = reasoning + ["</think>"]
+                events = self._chunks(script, 1, fmt, reasoning, answer, base, chunk, len(call.prompt_text))
             else:
                 events = self._chunks(script, n, fmt, reasoning, answer, base, chunk)
             if script.get("one_write"):
@@ -287,6 +394,150 @@ class ScriptedUpstream:
             if disconnected.is_set():
                 call.disconnected = True
             watcher.cancel()
+
+
+def chatml(
+    messages: list[dict[str, Any]],
+    *,
+    tools: list[Any] | None = None,
+    add_generation_prompt: bool = True,
+    continue_final_message: bool = False,
+) -> str:
+    """The scripted upstream's chat template (see the module doc). With
+    ``continue_final_message`` the last message stays open, as vLLM leaves it, so that the
+    model writes on from its content."""
+    out = []
+    if tools:
+        out.append(f"<|im_start|>tools\n{json.dumps(tools)}<|im_end|>\n")
+    for i, message in enumerate(messages):
+        text = _content_text(message.get("content"))
+        for tool_call in message.get("tool_calls") or []:
+            function = tool_call.get("function") or {}
+            text += _hermes_tool_call(str(function.get("name")), function.get("arguments") or "{}")
+        if continue_final_message and i == len(messages) - 1:
+            out.append(f"<|im_start|>{message.get('role')}\n{text}")
+        else:
+            out.append(f"<|im_start|>{message.get('role')}\n{text}<|im_end|>\n")
+    if add_generation_prompt and not continue_final_message:
+        out.append("<|im_start|>assistant\n")
+    return "".join(out)
+
+
+def _content_text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return str(content)
+
+
+def _hermes_tool_call(name: str, arguments: Any) -> str:
+    """A tool call as Hermes and Qwen models write it in their text."""
+    try:
+        parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
+    except ValueError:
+        parsed = arguments
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": parsed}) + "\n</tool_call>"
+
+
+def _request_text(path: str, body: dict[str, Any]) -> str:
+    """What ``UpstreamCall.prompt_text`` records; never fails on a malformed body, which
+    tests send on purpose."""
+    try:
+        if path.endswith("/v1/completions"):
+            return _decoded_prompt(body.get("prompt"))
+        if path.endswith("/chat/completions") and isinstance(body.get("messages"), list):
+            final = bool(body.get("continue_final_message"))
+            return chatml(
+                body["messages"],
+                tools=body.get("tools"),
+                add_generation_prompt=bool(body.get("add_generation_prompt", True)),
+                continue_final_message=final,
+            )
+    except (TypeError, ValueError, AttributeError, KeyError):
+        pass
+    return ""
+
+
+def _decoded_prompt(prompt: Any) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        return "".join(chr(t) for t in prompt)
+    return ""
+
+
+def _continue_entries(script: dict[str, Any]) -> list[dict[str, Any]]:
+    entries = script.get("continue") if isinstance(script, dict) else None
+    if isinstance(entries, dict):
+        return [entries]
+    if isinstance(entries, list):
+        return [e for e in entries if isinstance(e, dict)]
+    return []
+
+
+def _is_continuation(path: str, body: dict[str, Any]) -> bool:
+    """A request that continues a prefilled reasoning: the proxy's token ids (which always
+    hold a prefix), a legacy client's prompt with its "<think>" prefix, or a chat request
+    that continues its final assistant message."""
+    if path.endswith("/v1/completions"):
+        prompt = body.get("prompt")
+        if isinstance(prompt, str):
+            return "<think>" in prompt
+        return bool(_decoded_prompt(prompt))
+    if path.endswith("/chat/completions"):
+        messages = body.get("messages")
+        return (
+            body.get("continue_final_message") is True
+            and isinstance(messages, list)
+            and bool(messages)
+            and isinstance(messages[-1], dict)
+            and messages[-1].get("role") == "assistant"
+        )
+    return False
+
+
+def _continued_text(path: str, body: dict[str, Any]) -> str:
+    """The text whose "Wait"s pick the continuation entry: the whole legacy prompt, or the
+    final assistant message that a chat continuation writes on from."""
+    if path.endswith("/v1/completions"):
+        # From the prefix's "<think>" on, so that a "Wait" in the conversation counts for nothing.
+        text = _decoded_prompt(body.get("prompt"))
+        return text[text.rfind("<think>") :] if "<think>" in text else text
+    return _content_text(body["messages"][-1].get("content"))
+
+
+def _completion_continuation(
+    script: dict[str, Any], body: dict[str, Any], base: dict[str, Any], prompt_tokens: int
+) -> list[bytes]:
+    """A legacy completions stream that goes on inside an opened reasoning: the reasoning
+    tokens, "</think>", "\n\n", the answer tokens, the tool calls as Hermes text; each text
+    piece is one chunk (one token) and the last carries the finish_reason."""
+    texts = [str(t) for t in script.get("reasoning", [])]
+    if script.get("think_end", True):
+        texts += ["</think>", "\n\n"]
+    texts += [str(t) for t in script.get("answer", ["Hello", " there", "!"])]
+    for j, tool in enumerate(script.get("tool_calls", [])):
+        call = _hermes_tool_call(tool["name"], tool.get("arguments", "{}"))
+        head, rest = call.split("\n", 1)
+        body_text, tail = rest.rsplit("\n", 1)
+        texts += [("\n" if j else "") + head + "\n", body_text, "\n" + tail]
+    finish = script.get("finish_reason", "stop")
+    events = []
+    for k, text in enumerate(texts):
+        last = k == len(texts) - 1
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish if last else None}
+        events.append(b"data: " + json.dumps(dict(base, choices=[choice])).encode() + b"\n\n")
+    if not texts:
+        choice = {"index": 0, "text": "", "logprobs": None, "finish_reason": finish}
+        events.append(b"data: " + json.dumps(dict(base, choices=[choice])).encode() + b"\n\n")
+    if (body.get("stream_options") or {}).get("include_usage"):
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(texts), "total_tokens": prompt_tokens + len(texts)}
+        events.append(b"data: " + json.dumps(dict(base, choices=[], usage=usage)).encode() + b"\n\n")
+    events.append(b"data: [DONE]\n\n")
+    return events
 
 
 RECORDINGS = Path(__file__).resolve().parents[1] / "e2e" / "fixtures" / "recordings"

@@ -8,6 +8,7 @@
     passed: "#9aa5b1", flagged: "#e0a100", rewritten: "#d9534f", blocked: "#b3261e", aborted: "#7f1d1d",
     guard_error: "#6b21a8", passed_unscreened: "#a78bfa", upstream_error: "#334155", client_disconnected: "#cbd5e1",
     shutdown: "#64748b", error: "#0f172a", would_block: "#f4a4a0", would_rewrite: "#f7c0b8", would_abort: "#e8a0a0",
+    steered: "#0e7490", would_steer: "#67b7c9",
   };
   const body = document.body;
   const config = { threshold: Number(body.dataset.threshold), flagAt: Number(body.dataset.flagAt), keep: Number(body.dataset.keep) };
