@@ -361,3 +361,16 @@ def test_a_steer_is_in_the_log_line_the_span_and_the_metrics(make_proxy, upstrea
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "guardproxy.requests"]
     steering = lines[-1]["choices"]["0"]["reasoning"]["steering"]
     assert lines[-1]["outcome"] == "steered" and steering["steers"] == 1 and steering["outcome"] == "answered"
+
+
+def test_legacy_completions_json_answer_is_steered(make_proxy, upstream):
+    proxy = make_proxy(STEER)
+    completion = proxy.client.completions.create(model="m", prompt="Q: plants?", extra_body={"x_script": _script("think")})
+    choice = completion.choices[0]
+    assert choice.finish_reason == "stop" and choice.text.startswith("<think>")
+    assert (
+        DEFAULT_STEER_TEXT in choice.text and "UNSAFE" not in choice.text and choice.text.rstrip().endswith("Plants use light.")
+    )
+    steering = choice.model_extra["content_filter_results"]["guardproxy"]["reasoning"]["steering"]
+    assert steering["steers"] == 1 and steering["outcome"] == "answered" and steering["mechanism"] == "prompt"
+    assert completion.usage.completion_tokens > len(SAFE_CONTINUATION["reasoning"])
