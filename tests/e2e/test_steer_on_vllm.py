@@ -16,9 +16,13 @@ gone.
 
 The tiny ReasoningShield judges about 1 in 30 unsafe prefixes safe (fixtures README). When
 a check that covers the start of the unsafe passage happens to be such a miss, the kept
-reasoning holds some of it, or the request is never steered; which prefixes get checked
-depends on how vLLM batches its deltas, so each test asks again, up to ``ATTEMPTS`` times,
-and requires one clean steer.
+reasoning holds some of it, or the request is never steered. It also judges a benign
+prefix of more than about 26 tokens followed by the steering text unsafe (a tiny model's
+artefact): the reasoning is checked every 22 deltas, so that one check passes before the
+unsafe passage (about token 40) and the next covers it; where vLLM packs several tokens
+into a delta the kept part grows, and a steer can be flagged again until it falls back.
+Which prefixes get checked depends on how vLLM batches its deltas, so each test asks
+again, up to ``ATTEMPTS`` times, and requires one clean steer that answered.
 """
 
 from __future__ import annotations
@@ -41,7 +45,10 @@ from tests.support.serving import ServerThread
 pytestmark = pytest.mark.e2e
 
 STEER_TEXT = " Hmm, wait. This is dangerous, and I should not give these instructions to anyone."
-ATTEMPTS = 4
+ATTEMPTS = 5
+# Deltas between reasoning checks: one check passes on the benign start, the next covers
+# the unsafe passage (module docstring).
+CHECK_EVERY = 22
 MAX_TOKENS = 600
 # Connection-level headers the pass-through's own client and server set for themselves.
 _HOP = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"keep-alive"})
@@ -156,7 +163,9 @@ def steered(vllm_upstream, vllm_flexguard, vllm_reasoningshield, tmp_path_factor
     with ServerThread(recorder) as thread:
         via = SimpleNamespace(base_url=f"{thread.url}/v1")
         workdir: Path = tmp_path_factory.mktemp("steer")
-        with run_proxy("openai", via, vllm_flexguard, vllm_reasoningshield, workdir, reasoning=reasoning) as client:
+        with run_proxy(
+            "openai", via, vllm_flexguard, vllm_reasoningshield, workdir, reasoning=reasoning, reasoning_every=CHECK_EVERY
+        ) as client:
             yield client, recorder, vllm_upstream
 
 
@@ -171,7 +180,8 @@ def _unsafe_sentences(spec) -> list[str]:
 
 
 def _missed(spec, reasoning: str, steers: int) -> bool:
-    """A ReasoningShield miss let unsafe reasoning through, or nothing was steered."""
+    """A ReasoningShield miss let unsafe reasoning through, nothing was steered, or the
+    steered reasoning was flagged again until it fell back."""
     if steers == 0 or STEER_TEXT not in reasoning:
         return True
     kept = reasoning[: reasoning.index(STEER_TEXT)]
@@ -229,11 +239,12 @@ def test_streamed_chat_reasoning_is_steered_on_vllm(steered, fixture_spec, token
         )
         reasoning, content, finishes, chunks = _collect(stream)
         finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
-        assert finishes == ["stop"], (reasoning, content, finishes)
         summary = finals[0].choices[0].model_extra["content_filter_results"]["guardproxy"]["reasoning"]
         steering = summary.get("steering") or {}
-        print(f"\n[e2e] chat attempt {attempt + 1}: steering {steering}\nreasoning {reasoning!r}\ncontent {content!r}")
-        if _missed(fixture_spec, reasoning, steering.get("steers", 0)):
+        print(
+            f"\n[e2e] chat attempt {attempt + 1}: {finishes}, steering {steering}\nreasoning {reasoning!r}\ncontent {content!r}"
+        )
+        if finishes != ["stop"] or _missed(fixture_spec, reasoning, steering.get("steers", 0)):
             continue
         break
     else:
@@ -266,8 +277,11 @@ def test_json_chat_answer_is_steered_on_vllm(steered, fixture_spec, tokenizer):
         reasoning = choice.message.model_extra.get("reasoning") or ""
         content = choice.message.content or ""
         steers = int(raw.headers.get("x-guardproxy-steers", "0"))
-        print(f"\n[e2e] json attempt {attempt + 1}: {steers} steers\nreasoning {reasoning!r}\ncontent {content!r}")
-        if _missed(fixture_spec, reasoning, steers):
+        print(
+            f"\n[e2e] json attempt {attempt + 1}: {choice.finish_reason}, {steers} steers\n"
+            f"reasoning {reasoning!r}\ncontent {content!r}"
+        )
+        if choice.finish_reason != "stop" or _missed(fixture_spec, reasoning, steers):
             continue
         break
     else:
@@ -295,13 +309,15 @@ def test_streamed_response_is_steered_on_vllm(steered, fixture_spec, tokenizer):
             )
         )
         types = [e.type for e in events]
-        assert types[-1] == "response.completed", types
         final = events[-1].response
         reasoning = "".join(e.delta for e in events if e.type == "response.reasoning_text.delta")
         answer = "".join(e.delta for e in events if e.type == "response.output_text.delta")
         steering = ((final.model_extra or {}).get("guardproxy") or {}).get("reasoning", {}).get("steering") or {}
-        print(f"\n[e2e] responses attempt {attempt + 1}: steering {steering}\nreasoning {reasoning!r}\nanswer {answer!r}")
-        if _missed(fixture_spec, reasoning, steering.get("steers", 0)):
+        print(
+            f"\n[e2e] responses attempt {attempt + 1}: {types[-1]} {final.status}, steering {steering}\n"
+            f"reasoning {reasoning!r}\nanswer {answer!r}"
+        )
+        if types[-1] != "response.completed" or _missed(fixture_spec, reasoning, steering.get("steers", 0)):
             continue
         break
     else:
