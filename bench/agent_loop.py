@@ -38,16 +38,17 @@ from .run import (
     API_KEY,
     LOGS,
     PROXY_KEYS_ENV,
-    PY,
     RESULTS,
     Proc,
     control,
     fmt,
     free_port,
     http_json,
+    serve_proxy,
     start_guard,
     start_upstream,
     table,
+    write_config,
 )
 
 OUT_MD = RESULTS / "agent_loop.md"
@@ -110,24 +111,13 @@ max_retries = 0
 [guards.reasoningshield]
 enabled = false
 """
-    path = LOGS / f"{name}.toml"
-    LOGS.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return str(path)
+    return str(write_config(name, text))
 
 
 def _start(name: str, upstream: Proc, guard: Proc, cache_entries: int | None) -> Proc:
     port = free_port()
     config = _config(name, port, upstream, guard, cache_entries)
-    p = Proc(
-        name,
-        [PY, "-m", "proxy", "serve", "--config", config, "--log-level", "warning"],
-        port,
-        "/healthz",
-        env={PROXY_KEYS_ENV: API_KEY},
-    )
-    p.wait_ready(60)
-    return p
+    return serve_proxy(name, config, port)
 
 
 class Agent:

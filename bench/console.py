@@ -38,10 +38,7 @@ from typing import Any
 from .compare import loadavg, rotations, rounds, wait_for_quiet, warm_up
 from .load import Client
 from .run import (
-    API_KEY,
     LOGS,
-    PROXY_KEYS_ENV,
-    PY,
     RESULTS,
     Proc,
     Target,
@@ -50,6 +47,7 @@ from .run import (
     free_port,
     ms,
     proxy_config,
+    serve_proxy,
     start_guard,
     start_upstream,
     table,
@@ -76,10 +74,7 @@ def start(name: str, extra: str, upstream: Proc, guard: Proc, folder: Path) -> P
     cfg = proxy_config(name, port, upstream, guard, prompt=True, reasoning=True, answer=True, auth=True)
     audit = folder / f"{name.replace('+', '').replace(' ', '-')}.jsonl"
     cfg.write_text(cfg.read_text() + "\n" + extra.format(admin=ADMIN_ENV, audit=audit))
-    cmd = [PY, "-m", "proxy", "serve", "--config", str(cfg), "--log-level", "warning"]
-    p = Proc(name, cmd, port, "/healthz", env={PROXY_KEYS_ENV: API_KEY, ADMIN_ENV: "bench-admin-key"})
-    p.wait_ready(60)
-    return p
+    return serve_proxy(name, cfg, port, env={ADMIN_ENV: "bench-admin-key"})
 
 
 async def amain(levels: list[tuple[int, int, float]], folder: Path) -> dict[str, Any]:

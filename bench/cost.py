@@ -27,19 +27,18 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .load import Client, chat_body, run_load
 from .run import (
-    API_KEY,
-    LOGS,
     MODEL,
     PROXY_KEYS_ENV,
-    PY,
     Proc,
     control,
     fmt,
     free_port,
     http_json,
+    serve_proxy,
     start_guard,
     start_upstream,
     table,
+    write_config,
 )
 
 ITL = 0.005  # 200 tokens/s per stream
@@ -103,10 +102,7 @@ base_url = "{guard.base}/v1"
 timeout_s = 60.0
 max_retries = 0
 """
-    path = LOGS / f"{name}.toml"
-    LOGS.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
+    return write_config(name, text)
 
 
 def _metrics(proc: Proc) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -142,15 +138,7 @@ class Stack:
     def _proxy(self, name: str, schedule: dict[str, Any], *, prompt: bool) -> Proc:
         port = free_port()
         cfg = _config(name, port, self.upstream, self.guard, schedule, prompt)
-        proc = Proc(
-            name,
-            [PY, "-m", "proxy", "serve", "--config", str(cfg), "--log-level", "warning"],
-            port,
-            "/healthz",
-            env={PROXY_KEYS_ENV: API_KEY},
-        )
-        proc.wait_ready(60)
-        return proc
+        return serve_proxy(name, cfg, port)
 
     def stop(self) -> None:
         for p in (self.proxy, self.reasoning_proxy, self.guard, self.upstream):

@@ -217,10 +217,23 @@ base_url = "{guard_url}"
 timeout_s = 30.0
 max_retries = 0
 """
+    return write_config(name, text)
+
+
+def write_config(name: str, text: str) -> Path:
+    """A proxy config of one bench run, kept under logs/ to read after the run."""
     path = LOGS / f"{name}.toml"
     LOGS.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+def serve_proxy(name: str, config: Path | str, port: int, *flags: str, env: dict[str, str] | None = None) -> Proc:
+    """The proxy as its CLI runs it (``python -m proxy serve``), once it is ready."""
+    cmd = [PY, "-m", "proxy", "serve", "--config", str(config), "--log-level", "warning", *flags]
+    p = Proc(name, cmd, port, "/healthz", env={PROXY_KEYS_ENV: API_KEY, **(env or {})})
+    p.wait_ready(60)
+    return p
 
 
 def start_proxy(
@@ -230,9 +243,8 @@ def start_proxy(
     port = free_port()
     cfg = proxy_config(name, port, upstream, guard, **policy)
     if transport is None:
-        cmd = [PY, "-m", "proxy", "serve", "--config", str(cfg), "--log-level", "warning"]
-    else:
-        cmd = [PY, "-m", "bench._launch", "--config", str(cfg), "--port", str(port), "--transport", transport, "--server", server]
+        return serve_proxy(name, cfg, port)
+    cmd = [PY, "-m", "bench._launch", "--config", str(cfg), "--port", str(port), "--transport", transport, "--server", server]
     p = Proc(name, cmd, port, "/healthz", env={PROXY_KEYS_ENV: API_KEY})
     p.wait_ready(60)
     return p

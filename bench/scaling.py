@@ -31,10 +31,7 @@ from proxy.pipeline._monitor import check_positions
 from .compare import loadavg, rotations, rounds, warm_up
 from .load import Client
 from .run import (
-    API_KEY,
-    LOGS,
     PROXY_KEYS_ENV,
-    PY,
     RESULTS,
     Proc,
     Target,
@@ -43,9 +40,11 @@ from .run import (
     free_port,
     ms,
     proxy_config,
+    serve_proxy,
     start_guard,
     start_upstream,
     table,
+    write_config,
 )
 
 OUT_MD = RESULTS / "scaling.md"
@@ -73,22 +72,7 @@ base_url = "{guard.base}/v1"
 model = "ReasoningShield-3B"
 base_url = "{guard.base}/v1"
 """
-    path = LOGS / f"{name}.toml"
-    LOGS.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return str(path)
-
-
-def _start(name: str, config: str, port: int) -> Proc:
-    p = Proc(
-        name,
-        [PY, "-m", "proxy", "serve", "--config", config, "--log-level", "warning"],
-        port,
-        "/healthz",
-        env={PROXY_KEYS_ENV: API_KEY},
-    )
-    p.wait_ready(60)
-    return p
+    return str(write_config(name, text))
 
 
 def _metrics(proc: Proc) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -111,8 +95,8 @@ async def amain(n_rounds: int, duration: float) -> dict[str, Any]:
     guard = start_guard("scaling-guard")
     control(guard, model=True)
     off_port, on_port = free_port(), free_port()
-    off = _start("scaling-off", str(proxy_config("scaling-off", off_port, upstream, auth=True)), off_port)
-    on = _start("scaling-on", _defaults_config("scaling-on", on_port, upstream, guard), on_port)
+    off = serve_proxy("scaling-off", str(proxy_config("scaling-off", off_port, upstream, auth=True)), off_port)
+    on = serve_proxy("scaling-on", _defaults_config("scaling-on", on_port, upstream, guard), on_port)
     targets = [Target("guards off", off.base, off), Target("defaults", on.base, on)]
     try:
         async with Client("aiohttp", pool=256) as client:

@@ -53,13 +53,12 @@ from .run import (
     API_KEY,
     LOGS,
     MODEL,
-    PROXY_KEYS_ENV,
-    PY,
     RESULTS,
     Proc,
     free_port,
     http_json,
     proxy_config,
+    serve_proxy,
     start_guard,
     start_upstream,
 )
@@ -135,10 +134,7 @@ def start_soak_proxy(upstream: Proc, guard: Proc | None, connections: int, guard
     text = text.replace("max_connections = 1000", f"max_connections = {connections}")
     text = text.replace("[server]\n", f"[server]\nguard_queue = {guard_queue}\nguard_queue_timeout_s = 60.0\n", 1)
     path.write_text(text)
-    cmd = [PY, "-m", "proxy", "serve", "--config", str(path), "--log-level", "warning"]
-    proxy = Proc(f"soak-proxy-guards-{'on' if on else 'off'}", cmd, port, "/healthz", env={PROXY_KEYS_ENV: API_KEY})
-    proxy.wait_ready(60)
-    return proxy
+    return serve_proxy(f"soak-proxy-guards-{'on' if on else 'off'}", path, port)
 
 
 def in_flight(proxy: Proc) -> float | None:

@@ -53,7 +53,6 @@ from .run import (
     LOGS,
     MODEL,
     PROXY_KEYS_ENV,
-    PY,
     RESULTS,
     Proc,
     control,
@@ -61,9 +60,11 @@ from .run import (
     free_port,
     http_json,
     ms,
+    serve_proxy,
     start_guard,
     start_upstream,
     table,
+    write_config,
 )
 from .sim import UNSAFE_MARKER
 
@@ -111,24 +112,13 @@ base_url = "{guard.base}/v1"
 timeout_s = 30.0
 max_retries = 0
 """
-    path = LOGS / f"{name}.toml"
-    LOGS.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return str(path)
+    return str(write_config(name, text))
 
 
 def _start(name: str, upstream: Proc, guard: Proc, action: str) -> Proc:
     port = free_port()
     config = _config(name, port, upstream, guard, action)
-    p = Proc(
-        name,
-        [PY, "-m", "proxy", "serve", "--config", config, "--log-level", "warning"],
-        port,
-        "/healthz",
-        env={PROXY_KEYS_ENV: API_KEY},
-    )
-    p.wait_ready(60)
-    return p
+    return serve_proxy(name, config, port)
 
 
 def flagged_plan(n: int, share: float) -> list[bool]:

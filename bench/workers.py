@@ -23,10 +23,7 @@ from typing import Any
 from .compare import loadavg, rotations, rounds, warm_up
 from .load import Client
 from .run import (
-    API_KEY,
     DEFAULT,
-    PROXY_KEYS_ENV,
-    PY,
     RESULTS,
     Proc,
     Target,
@@ -35,6 +32,7 @@ from .run import (
     free_port,
     ms,
     proxy_config,
+    serve_proxy,
     start_upstream,
     table,
 )
@@ -45,9 +43,7 @@ OUT_MD = RESULTS / "workers.md"
 def start_workers(name: str, upstream: Proc, workers: int) -> Proc:
     port = free_port()
     cfg = proxy_config(name, port, upstream, auth=True)
-    cmd = [PY, "-m", "proxy", "serve", "--config", str(cfg), "--log-level", "warning", "--workers", str(workers)]
-    p = Proc(name, cmd, port, "/healthz", env={PROXY_KEYS_ENV: API_KEY})
-    p.wait_ready(60)
+    p = serve_proxy(name, cfg, port, "--workers", str(workers))
     time.sleep(2.0)  # every worker up, not only the first to answer
     return p
 
