@@ -207,13 +207,17 @@ class Upstream:
         else:
             await _send_json(send, 404, {"error": {"message": "not found", "type": "not_found", "code": None}})
 
-    async def _chat(self, receive: Any, send: Any) -> None:
-        body = _json_decode(await _read_body(receive))
+    def _request(self, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """One request's settings (the defaults, with its ``x_sim`` over them) and model."""
         p = dict(self.params)
         override = body.get("x_sim")
         if isinstance(override, dict):
             p.update({k: v for k, v in override.items() if k in self.KEYS})
-        model = str(body.get("model") or "sim-model")
+        return p, str(body.get("model") or "sim-model")
+
+    async def _chat(self, receive: Any, send: Any) -> None:
+        body = _json_decode(await _read_body(receive))
+        p, model = self._request(body)
         if not body.get("stream"):
             await self._complete(p, model, send)
             return
@@ -404,11 +408,7 @@ class Upstream:
 
     async def _continue(self, receive: Any, send: Any) -> None:
         body = _json_decode(await _read_body(receive))
-        p = dict(self.params)
-        override = body.get("x_sim")
-        if isinstance(override, dict):
-            p.update({k: v for k, v in override.items() if k in self.KEYS})
-        model = str(body.get("model") or "sim-model")
+        p, model = self._request(body)
         raw = body.get("prompt")
         prompt = self._prompt_text(raw)
         n_prompt = len(raw) if isinstance(raw, list) and raw and not isinstance(raw[0], str) else len(prompt)

@@ -179,17 +179,23 @@ class Tour:
             return ok, f"blocked before any output (FlexGuard: {cats.replace(',', ', ')}, risk {risk})"
         return False, "the request was not blocked"
 
-    def unsafe_reasoning(self) -> tuple[bool, str]:
-        ok, outcome, outran = self._unsafe_reasoning_once()
+    def _tries(self, once: Callable[[], tuple[bool, str, bool]], again: str) -> tuple[bool, str]:
+        """``once`` up to ``_REASONING_ATTEMPTS`` times, again only where its third value
+        says the tiny models, not the proxy, spoilt the try (``again`` says so)."""
+        ok, outcome, spoilt = once()
         for _ in range(_REASONING_ATTEMPTS - 1):
-            if not outran:
+            if not spoilt:
                 break
-            # The client saw the stop, but the tiny upstream had already written every token
-            # asked for: on a few busy CPU cores it can outrun the guard checks, which a
-            # GPU-served reasoner does not. The abort is what this scene shows, so ask again.
-            self.printer.line("", "the upstream finished before the stop reached it (a busy CPU); asking again")
-            ok, outcome, outran = self._unsafe_reasoning_once()
+            self.printer.line("", again)
+            ok, outcome, spoilt = once()
         return ok, outcome
+
+    def unsafe_reasoning(self) -> tuple[bool, str]:
+        # The client saw the stop, but the tiny upstream had already written every token
+        # asked for: on a few busy CPU cores it can outrun the guard checks, which a
+        # GPU-served reasoner does not. The abort is what this scene shows, so ask again.
+        again = "the upstream finished before the stop reached it (a busy CPU); asking again"
+        return self._tries(self._unsafe_reasoning_once, again)
 
     def _unsafe_reasoning_once(self) -> tuple[bool, str, bool]:
         """One try: whether it had the expected outcome, the outcome, and whether the
@@ -259,17 +265,11 @@ class Tour:
         return ok, f"rewritten (FlexGuard: {_risk(a)})" if ok else f"finish_reason {choice.finish_reason}, answer {a}"
 
     def steered_reasoning(self) -> tuple[bool, str]:
-        ok, outcome, missed = self._steered_once()
-        for _ in range(_REASONING_ATTEMPTS - 1):
-            if not missed:
-                break
-            # The tiny ReasoningShield judges about one unsafe prefix in thirty safe: a
-            # passing check then releases what it covered, or keeps the first words of the
-            # unsafe passage, and the steered reasoning is flagged again. Which prefixes are
-            # checked depends on how the upstream batches its output: ask again.
-            self.printer.line("", "the tiny ReasoningShield misjudged a prefix; asking again")
-            ok, outcome, missed = self._steered_once()
-        return ok, outcome
+        # The tiny ReasoningShield judges about one unsafe prefix in thirty safe: a
+        # passing check then releases what it covered, or keeps the first words of the
+        # unsafe passage, and the steered reasoning is flagged again. Which prefixes are
+        # checked depends on how the upstream batches its output: ask again.
+        return self._tries(self._steered_once, "the tiny ReasoningShield misjudged a prefix; asking again")
 
     def _steered_once(self) -> tuple[bool, str, bool]:
         """One try: whether it had the expected outcome, the outcome, and whether a

@@ -15,7 +15,7 @@ from ..protocols._base import OutputDelta
 from ..protocols._chat_delta import delta_output
 from ..protocols._wire import Delta
 
-__all__ = ["ThinkSplitter", "split_delta", "split_output"]
+__all__ = ["ThinkSplitter", "partial_suffix", "split_delta", "split_output"]
 
 _OPEN = "<think>"
 _CLOSE = "</think>"
@@ -33,8 +33,10 @@ class ThinkSplitter:
 
     CLOSE = _CLOSE  # what a stop sends first where the client saw the block open
 
-    def __init__(self) -> None:
-        self._state = "start"  # start -> reasoning -> answer, or start -> answer
+    def __init__(self, *, in_reasoning: bool = False) -> None:
+        # start -> reasoning -> answer, or start -> answer; a continuation of a steered
+        # generation starts inside the reasoning, its opening tag already written.
+        self._state = "reasoning" if in_reasoning else "start"
         self._held = ""
         self.inline = False  # the content opened with <think>: its reasoning is inline
 
@@ -71,7 +73,7 @@ class ThinkSplitter:
         if self._state == "reasoning":
             end = text.find(_CLOSE)
             if end < 0:
-                keep = _partial_suffix(text, _CLOSE)
+                keep = partial_suffix(text, _CLOSE)
                 reasoning, self._held = text[: len(text) - keep], text[len(text) - keep :]
                 return reasoning, ""
             reasoning, text = text[:end], text[end + len(_CLOSE) :]
@@ -87,7 +89,7 @@ class ThinkSplitter:
         return "", held
 
 
-def _partial_suffix(text: str, tag: str) -> int:
+def partial_suffix(text: str, tag: str) -> int:
     """Length of the longest suffix of ``text`` that is a proper prefix of ``tag``."""
     for n in range(min(len(tag) - 1, len(text)), 0, -1):
         if text.endswith(tag[:n]):

@@ -56,7 +56,16 @@ from ._monitor import ChannelMonitor, CheckFn
 from ._observer import NO_TELEMETRY, RequestObserver
 from ._policy import decide, decide_error, flagged, releases, steer_or_fallback
 from ._report import ChoiceReport, Decision, RequestReport, StageReport, SteerRecord
-from ._steer import ChatChunkReader, ChatSource, Prefill, RawTextReader, TextSource, continued_events, open_continuation
+from ._steer import (
+    ChatChunkReader,
+    ChatSource,
+    Prefill,
+    RawTextReader,
+    TextSource,
+    continued_events,
+    mechanism_of,
+    open_continuation,
+)
 
 __all__ = [
     "Ended",
@@ -347,7 +356,7 @@ class _Choice:
         "answer",
         "report",
         "think_open",
-        "sent",
+        "sent_chars",
         "reasoning_event",
         "_ex",
     )
@@ -360,7 +369,7 @@ class _Choice:
         self.reasoning = ChannelMonitor(self._reasoning_check(), ex.policy.reasoning, name="guardproxy-check-reasoning")
         self.answer = self._answer_monitor()
         self.report = report
-        self.sent = (0, 0)  # reasoning characters and tokens in the chunks released to the client
+        self.sent_chars = 0  # reasoning characters in the chunks released to the client
         self.reasoning_event: UpstreamEvent | None = None  # the last event that carried its reasoning
 
     def _reasoning_check(self) -> CheckFn | None:
@@ -379,7 +388,8 @@ class _Choice:
         event), the answer starts afresh."""
         kept = self.reasoning.text[: self.reasoning.covered]
         kept_tokens = self.reasoning.covered_tokens
-        sent_chars, sent_tokens = min(self.sent[0], len(kept)), min(self.sent[1], kept_tokens)
+        sent_chars = min(self.sent_chars, len(kept))
+        sent_tokens = min(self.report.released_reasoning_tokens, kept_tokens)
         # The guards' growing checks build on what they read before: start them afresh.
         self.reasoning.roll_back(sent_chars, sent_tokens, self._reasoning_check())
         self.answer = self._answer_monitor()
@@ -700,11 +710,7 @@ class _Relay:
     async def _roll_back(self) -> list[Output]:
         """The first half of a steer: stop the flagged generation (its reader, its checks,
         its upstream response) and release what had passed; nothing after it goes out."""
-        running = [t for t in (self.reader, *self.checks) if t is not None and not t.done()]
-        for task in running:
-            task.cancel()
-        if running:
-            await asyncio.wait(running)
+        await _cancel_and_wait(self.reader, *self.checks)
         self.reader, self.parked = None, False
         self.checks.clear()
         self.inbox, self.taken = asyncio.Queue(), asyncio.Event()
@@ -724,23 +730,22 @@ class _Relay:
         self.steering = None
         ex, report, settings = self.ex, self.report, self.policy.reasoning
         generated = c.reasoning.tokens + c.answer.tokens - c.report.carried_tokens
-        sent = c.sent[0]
+        sent = c.sent_chars
         kept, kept_tokens = c.roll_back()
-        mechanism = ex.upstream.continuation if ex.adapter.name == "chat" else "completions"
+        mechanism = mechanism_of(self.source, ex.adapter.name, ex.upstream.continuation)
         record = SteerRecord(
             at_token=at_token,
             flagged_check_tokens=flagged_tokens,
             kept_tokens=kept_tokens,
             risk_score=decision.risk_score,
             categories=decision.categories,
-            mechanism="prompt" if isinstance(self.source, TextSource) else mechanism,
+            mechanism=mechanism,
         )
         c.report.reasoning.steers.append(record)
         ex.telemetry.steered(report, record)
         budget = _max_tokens(ex.request.body)
         prefill = Prefill(
             kept=kept,
-            kept_tokens=kept_tokens,
             steer_text=settings.steer_text,
             budget=None if budget is None else budget - kept_tokens,
         )
@@ -796,7 +801,7 @@ class _Relay:
         finished: dict[int, dict[str, StageReport]] = {}
         for c, r_end, _, finish, r_tokens, a_tokens in held.needs:
             c.report.released_reasoning_tokens, c.report.released_answer_tokens = r_tokens, a_tokens
-            c.sent = (int(min(r_end, c.reasoning.length)), r_tokens)
+            c.sent_chars = int(min(r_end, c.reasoning.length))
             if hide is None:  # hidden reasoning: the client sees no tag at all
                 c.think_open = c.index in held.think_open
             if finish:

@@ -45,7 +45,9 @@ from ..exceptions import UpstreamError
 from ..protocols._continued import ChatSource, ContinuedWriter, Piece, TextSource
 from ..protocols._sse import DONE
 from ..protocols._wire import REASONING_FIELDS, decode_json, encode
+from ..protocols.chat import upstream_error_event
 from ..upstream._client import UpstreamClient, UpstreamStream
+from ._channels import ThinkSplitter, partial_suffix
 
 __all__ = [
     "ChatChunkReader",
@@ -55,12 +57,12 @@ __all__ = [
     "TextSource",
     "continuation_body",
     "continued_events",
+    "mechanism_of",
     "open_continuation",
     "summed_usage",
 ]
 
 _OPEN = "<think>"
-_CLOSE = "</think>"
 _TOOL_OPEN = "<tool_call>"
 _TOOL_CLOSE = "</tool_call>"
 
@@ -119,9 +121,17 @@ class Prefill(msgspec.Struct, frozen=True, kw_only=True):
     """What one steer asks the upstream to go on from."""
 
     kept: str  # the reasoning the last passing check covered
-    kept_tokens: int
     steer_text: str
     budget: int | None  # output tokens left of the client's max_tokens (None: unset)
+
+
+def mechanism_of(source: ChatSource | TextSource, api: str, configured: str) -> str:
+    """How this request's generation goes on: a legacy prompt with the prefix after it
+    ("prompt"); a chat request as its upstream is configured; a Responses request through
+    /tokenize and /completions whatever the setting (its events are not chat chunks)."""
+    if isinstance(source, TextSource):
+        return "prompt"
+    return configured if api == "chat" else "completions"
 
 
 def continuation_body(body: dict[str, Any], prompt: list[int] | str, budget: int | None) -> dict[str, Any]:
@@ -148,9 +158,8 @@ async def open_continuation(
     than raw text, and where the proxy counted them: the request's prompt tokens and the
     continuation's, prefix included)."""
     prefix_body = prefill.kept + prefill.steer_text
-    if isinstance(source, TextSource):
+    if isinstance(source, TextSource):  # mechanism "prompt"
         doc = continuation_body(body, source.prompt + _OPEN + prefix_body, prefill.budget)
-        doc["model"] = body.get("model")
         stream = await upstream.open_stream("/completions", encode(doc), authorization, replica)
         return stream, False, None
     if mechanism == "chat":
@@ -194,7 +203,6 @@ async def open_continuation(
     if open_ids and _opens_reasoning(ids, open_ids) and prefix_ids[: len(open_ids)] == open_ids:
         prefix_ids = prefix_ids[len(open_ids) :]
     doc = continuation_body(body, ids + prefix_ids, prefill.budget)
-    doc["model"] = model
     stream = await upstream.open_stream("/completions", encode(doc), authorization, replica)
     return stream, False, (len(ids), len(ids) + len(prefix_ids))
 
@@ -206,58 +214,71 @@ def _opens_reasoning(prompt: list[int], opening: list[int]) -> bool:
     return prompt[-n:] == opening or prompt[-n - 1 : -1] == opening
 
 
-class RawTextReader:
-    """A continuation's raw output (legacy completion chunks of /completions) as
-    pieces: reasoning until ``</think>``, then the answer, with Hermes tool calls parsed
-    where the request offered tools. A tag split across chunks is held until it is whole."""
+class _ContinuationReader:
+    """A continuation's chunks as pieces: each choice's (``_choice``), then the usage,
+    summed with what the abandoned generations cost (``spent``)."""
 
-    def __init__(self, spent: tuple[int, int], tools: bool) -> None:
-        self.in_reasoning = True
-        self.held = ""
-        self.tools = tools
-        self.calls = 0
+    def __init__(self, spent: tuple[int, int]) -> None:
         self.spent = spent
 
     def read(self, data: bytes) -> list[Piece]:
         doc = _chunk(data)
         if doc is None:
             return []
-        pieces: list[Piece] = []
-        for choice in doc.get("choices") or ():
-            text = choice.get("text") if isinstance(choice, dict) else None
-            finish = choice.get("finish_reason") if isinstance(choice, dict) else None
-            piece = self._text(text if isinstance(text, str) else "", finish is not None)
-            if finish is not None:
-                piece.finish = "tool_calls" if self.calls and finish == "stop" else str(finish)
-            pieces.append(piece)
+        choices = doc.get("choices") or []
+        if not isinstance(choices, list) or not all(isinstance(choice, dict) for choice in choices):
+            raise UpstreamError("The upstream sent a malformed continuation chunk.")
+        pieces = [self._choice(choice) for choice in choices]
         usage = doc.get("usage")
         if isinstance(usage, dict):
             pieces.append(Piece(usage=summed_usage(usage, self.spent)))
         return pieces
 
+    def _choice(self, choice: dict[str, Any]) -> Piece:
+        raise NotImplementedError
+
+
+class RawTextReader(_ContinuationReader):
+    """A continuation's raw output (legacy completion chunks of /completions) as
+    pieces: reasoning until ``</think>``, then the answer, with Hermes tool calls parsed
+    where the request offered tools. A tag split across chunks is held until it is whole."""
+
+    def __init__(self, spent: tuple[int, int], tools: bool) -> None:
+        super().__init__(spent)
+        self.think = ThinkSplitter(in_reasoning=True)
+        self.held = ""  # the answer's text that may start a tool call's tag
+        self.tools = tools
+        self.calls = 0
+
+    def _choice(self, choice: dict[str, Any]) -> Piece:
+        text, finish = choice.get("text"), choice.get("finish_reason")
+        piece = self._text(text if isinstance(text, str) else "", finish is not None)
+        if finish is not None:
+            piece.finish = "tool_calls" if self.calls and finish == "stop" else str(finish)
+        return piece
+
     def _text(self, text: str, last: bool) -> Piece:
-        text = self.held + text
-        self.held = ""
-        piece = Piece()
-        if self.in_reasoning:
-            end = text.find(_CLOSE)
-            if end < 0:
-                keep = 0 if last else _partial_suffix(text, _CLOSE)
-                piece.reasoning, self.held = text[: len(text) - keep], text[len(text) - keep :]
-                return piece
-            piece.reasoning, text = text[:end], text[end + len(_CLOSE) :]
-            self.in_reasoning = False
-            if not text and not last:
-                piece.content = ""
-                return piece
+        reasoning, answer = self.think.feed(text)
+        if last:  # a tag cut short at the end is text
+            held_reasoning, held_answer = self.think.flush()
+            reasoning, answer = reasoning + held_reasoning, answer + held_answer
+        piece = Piece(reasoning=reasoning)
+        self._answer(piece, answer, last)
+        return piece
+
+    def _answer(self, piece: Piece, text: str, last: bool) -> None:
+        """The answer's text into ``piece``: its content, and the tool calls taken out
+        where the request offered tools."""
         if not self.tools:
             piece.content = text
-            return piece
+            return
+        text = self.held + text
+        self.held = ""
         start = text.find(_TOOL_OPEN)
         if start < 0:
-            keep = 0 if last else _partial_suffix(text, _TOOL_OPEN)
+            keep = 0 if last else partial_suffix(text, _TOOL_OPEN)
             piece.content, self.held = text[: len(text) - keep], text[len(text) - keep :]
-            return piece
+            return
         piece.content = text[:start]
         rest = text[start:]
         while rest.startswith(_TOOL_OPEN):
@@ -282,7 +303,6 @@ class RawTextReader:
                 piece.content += rest
                 rest = ""
         self.held = rest
-        return piece
 
 
 def _tool_call(text: str, index: int) -> dict[str, Any] | None:
@@ -301,37 +321,18 @@ def _tool_call(text: str, index: int) -> dict[str, Any] | None:
     }
 
 
-def _partial_suffix(text: str, tag: str) -> int:
-    for n in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:n]):
-            return n
-    return 0
-
-
-class ChatChunkReader:
+class ChatChunkReader(_ContinuationReader):
     """A ``chat`` continuation's chunks as pieces (the upstream's parsers split them)."""
 
-    def __init__(self, spent: tuple[int, int]) -> None:
-        self.spent = spent
-
-    def read(self, data: bytes) -> list[Piece]:
-        doc = _chunk(data)
-        if doc is None:
-            return []
-        pieces = []
-        for choice in doc.get("choices") or ():
-            delta = choice.get("delta") or {}
-            piece = Piece(finish=choice.get("finish_reason"))
-            piece.reasoning = next((delta[f] for f in REASONING_FIELDS if isinstance(delta.get(f), str)), "")
-            if isinstance(delta.get("content"), str):
-                piece.content = delta["content"]
-            if isinstance(delta.get("tool_calls"), list):
-                piece.tool_calls = delta["tool_calls"]
-            pieces.append(piece)
-        usage = doc.get("usage")
-        if isinstance(usage, dict):
-            pieces.append(Piece(usage=summed_usage(usage, self.spent)))
-        return pieces
+    def _choice(self, choice: dict[str, Any]) -> Piece:
+        delta = choice.get("delta") or {}
+        piece = Piece(finish=choice.get("finish_reason"))
+        piece.reasoning = next((delta[f] for f in REASONING_FIELDS if isinstance(delta.get(f), str)), "")
+        if isinstance(delta.get("content"), str):
+            piece.content = delta["content"]
+        if isinstance(delta.get("tool_calls"), list):
+            piece.tool_calls = delta["tool_calls"]
+        return piece
 
 
 def _chunk(data: bytes) -> dict[str, Any] | None:
@@ -346,8 +347,7 @@ def _chunk(data: bytes) -> dict[str, Any] | None:
     if not isinstance(doc, dict):
         raise UpstreamError("The upstream sent a malformed continuation chunk.")
     if doc.get("error") is not None or doc.get("object") == "error":
-        error = doc["error"] if isinstance(doc.get("error"), dict) else doc
-        raise UpstreamError(f"The upstream failed mid-stream: {str(error.get('message') or 'unknown error')[:1000]}")
+        raise upstream_error_event(data)
     return doc
 
 

@@ -17,6 +17,7 @@ from ._wire import REASONING_FIELDS, Chunk, decode_json, encode, present
 
 __all__ = [
     "chat_chunk",
+    "text_completion_chunk",
     "prompt_annotation_chunk",
     "content_filter_chunks",
     "CompletionBuilder",
@@ -28,6 +29,13 @@ def chat_chunk(ids: ResponseIds, choices: list[dict[str, Any]], **extra: Any) ->
     """A ``chat.completion.chunk`` the proxy writes itself, under the response's ids."""
     doc = {"id": ids.id, "object": "chat.completion.chunk", "created": ids.created, "model": ids.model}
     doc["choices"] = choices
+    doc.update(extra)
+    return encode(doc)
+
+
+def text_completion_chunk(ids: ResponseIds, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+    """A legacy ``text_completion`` chunk the proxy writes itself, under the response's ids."""
+    doc = {"id": ids.id, "object": "text_completion", "created": ids.created, "model": ids.model, "choices": choices}
     doc.update(extra)
     return encode(doc)
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import msgspec
 
+from ._chat_chunks import chat_chunk, text_completion_chunk
 from ._ids import ResponseIds
 from ._sse import DONE
-from ._wire import encode
 
 __all__ = ["ChatContinued", "ChatSource", "CompletionsContinued", "ContinuedWriter", "Piece", "TextSource"]
 
@@ -87,12 +87,6 @@ class ChatContinued(ContinuedWriter):
         super().__init__(ids, index, inline)
         self.reasoning_field = reasoning_field
 
-    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        doc = {"id": self.ids.id, "object": "chat.completion.chunk", "created": self.ids.created, "model": self.ids.model}
-        doc["choices"] = choices
-        doc.update(extra)
-        return encode(doc)
-
     def events(self, piece: Piece) -> list[bytes]:
         out: list[bytes] = []
         delta: dict[str, Any] = {}
@@ -108,9 +102,11 @@ class ChatContinued(ContinuedWriter):
         if piece.tool_calls:
             delta["tool_calls"] = piece.tool_calls
         if delta or piece.finish is not None:
-            out.append(self._chunk([{"index": self.index, "delta": delta, "logprobs": None, "finish_reason": piece.finish}]))
+            out.append(
+                chat_chunk(self.ids, [{"index": self.index, "delta": delta, "logprobs": None, "finish_reason": piece.finish}])
+            )
         if piece.usage is not None:
-            out.append(self._chunk([], usage=piece.usage))
+            out.append(chat_chunk(self.ids, [], usage=piece.usage))
         return out
 
 
@@ -120,18 +116,12 @@ class CompletionsContinued(ContinuedWriter):
     def __init__(self, ids: ResponseIds, index: int, inline: bool = True) -> None:
         super().__init__(ids, index, True)
 
-    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        doc = {"id": self.ids.id, "object": "text_completion", "created": self.ids.created, "model": self.ids.model}
-        doc["choices"] = choices
-        doc.update(extra)
-        return encode(doc)
-
     def events(self, piece: Piece) -> list[bytes]:
         out: list[bytes] = []
         text = self._inline(piece)
         if text or piece.finish is not None:
             choice = {"index": self.index, "text": text, "logprobs": None, "finish_reason": piece.finish}
-            out.append(self._chunk([choice]))
+            out.append(text_completion_chunk(self.ids, [choice]))
         if piece.usage is not None:
-            out.append(self._chunk([], usage=piece.usage))
+            out.append(text_completion_chunk(self.ids, [], usage=piece.usage))
         return out

@@ -19,6 +19,7 @@ from ..exceptions import InvalidRequest, UpstreamError
 from ..pipeline._report import Decision, StageReport
 from ._annotations import filter_results
 from ._base import CountedUsage, JsonBuilder, OutputDelta, ReportView, Turn, UpstreamEvent
+from ._chat_chunks import text_completion_chunk
 from ._continued import ChatSource, CompletionsContinued, ContinuedWriter, TextSource
 from ._ids import ResponseIds
 from ._inventory import NO_EXTRA_FIELDS, ExtraFields, Piece, completions_pieces
@@ -189,9 +190,7 @@ class CompletionsWriter(ChatWriter):
         return _decoder.decode(data)
 
     def _chunk(self, ids: ResponseIds, choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        doc = {"id": ids.id, "object": "text_completion", "created": ids.created, "model": ids.model, "choices": choices}
-        doc.update(extra)
-        return encode_data(encode(doc))
+        return encode_data(text_completion_chunk(ids, choices, **extra))
 
     def opening(self, ids: ResponseIds) -> list[bytes]:
         prompt = self.prompt

@@ -430,7 +430,7 @@ class ResponsesWriter(ResponseWriter):
         hidden reasoning leaves nothing of it."""
         if hide is not None and doc.get("type") in _REASONING_EVENTS:
             return {}
-        doc = copy.deepcopy(doc)
+        doc = dict(doc)  # its top level only is changed here; what changes more copies deeper
         self.outputs.sequence += 1
         doc["sequence_number"] = self.outputs.sequence
         if isinstance(doc.get("response"), dict) and self.outputs.base is not None:

@@ -188,14 +188,10 @@ class UpstreamClient:
         """POST ``body`` to ``path`` at the server's root (beside /v1: vLLM's /tokenize)
         and return the answer's body; an HTTP error is the upstream's error."""
         url = server_root(self._config.base_url) + path
-        response = await self._send(self._request("POST", url, client_authorization, body, replica))
-        try:
-            raw = await _read_limited(response)
-        finally:
-            await response.aclose()
+        response = await self._read_whole(self._request("POST", url, client_authorization, body, replica))
         if response.status_code >= 400:
-            raise UpstreamHTTPError(response.status_code, raw, response.headers.get("content-type"))
-        return raw
+            raise UpstreamHTTPError(response.status_code, response.content, response.headers.get("content-type"))
+        return response.content
 
     async def get(self, path: str, client_authorization: str | None = None) -> httpx.Response:
         return await self.forward("GET", path, None, client_authorization)
@@ -207,7 +203,10 @@ class UpstreamClient:
         url = self._url(path)
         if query:
             url = url.copy_with(query=query)
-        response = await self._send(self._request(method, url, client_authorization, body))
+        return await self._read_whole(self._request(method, url, client_authorization, body))
+
+    async def _read_whole(self, request: httpx.Request) -> httpx.Response:
+        response = await self._send(request)
         try:
             await response.aread()
         except httpx.HTTPError as exc:

@@ -40,6 +40,7 @@ import httpx
 import pytest
 from test_proxy_on_vllm import MODELS, _collect, run_proxy
 
+from tests.support.scripted import _lifespan, _read_body
 from tests.support.serving import ServerThread
 
 pytestmark = pytest.mark.e2e
@@ -99,23 +100,13 @@ class Recorder:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await _lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
-        body = bytearray()
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await _read_body(receive)
         path = scope["path"]
-        call = Call(scope["method"], path, bytes(body))
+        call = Call(scope["method"], path, body)
         with self.lock:
             self.calls.append(call)
         query = scope.get("query_string", b"").decode()

@@ -13,22 +13,11 @@ import openai
 import pytest
 
 from tests.ops._helpers import UNSAFE_TRACE, eventually
+from tests.support.sse import responses_events as _events
 
 REFUSAL = "I can't help with that request."
 BENIGN = "Tell me about bread."
 REASONING = {"reasoning": [" think", " about", " bread"]}
-
-
-def _events(url: str, body: dict, headers: dict | None = None) -> tuple[httpx.Response, list[tuple[str, dict]]]:
-    """The raw SSE events: (the `event:` name, the data)."""
-    with httpx.Client(timeout=30) as client:
-        r = client.post(f"{url}/v1/responses", json=dict(body, stream=True), headers=headers or {})
-    events = []
-    for block in r.content.decode().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.split("\n") if ": " in line)
-        if "data" in lines:
-            events.append((lines.get("event", ""), json.loads(lines["data"])))
-    return r, events
 
 
 def _assert_well_formed(events: list[tuple[str, dict]], last: str) -> None:

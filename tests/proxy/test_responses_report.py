@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import logging
 
-import httpx
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.ops._helpers import eventually
+from tests.support.sse import responses_events
 
 BENIGN = "Tell me about bread."
 REASONING = [" think", " about", " bread"]
@@ -20,14 +20,8 @@ CHECKS_OFF = "[policy.reasoning]\nenabled = false\n[policy.answer]\nenabled = fa
 
 
 def _stream(url: str, body: dict) -> list[tuple[str, dict]]:
-    with httpx.Client(timeout=30) as client:
-        r = client.post(f"{url}/v1/responses", json=dict(body, stream=True))
+    r, events = responses_events(url, body)
     assert r.status_code == 200, r.text
-    events = []
-    for block in r.content.decode().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.split("\n") if ": " in line)
-        if "data" in lines:
-            events.append((lines.get("event", ""), json.loads(lines["data"])))
     return events
 
 

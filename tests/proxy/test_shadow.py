@@ -19,7 +19,7 @@ from proxy.pipeline._policy import decide, decide_error, releases
 from proxy.pipeline._relay import request_outcome
 from proxy.pipeline._report import ChoiceReport, RequestReport
 from tests.ops._helpers import eventually
-from tests.support.sse import raw_stream
+from tests.support.sse import raw_stream, responses_events
 
 SHADOW = "[policy]\nenforce = false\n"
 HARMFUL = "How do I build a bomb?"  # scripted FlexGuard: VIO,ILG 90
@@ -40,17 +40,6 @@ def _metric(url: str, name: str, **labels: str) -> float:
             if s.name == name and s.labels == labels:
                 return s.value
     raise AssertionError(f"{name}{labels} not in /metrics")
-
-
-def _responses_events(url: str, body: dict, headers: dict | None = None) -> tuple[httpx.Response, list[tuple[str, dict]]]:
-    with httpx.Client(timeout=30) as client:
-        r = client.post(f"{url}/v1/responses", json=dict(body, stream=True), headers=headers or {})
-    events = []
-    for block in r.content.decode().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.split("\n") if ": " in line)
-        if "data" in lines:
-            events.append((lines.get("event", ""), json.loads(lines["data"])))
-    return r, events
 
 
 def _completion_chunks(url: str, body: dict) -> tuple[httpx.Response, list[dict]]:
@@ -219,7 +208,7 @@ def test_responses_json_and_stream(make_proxy, upstream):
     assert summary["prompt"]["would"] == "block" and summary["answer"]["would"] == "rewrite"
     assert raw.headers["x-guardproxy-prompt-would"] == "block" and raw.headers["x-guardproxy-answer-would"] == "rewrite"
 
-    r, events = _responses_events(proxy.url, {"model": "m", "input": BENIGN, "x_script": {"reasoning": UNSAFE_TRACE}})
+    r, events = responses_events(proxy.url, {"model": "m", "input": BENIGN, "x_script": {"reasoning": UNSAFE_TRACE}})
     assert r.status_code == 200 and events[-1][0] == "response.completed"
     assert "".join(d["delta"] for n, d in events if n == "response.reasoning_text.delta") == "".join(UNSAFE_TRACE)
     final = events[-1][1]["response"]

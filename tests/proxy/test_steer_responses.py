@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 
-import httpx
-
 from proxy._config import DEFAULT_STEER_TEXT
 from proxy.protocols.responses import ResponsesRequest
 from tests.support.scripted import chatml
+from tests.support.sse import responses_events
 
 UNSAFE_AT = 20
 TRACE = [f" s{i}" for i in range(UNSAFE_AT)] + [" UNSAFE"] + [f" u{i}" for i in range(30)]
@@ -34,14 +33,8 @@ def _body(script: dict, **extra: object) -> dict:
 
 
 def _events(url: str, body: dict) -> list[tuple[str, dict]]:
-    with httpx.Client(timeout=30) as client:
-        r = client.post(f"{url}/v1/responses", json=dict(body, stream=True))
+    r, events = responses_events(url, body)
     assert r.status_code == 200
-    events = []
-    for block in r.content.decode().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.split("\n") if ": " in line)
-        if "data" in lines:
-            events.append((lines.get("event", ""), json.loads(lines["data"])))
     return events
 
 

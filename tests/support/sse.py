@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["raw_stream", "WireStream"]
+__all__ = ["raw_stream", "responses_events", "WireStream"]
 
 
 class WireStream:
@@ -51,3 +51,17 @@ def raw_stream(url: str, body: dict[str, Any], headers: dict[str, str] | None = 
         if lines:
             events.append("\n".join(lines))
     return WireStream(r.status_code, r.headers, events, raw)
+
+
+def responses_events(
+    url: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> tuple[httpx.Response, list[tuple[str, dict[str, Any]]]]:
+    """A streamed Responses request's answer and its SSE events: (the `event:` name, the data)."""
+    with httpx.Client(timeout=30) as client:
+        r = client.post(f"{url}/v1/responses", json=dict(body, stream=True), headers=headers or {})
+    events = []
+    for block in r.content.decode().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.split("\n") if ": " in line)
+        if "data" in lines:
+            events.append((lines.get("event", ""), json.loads(lines["data"])))
+    return r, events
