@@ -48,17 +48,11 @@ def _worker_pids(pid: int) -> set[int]:
     return {c.pid for c in psutil.Process(pid).children() if "spawn_main" in " ".join(c.cmdline())}
 
 
-@pytest.fixture
-def workers(tmp_path, upstream_server, guard_server_thread):
-    """A 2-worker proxy; yields (process, base url)."""
-    _, up = upstream_server
-    _, guard = guard_server_thread
-    port = _free_port()
-    path = tmp_path / "config.toml"
-    path.write_text(f"[server]\nport = {port}\nshutdown_grace_s = 5\n" + config_toml(up.url, guard.url))
+def start_two_workers(config: Path, port: int, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``guardproxy serve --workers 2`` on ``config``, once it answers and both workers run."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "serve", "--config", str(path), "--workers", "2", "--log-level", "warning"],
-        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "proxy", "serve", "--config", str(config), "--workers", "2", "--log-level", "warning"],
+        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -70,8 +64,20 @@ def workers(tmp_path, upstream_server, guard_server_thread):
             pass
         assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
         time.sleep(0.2)
+    return proc
+
+
+@pytest.fixture
+def workers(tmp_path, upstream_server, guard_server_thread):
+    """A 2-worker proxy; yields (process, base url)."""
+    _, up = upstream_server
+    _, guard = guard_server_thread
+    port = _free_port()
+    path = tmp_path / "config.toml"
+    path.write_text(f"[server]\nport = {port}\nshutdown_grace_s = 5\n" + config_toml(up.url, guard.url))
+    proc = start_two_workers(path, port)
     try:
-        yield proc, url
+        yield proc, f"http://127.0.0.1:{port}"
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.cli.test_workers import REPO, _free_port, _worker_pids
+from tests.cli.test_workers import REPO, _free_port, start_two_workers
 from tests.conftest import config_toml
 from tests.console.conftest import ADMIN_KEY, PROXY_KEY, console_extra
 
@@ -36,23 +36,9 @@ def workers(tmp_path: Path, upstream_server: Any, guard_server_thread: Any) -> A
         audit=f'path = "{audit}"', server=f"port = {port}\nshutdown_grace_s = 5", console=f"port = {console_port}"
     )
     path.write_text(config_toml(upstream_server[1].url, guard_server_thread[1].url, extra))
-    env = dict(os.environ, PYTHONPATH=str(REPO), GP_TEST_ADMIN_KEY=ADMIN_KEY, GP_TEST_PROXY_KEYS=PROXY_KEY)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "serve", "--config", str(path), "--workers", "2", "--log-level", "warning"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200 and len(_worker_pids(proc.pid)) == 2:
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-        time.sleep(0.2)
+    proc = start_two_workers(path, port, {"GP_TEST_ADMIN_KEY": ADMIN_KEY, "GP_TEST_PROXY_KEYS": PROXY_KEY})
     try:
-        yield url, f"http://127.0.0.1:{console_port}", audit
+        yield f"http://127.0.0.1:{port}", f"http://127.0.0.1:{console_port}", audit
     finally:
         proc.terminate()
         proc.wait(20)
