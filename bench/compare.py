@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import subprocess
@@ -57,6 +56,7 @@ from .run import (
     start_guard,
     start_upstream,
     table,
+    write_results,
 )
 
 OUT_MD = RESULTS / "compare-scenario1.md"
@@ -483,13 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     meta["started"] = STARTED
     meta["elapsed_s"] = time.monotonic() - t0
     meta["loadavg_end"] = loadavg()
-    LOGS.mkdir(parents=True, exist_ok=True)
-    OUT_JSON.write_text(json.dumps(res, indent=2, default=str))
-    md = report(res)
-    OUT_MD.write_text(md)
-    print()
-    print(md)
-    print(f"wrote {OUT_MD} and {OUT_JSON}")
+    write_results(OUT_MD, report(res), OUT_JSON, res)
     return 0
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import shutil
@@ -51,6 +50,7 @@ from .run import (
     start_guard,
     start_upstream,
     table,
+    write_results,
 )
 
 OUT_MD = RESULTS / "console.md"
@@ -168,13 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(folder, ignore_errors=True)
     meta["elapsed_s"] = time.monotonic() - t0
     meta["loadavg_end"] = loadavg()
-    LOGS.mkdir(parents=True, exist_ok=True)
-    OUT_JSON.write_text(json.dumps({"meta": meta, "levels": res}, indent=2, default=str))
-    md = report(res, meta)
-    OUT_MD.write_text(md)
-    print()
-    print(md)
-    print(f"wrote {OUT_MD} and {OUT_JSON}")
+    write_results(OUT_MD, report(res, meta), OUT_JSON, {"meta": meta, "levels": res})
     return 0
 
 

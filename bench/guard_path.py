@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import sys
@@ -32,7 +31,7 @@ from typing import Any
 
 from .compare import STARTED, loadavg, rotations, rounds, start_tree_proxy, tree_info, wait_for_quiet, warm_up
 from .load import Client
-from .run import LOGS, RESULTS, Proc, Target, control, fmt, http_json, ms, start_guard, start_upstream, table
+from .run import LOGS, RESULTS, Proc, Target, control, fmt, http_json, ms, start_guard, start_upstream, table, write_results
 
 OUT_MD = RESULTS / "guard-path.md"
 OUT_JSON = LOGS / "guard-path.json"
@@ -170,13 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     meta["started"] = STARTED
     meta["elapsed_s"] = time.monotonic() - t0
     meta["loadavg_end"] = loadavg()
-    LOGS.mkdir(parents=True, exist_ok=True)
-    OUT_JSON.write_text(json.dumps({"meta": meta, "levels": res}, indent=2, default=str))
-    md = report(res, meta)
-    OUT_MD.write_text(md)
-    print()
-    print(md)
-    print(f"wrote {OUT_MD} and {OUT_JSON}")
+    write_results(OUT_MD, report(res, meta), OUT_JSON, {"meta": meta, "levels": res})
     return 0
 
 

@@ -228,6 +228,16 @@ def write_config(name: str, text: str) -> Path:
     return path
 
 
+def write_results(md_path: Path, md: str, json_path: Path, doc: Any) -> None:
+    """A run's table (markdown, also printed) and its raw figures (JSON, under logs/)."""
+    LOGS.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(doc, indent=2, default=str))
+    md_path.write_text(md)
+    print()
+    print(md)
+    print(f"wrote {md_path} and {json_path}")
+
+
 def serve_proxy(name: str, config: Path | str, port: int, *flags: str, env: dict[str, str] | None = None) -> Proc:
     """The proxy as its CLI runs it (``python -m proxy serve``), once it is ready."""
     cmd = [PY, "-m", "proxy", "serve", "--config", str(config), "--log-level", "warning", *flags]

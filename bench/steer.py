@@ -65,6 +65,7 @@ from .run import (
     start_upstream,
     table,
     write_config,
+    write_results,
 )
 from .sim import UNSAFE_MARKER
 
@@ -420,13 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": command.strip(),
         "args": {k: v for k, v in vars(args).items()},
     }
-    md = report(res, meta)
-    OUT_MD.write_text(md)
-    LOGS.mkdir(parents=True, exist_ok=True)
-    OUT_JSON.write_text(json.dumps({"meta": meta, "summary": res, "arms": raw}, indent=2, default=str))
-    print()
-    print(md)
-    print(f"wrote {OUT_MD} and {OUT_JSON}")
+    write_results(OUT_MD, report(res, meta), OUT_JSON, {"meta": meta, "summary": res, "arms": raw})
     return 0
 
 
