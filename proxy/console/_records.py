@@ -207,16 +207,9 @@ def build_record(
         finish_reasons = {str(i): _STOP_FINISH for i in range(request.n)}  # a rewritten prompt: the refusal
     client["finish_reasons"] = finish_reasons
     client["released_tokens"] = released
-    stop = report.stop
+    stop = report.stop_entry("at_token")
     if stop is not None:
-        entry: dict[str, Any] = {"stage": stop.stage, "action": stop.action}
-        choice = report.choices.get(report.stop_choice) if report.stop_choice is not None else None
-        if choice is not None and stop.stage != "prompt":
-            stage = getattr(choice, stop.stage)
-            entry.update(
-                choice=report.stop_choice, at_token=stage.aborted_at_token, flagged_check_tokens=stage.flagged_check_tokens
-            )
-        record["stop"] = entry
+        record["stop"] = stop
     if capture is not None and capture.wants(record):
         record["content"] = _content(request, policy, report, capture)
     return record

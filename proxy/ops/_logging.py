@@ -101,18 +101,9 @@ def request_record(
         str(i): {"finish_reason": c.finish_reason, "reasoning": stage_summary(c.reasoning), "answer": stage_summary(c.answer)}
         for i, c in sorted(report.choices.items())
     }
-    stop = report.stop
+    stop = report.stop_entry()
     if stop is not None:
-        entry: dict[str, Any] = {"stage": stop.stage, "action": stop.action}
-        choice = report.choices.get(report.stop_choice) if report.stop_choice is not None else None
-        if choice is not None and stop.stage != "prompt":
-            stage = getattr(choice, stop.stage)
-            entry.update(
-                choice=report.stop_choice,
-                aborted_at_token=stage.aborted_at_token,
-                flagged_check_tokens=stage.flagged_check_tokens,
-            )
-        record["stop"] = entry
+        record["stop"] = stop
     tokens = report.tokens
     if tokens is not None:  # under chat's names, whatever the API
         counts = (tokens.input_tokens, tokens.output_tokens, tokens.total_tokens)

@@ -245,6 +245,22 @@ class RequestReport(msgspec.Struct, kw_only=True):
             merged.steer_note = r.steer_note or merged.steer_note
         return merged
 
+    def stop_entry(self, at_key: str = "aborted_at_token") -> dict[str, Any] | None:
+        """How the request was stopped, for logs and records: the stage and action and,
+        where an output's stage stopped, the choice, the token it stopped at (under
+        ``at_key``) and the tokens the flagging check covered. None: not stopped."""
+        stop = self.stop
+        if stop is None:
+            return None
+        entry: dict[str, Any] = {"stage": stop.stage, "action": stop.action}
+        choice = self.choices.get(self.stop_choice) if self.stop_choice is not None else None
+        if choice is not None and stop.stage != "prompt":
+            stage = getattr(choice, stop.stage)
+            entry.update(
+                {"choice": self.stop_choice, at_key: stage.aborted_at_token, "flagged_check_tokens": stage.flagged_check_tokens}
+            )
+        return entry
+
     @property
     def steers(self) -> int:
         """Steers over all choices."""
