@@ -9,7 +9,7 @@
 5. unsafe reasoning is steered: the prompt of scene 3 under a key whose policy steers.
    The reasoning is rolled back to its last passing check, the steering text goes on from
    there, and the upstream closes its reasoning and refuses (asked again, up to three
-   times, when the tiny ReasoningShield misjudged a prefix).
+   times, when the tiny ReasoningShield misjudged a prefix or nothing was kept).
 
 Each scene checks its expected outcome; the tour reports which did not have it.
 """
@@ -269,7 +269,9 @@ class Tour:
         # passing check then releases what it covered, or keeps the first words of the
         # unsafe passage, and the steered reasoning is flagged again. Which prefixes are
         # checked depends on how the upstream batches its output: ask again.
-        return self._tries(self._steered_once, "the tiny ReasoningShield misjudged a prefix; asking again")
+        return self._tries(
+            self._steered_once, "the tiny models spoilt this try (a misjudged prefix, or nothing kept); asking again"
+        )
 
     def _steered_once(self) -> tuple[bool, str, bool]:
         """One try: whether it had the expected outcome, the outcome, and whether a
@@ -319,5 +321,9 @@ class Tour:
             and REASONING_MARKER not in shown
         )
         outcome = f"cut at reasoning token {at_tokens[0]}, rolled back to token {kept[0]} and steered; then it answered"
-        missed = not ok and ((not steers and REASONING_MARKER in shown) or steering.get("outcome") == "fell_back")
+        # Nothing kept: the first check already covered the unsafe passage (the upstream
+        # packed its first tokens into few deltas), and without a benign start the tiny
+        # upstream writes its refusal inside its reasoning, leaving no answer.
+        unkept = kept[0] == 0 and not "".join(answer).strip()
+        missed = not ok and ((not steers and REASONING_MARKER in shown) or steering.get("outcome") == "fell_back" or unkept)
         return ok, outcome if ok else f"finish_reason {finish}, steering {steering}", missed
